@@ -1,0 +1,191 @@
+//! The node-to-node protocol: one TCP port per node (`raft.raft_addr`) carries Raft RPCs and,
+//! later, P2P block transfer.
+//!
+//! A connection is a sequence of frames, each a big-endian `u32` length then that many bytes
+//! of postcard. It opens with a mutual HMAC-SHA256 challenge-response on the cluster's shared
+//! secret (the proofs are computed by the transport; this module only defines the messages and
+//! the transcript they sign), then carries `Request`s and `Response`s matched by `id`, so one
+//! connection serves many concurrent calls.
+
+use openraft::type_config::alias::{SnapshotMetaOf, VoteOf};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{NodeId, TC};
+
+/// Protocol version; a peer speaking another version is refused at the handshake.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The largest frame either side accepts. A snapshot carries the head, the membership and a
+/// bounded number of recent blocks, so it fits well below this.
+pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// Length of the random nonces exchanged in the handshake.
+pub const NONCE_BYTES: usize = 32;
+
+/// First frame, client to server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientHello {
+    /// Must equal [`PROTOCOL_VERSION`].
+    pub version: u16,
+    /// Who the client says it is; proven by `ClientProof`.
+    pub node_id: NodeId,
+    /// Who the client thinks it is talking to; a server with another id refuses.
+    pub target: NodeId,
+    /// Fresh random challenge for the server.
+    pub nonce: [u8; NONCE_BYTES],
+}
+
+/// Second frame, server to client: the server proves it knows the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerHello {
+    /// The server accepts to continue.
+    Challenge {
+        /// The server's own id.
+        node_id: NodeId,
+        /// Fresh random challenge for the client.
+        nonce: [u8; NONCE_BYTES],
+        /// HMAC over [`transcript`] with role `b"server"`.
+        proof: [u8; 32],
+    },
+    /// The server refuses (wrong version, wrong target); the reason is for the log.
+    Refused(String),
+}
+
+/// Third frame, client to server: the client proves it knows the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientProof {
+    /// HMAC over [`transcript`] with role `b"client"`.
+    pub proof: [u8; 32],
+}
+
+/// Fourth frame, server to client: the outcome of the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Welcome {
+    /// Authenticated; requests may follow.
+    Accepted,
+    /// Refused (bad proof, not a member); the server closes the connection.
+    Refused(String),
+}
+
+/// The bytes each side's HMAC covers: the role, both ids and both nonces, so a proof can't be
+/// replayed on another connection, for another node, or reflected back in the other role.
+pub fn transcript(
+    role: &[u8],
+    client: &NodeId,
+    server: &NodeId,
+    client_nonce: &[u8; NONCE_BYTES],
+    server_nonce: &[u8; NONCE_BYTES],
+) -> Vec<u8> {
+    let mut t = Vec::with_capacity(64 + client.0.len() + server.0.len() + 2 * NONCE_BYTES);
+    t.extend_from_slice(b"haseq-handshake-v1\0");
+    t.extend_from_slice(role);
+    t.push(0);
+    for id in [client, server] {
+        t.extend_from_slice(&(id.0.len() as u32).to_be_bytes());
+        t.extend_from_slice(id.0.as_bytes());
+    }
+    t.extend_from_slice(client_nonce);
+    t.extend_from_slice(server_nonce);
+    t
+}
+
+/// A call from one node to another.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    /// Matches the response to the call on a shared connection.
+    pub id: u64,
+    /// What is asked.
+    pub body: RpcRequest,
+}
+
+/// The answer to a [`Request`] with the same `id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    /// The request's id.
+    pub id: u64,
+    /// The answer.
+    pub body: RpcResponse,
+}
+
+/// Everything a node can ask a peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RpcRequest {
+    /// Raft AppendEntries (also the heartbeat).
+    AppendEntries(AppendEntriesRequest<TC>),
+    /// Raft RequestVote. `exec_height` is the candidate's execution height, for voters that
+    /// refuse a lagging candidate.
+    Vote {
+        /// The Raft request.
+        req: VoteRequest<TC>,
+        /// The candidate's execution-layer height, when known.
+        exec_height: Option<u64>,
+    },
+    /// Raft Pre-Vote: would you vote for me? Changes nothing on the receiver.
+    PreVote {
+        /// The Raft request.
+        req: VoteRequest<TC>,
+        /// The candidate's execution-layer height, when known.
+        exec_height: Option<u64>,
+    },
+    /// A whole snapshot, installed at once.
+    InstallSnapshot {
+        /// The sender's vote.
+        vote: VoteOf<TC>,
+        /// What the snapshot covers.
+        meta: SnapshotMetaOf<TC>,
+        /// The snapshot bytes, as the state machine wrote them.
+        data: Vec<u8>,
+    },
+    /// The leader hands leadership to the receiver.
+    TransferLeader(TransferLeaderRequest<TC>),
+}
+
+impl RpcRequest {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RpcRequest::AppendEntries(_) => "append_entries",
+            RpcRequest::Vote { .. } => "vote",
+            RpcRequest::PreVote { .. } => "pre_vote",
+            RpcRequest::InstallSnapshot { .. } => "install_snapshot",
+            RpcRequest::TransferLeader(_) => "transfer_leader",
+        }
+    }
+}
+
+/// Everything a node can answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RpcResponse {
+    /// Answer to AppendEntries.
+    AppendEntries(AppendEntriesResponse<TC>),
+    /// Answer to Vote or PreVote.
+    Vote(VoteResponse<TC>),
+    /// Answer to InstallSnapshot.
+    Snapshot(SnapshotResponse<TC>),
+    /// TransferLeader was handed to Raft.
+    TransferLeader,
+    /// The receiver could not serve the call (shutting down, not initialised, bad request).
+    Error(RemoteError),
+}
+
+/// Why a peer could not serve a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoteError {
+    /// The receiver's Raft is shutting down or not running; try later.
+    Unavailable(String),
+    /// The request was not understood or not allowed.
+    Refused(String),
+}
+
+impl std::fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RemoteError::Unavailable(s) => write!(f, "unavailable: {s}"),
+            RemoteError::Refused(s) => write!(f, "refused: {s}"),
+        }
+    }
+}
