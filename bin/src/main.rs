@@ -1,1 +1,183 @@
-fn main() {}
+//! `haseqd`: the haseq daemon and its tools.
+//!
+//! - `haseqd run --config FILE`: one node of a cluster;
+//! - `haseqd devnet --nodes 3`: a whole local cluster in one command.
+//!
+//! Only `main` exits the process: with status 2 on a configuration error at start-up, 1 when
+//! the node cannot start, 0 after a clean shutdown.
+
+mod devnet;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use haseq_actors::settings::{NodeSettings, RaftTiming};
+use haseq_messages::NodeId;
+use haseqd::config::{self, Config};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "haseqd",
+    version,
+    about = "haseq: a highly available block sequencer on Raft"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run one node.
+    Run {
+        /// The node's YAML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Override a key, e.g. `--set raft.node_id=node-2` (repeatable; beats file and env).
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+        set: Vec<(String, String)>,
+    },
+    /// Run a whole local cluster on loopback until Ctrl-C.
+    Devnet(devnet::DevnetArgs),
+}
+
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--set {s:?}: expected KEY=VALUE"))?;
+    Ok((k.trim().to_string(), v.to_string()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run { config, set } => run(config, set),
+        Cmd::Devnet(args) => {
+            init_tracing("warn", false);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("haseqd devnet: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(devnet::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("haseqd devnet: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run(path: PathBuf, set: Vec<(String, String)>) -> ExitCode {
+    let cfg = match config::load(Some(&path), std::env::vars(), &set) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("haseqd: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&cfg.log.level, cfg.log.format == config::LogFormat::Json);
+    let settings = match settings(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("haseqd: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let system = match haseq_actors::system() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("haseqd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    system.block_on(async move {
+        let node = match haseq_actors::node::start(settings).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "node could not start");
+                eprintln!("haseqd: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        node.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
+}
+
+/// Map the validated configuration onto what the node needs.
+fn settings(cfg: &Config) -> Result<NodeSettings, String> {
+    let r = &cfg.raft;
+    let secret = match &r.secret {
+        Some(s) => s.as_bytes().to_vec(),
+        None if !r.enable => Vec::new(),
+        None => return Err("raft.secret_file: required when raft.enable is true".into()),
+    };
+    // Without `raft.enable` the node runs as a one-node cluster (the guide's single sequencer).
+    let node_id = r.node_id.clone().unwrap_or_else(|| "node-1".to_string());
+    let raft_addr = r.raft_addr.clone().unwrap_or_else(|| "127.0.0.1:0".to_string());
+    Ok(NodeSettings {
+        node_id: NodeId(node_id),
+        raft_addr,
+        raft_dir: r.raft_dir.clone(),
+        peers: r
+            .peers
+            .iter()
+            .map(|p| (NodeId(p.id.clone()), p.addr.clone()))
+            .collect(),
+        timing: RaftTiming {
+            heartbeat_timeout: r.heartbeat_timeout,
+            election_timeout: r.election_timeout,
+            leader_lease_timeout: r.leader_lease_timeout,
+            send_timeout: r.send_timeout,
+        },
+        snapshot_threshold: r.snapshot_threshold,
+        trailing_logs: r.trailing_logs,
+        snap_count: r.snap_count as usize,
+        secret: Arc::new(secret),
+        api_addr: cfg.api.addr.to_string(),
+    })
+}
+
+fn init_tracing(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    if let Err(e) = result {
+        eprintln!("haseqd: logging not initialised: {e}");
+    }
+}

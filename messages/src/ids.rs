@@ -64,9 +64,7 @@ impl fmt::Display for Height {
 }
 
 /// A 32-byte block hash, shown as `0x`-prefixed hex.
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 pub struct BlockHash(pub [u8; 32]);
 
 impl BlockHash {

@@ -32,7 +32,10 @@ pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| CodecError(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(CodecError(format!("{} trailing bytes after value", rest.len())));
+        return Err(CodecError(format!(
+            "{} trailing bytes after value",
+            rest.len()
+        )));
     }
     Ok(value)
 }

@@ -7,11 +7,11 @@
 //! the transcript they sign), then carries `Request`s and `Response`s matched by `id`, so one
 //! connection serves many concurrent calls.
 
-use openraft::type_config::alias::{SnapshotMetaOf, VoteOf};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     VoteRequest, VoteResponse,
 };
+use openraft::type_config::alias::{SnapshotMetaOf, VoteOf};
 use serde::{Deserialize, Serialize};
 
 use crate::{NodeId, TC};

@@ -1,0 +1,33 @@
+//! haseq-actors: a node's moving parts.
+//!
+//! - `supervisor`: rebuilds actors that stop or panic, hands out their current address;
+//! - `raft_core`: the RaftCore actor, owner of the openraft handle and its status;
+//! - `settings`: what a node needs to start, and the timing map onto openraft;
+//! - `node`: assembles storage, transport, Raft, actors and the HTTP API;
+//! - `api`: the HTTP API; `metrics`: the Prometheus recorder and metric descriptions.
+//!
+//! Not here: configuration files and the CLI (`haseqd`), the wire format (`haseq-messages`),
+//! the disk (`haseq-storage`), sockets (`haseq-net`).
+
+pub mod api;
+pub mod http_client;
+pub mod metrics;
+pub mod node;
+pub mod raft_core;
+pub mod settings;
+pub mod supervisor;
+
+/// The node's openraft handle: haseq's types over the LMDB state machine.
+pub type HaseqRaft = openraft::Raft<haseq_messages::TC, haseq_storage::StateMachineStore>;
+
+/// Build the actix `System` on a multi-threaded tokio runtime, so openraft's heartbeats and
+/// the HTTP server never wait behind an actor's handler on one thread.
+///
+/// # Errors
+/// When the tokio runtime cannot be built (no threads available).
+pub fn system() -> std::io::Result<actix_rt::SystemRunner> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    Ok(actix_rt::System::with_tokio_rt(move || rt))
+}

@@ -1,0 +1,82 @@
+//! The node's Prometheus metrics: one recorder per process, every metric described.
+
+use std::sync::OnceLock;
+
+use metrics::{Unit, describe_counter, describe_gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Histogram buckets for latencies, in seconds: 100 µs to 10 s.
+const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's Prometheus handle, installing the recorder on first use.
+///
+/// # Errors
+/// When another metrics recorder was installed in this process first.
+pub fn prometheus() -> Result<PrometheusHandle, String> {
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS_SECONDS)
+        .map_err(|e| format!("prometheus buckets: {e}"))?
+        .build_recorder();
+    let handle = recorder.handle();
+    // Two threads may race here; the loser's recorder is dropped and it uses the winner's.
+    if metrics::set_global_recorder(recorder).is_ok() {
+        describe_all();
+        let _ = HANDLE.set(handle);
+    }
+    HANDLE
+        .get()
+        .cloned()
+        .ok_or_else(|| "another metrics recorder is installed in this process".to_string())
+}
+
+/// Register the help line of every metric the node exports.
+fn describe_all() {
+    haseq_storage::describe_metrics();
+    haseq_net::describe_metrics();
+    describe_gauge!(
+        "haseq_role",
+        "1 for the node's current Raft role (label role), else 0"
+    );
+    describe_gauge!(
+        "haseq_is_leader",
+        "1 while this node is the Raft leader, else 0"
+    );
+    describe_gauge!("haseq_term", "Current Raft term");
+    describe_gauge!(
+        "haseq_committed_index",
+        Unit::Count,
+        "Highest Raft log index known committed"
+    );
+    describe_gauge!(
+        "haseq_applied_index",
+        Unit::Count,
+        "Highest Raft log index applied to the state machine"
+    );
+    describe_gauge!(
+        "haseq_last_log_index",
+        Unit::Count,
+        "Highest Raft log index in the local log"
+    );
+    describe_counter!(
+        "haseq_leader_changes_total",
+        "Times this node saw a new leader"
+    );
+    describe_counter!(
+        "haseq_elections_started_total",
+        "Times this node became a candidate"
+    );
+    describe_counter!("haseq_elections_won_total", "Times this node became leader");
+    describe_counter!(
+        "haseq_actor_restarts_total",
+        "Actors rebuilt by the supervisor after they stopped or panicked (label actor)"
+    );
+    describe_gauge!("haseq_up", "1 while the node is running");
+}

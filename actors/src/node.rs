@@ -1,0 +1,316 @@
+//! Node assembly: storage, transport, openraft, the supervised actors and the HTTP API.
+//!
+//! [`start`] must run inside an actix `System` built on a multi-threaded tokio runtime
+//! ([`crate::system`]): actors live on the arbiter thread; openraft, the transport and the
+//! HTTP server are tokio tasks on the worker threads, so none of them waits behind an actor.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use haseq_messages::{NodeId, PeerNode, TC};
+use haseq_net::{NetConfig, Network};
+use haseq_storage::StoreOptions;
+use openraft::RaftNetworkFactory;
+use openraft::async_runtime::WatchReceiver;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::HaseqRaft;
+use crate::api::{ApiState, PeerInfo};
+use crate::raft_core::RaftCore;
+use crate::settings::{NodeSettings, openraft_config};
+use crate::supervisor::{Slot, Supervisor};
+
+/// How long shutdown waits for the node's tasks after telling them to stop.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// How long the transport waits to establish a connection to a peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a whole snapshot transfer may take.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A port could not be bound.
+    #[error("cannot listen on {key} = {addr:?}: {source}")]
+    Bind {
+        /// The configuration key naming the address.
+        key: &'static str,
+        /// The address.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The store under `raft_dir` could not be opened.
+    #[error("cannot open storage in {dir}: {reason}")]
+    Storage {
+        /// `raft.raft_dir`.
+        dir: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// openraft refused the configuration or failed to start.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The metrics recorder could not be installed.
+    #[error("metrics: {0}")]
+    Metrics(String),
+}
+
+/// A running node. Dropping it does not stop it; call [`Node::shutdown`].
+pub struct Node {
+    /// This node's id.
+    pub id: NodeId,
+    /// The openraft handle.
+    pub raft: HaseqRaft,
+    /// RaftCore's current address.
+    pub raft_core: Slot<RaftCore>,
+    /// Where the node-to-node port listens.
+    pub raft_addr: SocketAddr,
+    /// Where the HTTP API listens.
+    pub api_addr: SocketAddr,
+    supervisor: Supervisor,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Bind the configured ports and start the node.
+///
+/// # Errors
+/// See [`NodeError`]: a port in use, unopenable storage, a refused Raft configuration.
+pub async fn start(settings: NodeSettings) -> Result<Node, NodeError> {
+    let raft_listener = TcpListener::bind(&settings.raft_addr)
+        .await
+        .map_err(|source| NodeError::Bind {
+            key: "raft.raft_addr",
+            addr: settings.raft_addr.clone(),
+            source,
+        })?;
+    let api_listener = TcpListener::bind(&settings.api_addr)
+        .await
+        .map_err(|source| NodeError::Bind {
+            key: "api.addr",
+            addr: settings.api_addr.clone(),
+            source,
+        })?;
+    start_with_listeners(settings, raft_listener, api_listener).await
+}
+
+/// Start the node on listeners the caller bound (tests bind port 0 first, race-free).
+///
+/// # Errors
+/// See [`NodeError`].
+pub async fn start_with_listeners(
+    settings: NodeSettings,
+    raft_listener: TcpListener,
+    api_listener: TcpListener,
+) -> Result<Node, NodeError> {
+    let prometheus = crate::metrics::prometheus().map_err(NodeError::Metrics)?;
+    let raft_addr = local_addr(&raft_listener, "raft.raft_addr")?;
+    let api_addr = local_addr(&api_listener, "api.addr")?;
+    let id = settings.node_id.clone();
+
+    let dir = settings.raft_dir.clone();
+    let fresh = !haseq_storage::has_state(&dir);
+    let opts = StoreOptions {
+        snap_count: settings.snap_count,
+        ..StoreOptions::default()
+    };
+    let open_dir = dir.clone();
+    // Opening LMDB creates files and may fsync: keep it off the async workers.
+    let storage = tokio::task::spawn_blocking(move || haseq_storage::open(&open_dir, opts))
+        .await
+        .map_err(|e| NodeError::Storage {
+            dir: dir.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .map_err(|e| NodeError::Storage {
+            dir: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+
+    let config = openraft_config(
+        &settings.timing,
+        settings.snapshot_threshold,
+        settings.trailing_logs,
+    )
+    .map_err(|e| NodeError::Raft(format!("invalid timing: {e}")))?;
+    let net_cfg = NetConfig {
+        node_id: id.clone(),
+        secret: settings.secret.clone(),
+        send_timeout: settings.timing.send_timeout,
+        snapshot_timeout: SNAPSHOT_TIMEOUT,
+        connect_timeout: CONNECT_TIMEOUT,
+    };
+    let book: Arc<HashMap<NodeId, String>> = Arc::new(settings.peers.iter().cloned().collect());
+    let network = AddressBook {
+        inner: Network::new(net_cfg.clone()),
+        book: book.clone(),
+    };
+    let raft = HaseqRaft::new(
+        id.clone(),
+        Arc::new(config),
+        network,
+        storage.log,
+        storage.sm,
+    )
+    .await
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+
+    // The node-to-node port: only configured peers and current members get past the handshake.
+    let configured: HashSet<NodeId> = book.keys().cloned().collect();
+    let members_rx = raft.metrics();
+    let is_member = Arc::new(move |peer: &NodeId| {
+        configured.contains(peer)
+            || members_rx
+                .borrow_watched()
+                .membership_config
+                .membership()
+                .get_node(peer)
+                .is_some()
+    });
+    let handler = Arc::new(haseq_net::RaftHandler::new(raft.clone()));
+    {
+        let shutdown = shutdown.clone();
+        let net_cfg = net_cfg.clone();
+        tasks.spawn(async move {
+            if let Err(e) =
+                haseq_net::serve(raft_listener, net_cfg, handler, is_member, shutdown).await
+            {
+                tracing::error!(error = %e, "node-to-node server stopped");
+            }
+        });
+    }
+
+    if fresh {
+        // Every node of a new cluster initialises the same membership (ids only; addresses
+        // come from each node's own `raft.peers`), so the entry at index 0 is identical on
+        // all of them whichever initialises first.
+        let mut members = BTreeMap::new();
+        members.insert(id.clone(), PeerNode::default());
+        for (peer, _) in &settings.peers {
+            members.insert(peer.clone(), PeerNode::default());
+        }
+        match raft.initialize(members).await {
+            Ok(()) => tracing::info!(
+                members = settings.peers.len() + 1,
+                "bootstrapped a new cluster"
+            ),
+            Err(e) => tracing::info!(reason = %e, "not bootstrapping: already initialised"),
+        }
+    } else {
+        tracing::info!(dir = %settings.raft_dir.display(), "rejoining with existing state");
+    }
+
+    let supervisor = Supervisor::new(shutdown.child_token());
+    let core_raft = raft.clone();
+    let raft_core = supervisor.start("raft_core", move |exit| {
+        RaftCore::new(core_raft.clone(), exit)
+    });
+
+    metrics::gauge!("haseq_up").set(1.0);
+    let upkeep = prometheus.clone();
+    {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            // Histograms are drained on upkeep; without it they'd grow for ever.
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => upkeep.run_upkeep(),
+                }
+            }
+        });
+    }
+
+    let peers = settings
+        .peers
+        .iter()
+        .map(|(id, addr)| PeerInfo {
+            id: id.to_string(),
+            addr: addr.clone(),
+        })
+        .collect();
+    let app = crate::api::router(ApiState {
+        raft_core: raft_core.clone(),
+        prometheus,
+        peers,
+    });
+    {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let serve = axum::serve(api_listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "HTTP API stopped");
+            }
+        });
+    }
+    tracing::info!(node = %id, raft = %raft_addr, api = %api_addr, "node started");
+
+    Ok(Node {
+        id,
+        raft,
+        raft_core,
+        raft_addr,
+        api_addr,
+        supervisor,
+        shutdown,
+        tasks,
+    })
+}
+
+fn local_addr(l: &TcpListener, key: &'static str) -> Result<SocketAddr, NodeError> {
+    l.local_addr().map_err(|source| NodeError::Bind {
+        key,
+        addr: String::new(),
+        source,
+    })
+}
+
+impl Node {
+    /// Stop the node: tell every part to stop, then wait for them, bounded.
+    pub async fn shutdown(self) {
+        self.supervisor.shutdown();
+        self.shutdown.cancel();
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        self.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_WAIT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("node tasks did not stop within {SHUTDOWN_WAIT:?}");
+        }
+        metrics::gauge!("haseq_up").set(0.0);
+    }
+}
+
+/// Resolves a member's address from this node's own `raft.peers` first: membership entries
+/// carry no addresses (see bootstrap above), and the operator's list is what this node can
+/// reach.
+#[derive(Clone)]
+struct AddressBook {
+    inner: Network,
+    book: Arc<HashMap<NodeId, String>>,
+}
+
+impl RaftNetworkFactory<TC> for AddressBook {
+    type Network = <Network as RaftNetworkFactory<TC>>::Network;
+
+    async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> Self::Network {
+        let node = match self.book.get(&target) {
+            Some(addr) => PeerNode { addr: addr.clone() },
+            None => node.clone(),
+        };
+        self.inner.new_client(target, &node).await
+    }
+}

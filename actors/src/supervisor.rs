@@ -1,0 +1,279 @@
+//! Our supervisor: rebuilds an actor that stops *or panics*.
+//!
+//! actix 0.13's `Supervisor` restarts an actor that stops, calling `restarting()` on the same
+//! struct, but a panicking handler drops the actor's task and its mailbox closes for good
+//! (`MailboxError::Closed`). So every supervised actor holds an [`ExitGuard`]; the guard's
+//! `Drop` runs whether the actor stopped or unwound from a panic, and tells the supervisor,
+//! which builds a fresh actor from its factory (the factory recovers state from storage or
+//! from handles that outlive the actor), publishes the new address in the actor's [`Slot`],
+//! and counts `haseq_actor_restarts_total{actor}`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Addr, Context};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Restarts closer together than this count as a crash loop and are delayed.
+const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(10);
+/// The longest delay before rebuilding an actor that keeps crashing.
+const RESTART_DELAY_MAX: Duration = Duration::from_secs(5);
+/// The first delay for an actor in a crash loop; doubled on each further restart.
+const RESTART_DELAY_MIN: Duration = Duration::from_millis(10);
+
+/// The current address of a supervised actor. Cheap to clone; every holder sees the new
+/// address as soon as the supervisor has rebuilt the actor.
+pub struct Slot<A: Actor> {
+    addr: Arc<RwLock<Addr<A>>>,
+}
+
+impl<A: Actor> Clone for Slot<A> {
+    fn clone(&self) -> Self {
+        Slot {
+            addr: self.addr.clone(),
+        }
+    }
+}
+
+impl<A: Actor> Slot<A> {
+    /// The actor's current address (possibly of an actor that just died; a send then fails
+    /// with `MailboxError::Closed` and the caller may try again shortly).
+    pub fn get(&self) -> Addr<A> {
+        // A poisoned lock only means a writer panicked mid-assignment of an `Addr`, which is
+        // a plain pointer store: the value is still a valid address.
+        self.addr.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, addr: Addr<A>) {
+        *self.addr.write().unwrap_or_else(|e| e.into_inner()) = addr;
+    }
+}
+
+/// Held by a supervised actor; dropping it (actor stopped or panicked) reports the exit.
+pub struct ExitGuard {
+    name: &'static str,
+    tx: mpsc::UnboundedSender<&'static str>,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        // The receiver is gone only once the supervisor itself has stopped: nothing to do.
+        let _ = self.tx.send(self.name);
+    }
+}
+
+type Rebuild = Box<dyn Fn(ExitGuard)>;
+
+struct Entry {
+    rebuild: Rebuild,
+    recent_restarts: u32,
+    last_restart: Option<Instant>,
+}
+
+/// Starts actors and rebuilds them when they exit, until shut down.
+///
+/// Lives on the actix arbiter thread (actors are `!Send` to build), so it is not `Send`.
+pub struct Supervisor {
+    tx: mpsc::UnboundedSender<&'static str>,
+    entries: std::rc::Rc<std::cell::RefCell<HashMap<&'static str, Entry>>>,
+    shutdown: CancellationToken,
+}
+
+impl Supervisor {
+    /// A supervisor whose watch loop runs on the current actix arbiter until `shutdown`.
+    ///
+    /// # Panics
+    /// If called outside an actix `System` (there is no arbiter to run on).
+    pub fn new(shutdown: CancellationToken) -> Supervisor {
+        let (tx, mut rx) = mpsc::unbounded_channel::<&'static str>();
+        let entries: std::rc::Rc<std::cell::RefCell<HashMap<&'static str, Entry>>> =
+            Default::default();
+        let loop_entries = entries.clone();
+        let loop_tx = tx.clone();
+        let loop_shutdown = shutdown.clone();
+        actix_rt::spawn(async move {
+            loop {
+                let name = tokio::select! {
+                    _ = loop_shutdown.cancelled() => break,
+                    name = rx.recv() => match name { Some(n) => n, None => break },
+                };
+                if loop_shutdown.is_cancelled() {
+                    break;
+                }
+                let delay = {
+                    let mut map = loop_entries.borrow_mut();
+                    let Some(e) = map.get_mut(name) else { continue };
+                    let now = Instant::now();
+                    if e.last_restart
+                        .is_some_and(|t| now.duration_since(t) < CRASH_LOOP_WINDOW)
+                    {
+                        e.recent_restarts = e.recent_restarts.saturating_add(1);
+                    } else {
+                        e.recent_restarts = 0;
+                    }
+                    e.last_restart = Some(now);
+                    restart_delay(e.recent_restarts)
+                };
+                tracing::warn!(
+                    actor = name,
+                    delay_ms = delay.as_millis() as u64,
+                    "actor exited; rebuilding"
+                );
+                metrics::counter!("haseq_actor_restarts_total", "actor" => name).increment(1);
+                if !delay.is_zero() {
+                    tokio::select! {
+                        _ = loop_shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                let map = loop_entries.borrow();
+                if let Some(e) = map.get(name) {
+                    (e.rebuild)(ExitGuard {
+                        name,
+                        tx: loop_tx.clone(),
+                    });
+                }
+            }
+        });
+        Supervisor {
+            tx,
+            entries,
+            shutdown,
+        }
+    }
+
+    /// Start an actor built by `factory` and keep it running: when it exits for any reason
+    /// before shutdown, `factory` builds its replacement. The factory receives the
+    /// [`ExitGuard`] the actor must keep for as long as it lives.
+    pub fn start<A, F>(&self, name: &'static str, factory: F) -> Slot<A>
+    where
+        A: Actor<Context = Context<A>>,
+        F: Fn(ExitGuard) -> A + 'static,
+    {
+        let first = factory(ExitGuard {
+            name,
+            tx: self.tx.clone(),
+        })
+        .start();
+        let slot = Slot {
+            addr: Arc::new(RwLock::new(first)),
+        };
+        // Touch the counter so the series exists (at 0) before any restart.
+        metrics::counter!("haseq_actor_restarts_total", "actor" => name).increment(0);
+        let rebuild_slot = slot.clone();
+        let rebuild: Rebuild = Box::new(move |guard| {
+            rebuild_slot.set(factory(guard).start());
+            tracing::info!(actor = name, "actor rebuilt");
+        });
+        self.entries.borrow_mut().insert(
+            name,
+            Entry {
+                rebuild,
+                recent_restarts: 0,
+                last_restart: None,
+            },
+        );
+        slot
+    }
+
+    /// Stop rebuilding actors; those still running stop with the actix `System`.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// No delay for an isolated crash; exponential backoff for a crash loop, capped.
+fn restart_delay(recent_restarts: u32) -> Duration {
+    if recent_restarts == 0 {
+        return Duration::ZERO;
+    }
+    let factor = 1u32 << recent_restarts.min(16);
+    (RESTART_DELAY_MIN * factor).min(RESTART_DELAY_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix::{Handler, Message};
+
+    struct Counter {
+        n: u64,
+        _guard: ExitGuard,
+    }
+    impl Actor for Counter {
+        type Context = Context<Self>;
+    }
+    #[derive(Message)]
+    #[rtype(result = "u64")]
+    struct Bump;
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Explode;
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Quit;
+    impl Handler<Bump> for Counter {
+        type Result = u64;
+        fn handle(&mut self, _: Bump, _: &mut Context<Self>) -> u64 {
+            self.n += 1;
+            self.n
+        }
+    }
+    impl Handler<Explode> for Counter {
+        type Result = ();
+        fn handle(&mut self, _: Explode, _: &mut Context<Self>) {
+            panic!("deliberate panic in a test");
+        }
+    }
+    impl Handler<Quit> for Counter {
+        type Result = ();
+        fn handle(&mut self, _: Quit, ctx: &mut Context<Self>) {
+            actix::ActorContext::stop(ctx);
+        }
+    }
+
+    async fn bump_until_ok(slot: &Slot<Counter>) -> u64 {
+        for _ in 0..200 {
+            if let Ok(n) = slot.get().send(Bump).await {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("actor was not rebuilt within 1 s");
+    }
+
+    #[test]
+    fn panicked_and_stopped_actors_are_rebuilt() {
+        let sys = actix_rt::System::new();
+        sys.block_on(async {
+            let sup = Supervisor::new(CancellationToken::new());
+            let slot = sup.start("counter", |g| Counter { n: 0, _guard: g });
+            assert_eq!(slot.get().send(Bump).await.unwrap(), 1);
+
+            // A panicking handler closes the mailbox: the old address is dead for good.
+            let old = slot.get();
+            assert!(old.send(Explode).await.is_err());
+            assert!(
+                old.send(Bump).await.is_err(),
+                "a panicked actor's mailbox stays closed"
+            );
+            // The rebuilt actor starts from its factory's state.
+            assert_eq!(bump_until_ok(&slot).await, 1);
+
+            // An actor that stops is rebuilt too.
+            slot.get().send(Quit).await.unwrap();
+            assert_eq!(bump_until_ok(&slot).await, 1);
+            sup.shutdown();
+        });
+    }
+
+    #[test]
+    fn crash_loops_back_off() {
+        assert_eq!(restart_delay(0), Duration::ZERO);
+        assert!(restart_delay(1) > Duration::ZERO);
+        assert!(restart_delay(3) > restart_delay(2));
+        assert_eq!(restart_delay(40), RESTART_DELAY_MAX);
+    }
+}

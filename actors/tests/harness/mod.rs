@@ -1,0 +1,217 @@
+//! In-process cluster harness: real nodes (LMDB storage, TCP transport on loopback, openraft,
+//! supervised actors, HTTP API) in one process, one actix `System`.
+//!
+//! Faults are node-level: `kill` stops a node abruptly (its Raft stops answering, as after a
+//! crash; the store stays on disk) and `restart` starts it again on the same directory and
+//! ports. Every wait is `wait_until(deadline, what, cond)`, which fails with the last state it
+//! saw; every loop is bounded.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use haseq_actors::node::{self, Node};
+use haseq_actors::raft_core::{GetStatus, RaftStatus, Role};
+use haseq_actors::settings::{NodeSettings, RaftTiming};
+use haseq_messages::NodeId;
+use tokio::net::TcpListener;
+
+/// The cluster secret every test node shares.
+pub const SECRET: &[u8] = b"haseq in-process test cluster secret";
+
+/// The operator guide's recommended timings.
+pub fn guide_timing() -> RaftTiming {
+    RaftTiming {
+        heartbeat_timeout: Duration::from_millis(92),
+        election_timeout: Duration::from_millis(368),
+        leader_lease_timeout: Duration::from_millis(46),
+        send_timeout: Duration::from_millis(50),
+    }
+}
+
+pub struct Member {
+    pub id: NodeId,
+    pub settings: NodeSettings,
+    pub node: Option<Node>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub members: Vec<Member>,
+}
+
+async fn bind(addr: &str) -> TcpListener {
+    // A restarted node rebinds the port it had; the old socket may linger for a moment.
+    for _ in 0..100 {
+        if let Ok(l) = TcpListener::bind(addr).await {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("cannot bind {addr} within 2 s");
+}
+
+impl Cluster {
+    /// Start `n` nodes with the guide's timings.
+    pub async fn start(n: usize) -> Cluster {
+        Self::start_with(n, guide_timing()).await
+    }
+
+    pub async fn start_with(n: usize, timing: RaftTiming) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut addrs = Vec::new();
+        for _ in 0..n {
+            let raft = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            let api = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            addrs.push((raft.to_string(), api.to_string()));
+        }
+        let mut members = Vec::new();
+        for i in 0..n {
+            let id = NodeId(format!("node-{}", i + 1));
+            let peers = (0..n)
+                .filter(|&j| j != i)
+                .map(|j| (NodeId(format!("node-{}", j + 1)), addrs[j].0.clone()))
+                .collect();
+            let settings = NodeSettings {
+                node_id: id.clone(),
+                raft_addr: addrs[i].0.clone(),
+                raft_dir: dir.path().join(id.as_str()),
+                peers,
+                timing,
+                snapshot_threshold: 500,
+                trailing_logs: 200,
+                snap_count: 3,
+                secret: Arc::new(SECRET.to_vec()),
+                api_addr: addrs[i].1.clone(),
+            };
+            members.push(Member {
+                id,
+                settings,
+                node: None,
+            });
+        }
+        let mut c = Cluster { dir, members };
+        for i in 0..n {
+            c.restart(i).await;
+        }
+        c
+    }
+
+    pub fn node(&self, i: usize) -> &Node {
+        self.members[i].node.as_ref().expect("node is running")
+    }
+
+    pub fn index_of(&self, id: &NodeId) -> usize {
+        self.members
+            .iter()
+            .position(|m| &m.id == id)
+            .expect("known node id")
+    }
+
+    /// Start (or start again) node `i` on its directory and ports.
+    pub async fn restart(&mut self, i: usize) {
+        assert!(
+            self.members[i].node.is_none(),
+            "node {i} is already running"
+        );
+        let s = self.members[i].settings.clone();
+        let raft = bind(&s.raft_addr).await;
+        let api = bind(&s.api_addr).await;
+        let node = node::start_with_listeners(s, raft, api)
+            .await
+            .expect("node starts");
+        self.members[i].node = Some(node);
+    }
+
+    /// Stop node `i` abruptly: its transport and Raft stop at once, nothing is handed over.
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(n) = self.members[i].node.take() {
+            n.shutdown().await;
+        }
+    }
+
+    pub async fn stop_all(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i).await;
+        }
+    }
+
+    /// The status of every running node, by index.
+    pub async fn statuses(&self) -> Vec<(usize, RaftStatus)> {
+        let mut out = Vec::new();
+        for (i, m) in self.members.iter().enumerate() {
+            if let Some(n) = &m.node {
+                if let Ok(s) = n.raft_core.get().send(GetStatus).await {
+                    out.push((i, s));
+                }
+            }
+        }
+        out
+    }
+
+    /// The one node that calls itself leader and that every running node follows.
+    pub async fn agreed_leader(&self) -> Option<(usize, u64)> {
+        let st = self.statuses().await;
+        let running = self.members.iter().filter(|m| m.node.is_some()).count();
+        if st.len() != running {
+            return None;
+        }
+        let leaders: Vec<_> = st.iter().filter(|(_, s)| s.role == Role::Leader).collect();
+        if leaders.len() != 1 {
+            return None;
+        }
+        let (li, ls) = leaders[0];
+        st.iter()
+            .all(|(_, s)| s.leader_id.as_ref() == Some(&ls.node_id))
+            .then_some((*li, ls.term))
+    }
+
+    pub async fn wait_leader(&self, deadline: Duration) -> (usize, u64) {
+        wait_until(
+            deadline,
+            "one leader all running nodes agree on",
+            || async {
+                match self.agreed_leader().await {
+                    Some(l) => Ok(l),
+                    None => Err(format!("{:?}", self.statuses().await)),
+                }
+            },
+        )
+        .await
+    }
+}
+
+/// Poll `cond` until it gives `Ok` or `deadline` passes; then panic with `what` and the last
+/// state `cond` described.
+pub async fn wait_until<T, F, Fut>(deadline: Duration, what: &str, mut cond: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    let mut last = String::new();
+    for _ in 0..100_000 {
+        match cond().await {
+            Ok(v) => return v,
+            Err(state) => last = state,
+        }
+        if start.elapsed() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out after {deadline:?} waiting for {what}; last state: {last}");
+}
+
+/// Run a test body inside an actix System on a multi-threaded tokio runtime, as the daemon does.
+pub fn run<F: Future<Output = ()>>(body: F) {
+    haseq_actors::system().expect("runtime").block_on(body);
+}

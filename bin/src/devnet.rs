@@ -1,0 +1,273 @@
+//! `haseqd devnet`: a whole local cluster in one command.
+//!
+//! Starts `--nodes` separate `haseqd run` processes on loopback (so killing one is a real
+//! crash), with configurations written from the operator guide's recommended timings, prints
+//! each node's API URL, then a live table of every node's role, term, leader and indexes,
+//! until Ctrl-C (or `--exit-after`), when it stops every node: SIGTERM, then SIGKILL after a
+//! bounded wait.
+
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::process::{Child, Command};
+
+use haseq_actors::http_client as http;
+
+/// How often the table is refreshed.
+const REFRESH: Duration = Duration::from_millis(500);
+/// How long a node may take to exit after SIGTERM before it is killed.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+/// Deadline for one `/status` call.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// Options of `haseqd devnet`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct DevnetArgs {
+    /// Number of nodes (an odd number: 1, 3, 5 or 7).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) nodes: usize,
+    /// Keep all data here (created if missing) instead of a temporary directory.
+    #[arg(long)]
+    pub(crate) dir: Option<PathBuf>,
+    /// Use ports from here on (node i: raft base+2i, api base+2i+1) instead of free ones.
+    #[arg(long)]
+    pub(crate) base_port: Option<u16>,
+    /// Stop by itself after this long (e.g. `30s`); runs until Ctrl-C without it.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) exit_after: Option<Duration>,
+}
+
+struct DevNode {
+    id: String,
+    raft: String,
+    api: String,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// Run the devnet until Ctrl-C, SIGTERM or `--exit-after`.
+///
+/// # Errors
+/// Bad arguments, unwritable directory, a node that cannot be spawned.
+pub(crate) async fn run(args: DevnetArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        matches!(args.nodes, 1 | 3 | 5 | 7),
+        "--nodes {}: a Raft cluster needs an odd number of nodes: 1, 3, 5 or 7",
+        args.nodes
+    );
+    let (dir, _temp) = match &args.dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::Builder::new().prefix("haseq-devnet-").tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let secret_file = dir.join("cluster.secret");
+    if !secret_file.exists() {
+        let secret: [u8; 32] = rand::random();
+        std::fs::write(&secret_file, hex::encode(secret) + "\n")
+            .with_context(|| format!("writing {}", secret_file.display()))?;
+    }
+
+    let mut nodes = Vec::with_capacity(args.nodes);
+    for i in 1..=args.nodes {
+        let (raft_port, api_port) = match args.base_port {
+            Some(b) => {
+                let base = b as usize + 2 * (i - 1);
+                anyhow::ensure!(
+                    base + 1 <= u16::MAX as usize,
+                    "--base-port {b}: ports run past 65535"
+                );
+                (base as u16, (base + 1) as u16)
+            }
+            None => (free_port()?, free_port()?),
+        };
+        let id = format!("node-{i}");
+        let node_dir = dir.join(&id);
+        std::fs::create_dir_all(&node_dir)?;
+        nodes.push(DevNode {
+            raft: format!("127.0.0.1:{raft_port}"),
+            api: format!("127.0.0.1:{api_port}"),
+            config: node_dir.join("node.yaml"),
+            log: node_dir.join("haseqd.log"),
+            id,
+            child: None,
+        });
+    }
+    for n in &nodes {
+        let peers: Vec<String> = nodes
+            .iter()
+            .filter(|p| p.id != n.id)
+            .map(|p| format!("    {}@{}", p.id, p.raft))
+            .collect();
+        let text = node_config(
+            n,
+            &peers.join(",\n"),
+            &dir.join(&n.id).join("raft"),
+            &secret_file,
+        );
+        std::fs::write(&n.config, text)
+            .with_context(|| format!("writing {}", n.config.display()))?;
+    }
+
+    let exe = std::env::current_exe().context("locating the haseqd executable")?;
+    for n in &mut nodes {
+        n.child = Some(spawn(&exe, n)?);
+    }
+    println!(
+        "haseq devnet: {} nodes, data in {}",
+        nodes.len(),
+        dir.display()
+    );
+    for n in &nodes {
+        println!(
+            "  {}  api http://{}  raft {}  log {}",
+            n.id,
+            n.api,
+            n.raft,
+            n.log.display()
+        );
+    }
+    println!("Ctrl-C stops every node.\n");
+
+    let result = watch(&mut nodes, args.exit_after).await;
+    stop_all(&mut nodes).await;
+    println!("devnet stopped");
+    result
+}
+
+fn node_config(n: &DevNode, peers: &str, raft_dir: &Path, secret: &Path) -> String {
+    format!(
+        "node:\n  aggregator: true\nraft:\n  enable: true\n  node_id: \"{id}\"\n  \
+         raft_addr: \"{raft}\"\n  raft_dir: \"{dir}\"\n  peers: >-\n{peers}\n  \
+         heartbeat_timeout: \"92ms\"\n  election_timeout: \"368ms\"\n  \
+         leader_lease_timeout: \"46ms\"\n  send_timeout: \"50ms\"\n  trailing_logs: 18000\n  \
+         snapshot_threshold: 5000\n  snap_count: 3\n  secret_file: \"{secret}\"\n\
+         api:\n  addr: \"{api}\"\n",
+        id = n.id,
+        raft = n.raft,
+        dir = raft_dir.display(),
+        secret = secret.display(),
+        api = n.api,
+    )
+}
+
+fn spawn(exe: &Path, n: &DevNode) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&n.log)?;
+    let child = Command::new(exe)
+        .arg("run")
+        .arg("--config")
+        .arg(&n.config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", n.id))?;
+    Ok(child)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+async fn watch(nodes: &mut [DevNode], exit_after: Option<Duration>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let tty = std::io::stdout().is_terminal();
+    let mut last_table = String::new();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(REFRESH);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        if exit_after.is_some_and(|d| started.elapsed() >= d) {
+            return Ok(());
+        }
+        let table = render(nodes).await;
+        if tty {
+            print!("\x1b[H\x1b[2J{table}");
+        } else if table != last_table {
+            // Not a terminal: print only changes, so a log of the devnet stays readable.
+            print!("[{:>7.1}s]\n{table}", started.elapsed().as_secs_f64());
+        }
+        last_table = table;
+    }
+}
+
+async fn render(nodes: &mut [DevNode]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<8} {:<8} {:<10} {:>5} {:<8} {:>10} {:>10}",
+        "node", "process", "role", "term", "leader", "committed", "applied"
+    );
+    for n in nodes.iter_mut() {
+        let process = match n.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => "up".to_string(),
+            Some(Ok(Some(st))) => {
+                format!("exit {}", st.code().map_or("sig".into(), |c| c.to_string()))
+            }
+            _ => "down".to_string(),
+        };
+        let status = http::request(&n.api, "GET", "/status", None, STATUS_TIMEOUT).await;
+        let v: Option<serde_json::Value> = status
+            .ok()
+            .filter(|r| r.status == 200)
+            .and_then(|r| serde_json::from_str(&r.body).ok());
+        let field = |k: &str| -> String {
+            match v.as_ref().and_then(|v| v.get(k)) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Null) | None => "-".into(),
+                Some(x) => x.to_string(),
+            }
+        };
+        let _ = writeln!(
+            out,
+            "{:<8} {:<8} {:<10} {:>5} {:<8} {:>10} {:>10}",
+            n.id,
+            process,
+            field("role"),
+            field("term"),
+            field("leader_id"),
+            field("committed_index"),
+            field("applied_index"),
+        );
+    }
+    out
+}
+
+async fn stop_all(nodes: &mut [DevNode]) {
+    for n in nodes.iter_mut() {
+        if let Some(pid) = n.child.as_ref().and_then(|c| c.id()) {
+            // SIGTERM lets a leader hand over before it exits.
+            // SAFETY: kill(2) with a pid we spawned and still own; no memory is touched.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+    }
+    for n in nodes.iter_mut() {
+        if let Some(mut c) = n.child.take() {
+            match tokio::time::timeout(STOP_WAIT, c.wait()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    eprintln!("{} did not stop within {STOP_WAIT:?}; killing it", n.id);
+                    let _ = c.kill().await;
+                }
+            }
+        }
+    }
+}
