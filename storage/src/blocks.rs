@@ -1,0 +1,300 @@
+//! The block store: height -> block, hash -> height; and [`BlockReader`], the read handle the
+//! rest of the node uses (API, replayer, P2P).
+//!
+//! Blocks are written by the state machine (in the same transaction as the head that makes
+//! them canonical), by snapshot installation, and by [`BlockBackfill`] (historical blocks below
+//! a snapshot, fetched from peers, accepted only if they hash-link to the stored chain).
+
+use std::sync::Arc;
+
+use haseq_messages::{Block, BlockHash, Height};
+use heed::{RoTxn, RwTxn};
+use tokio::sync::watch;
+
+use crate::env::{self, Dbs, LmdbEnv};
+use crate::error::StorageError;
+use crate::records::{Head, decode_rec, encode_rec, sm_key};
+use crate::sm::AppliedState;
+use crate::writer::Writer;
+
+/// Writes `block` at its height and indexes its hash. A different block already stored at
+/// that height is replaced and its hash unindexed (only a snapshot install can do that).
+pub(crate) fn put_block(
+    wtxn: &mut RwTxn<'_>,
+    dbs: &Dbs,
+    block: &Block,
+) -> Result<(), StorageError> {
+    let height = block.height.0;
+    if let Some(old) = get_block(wtxn, dbs, block.height)?
+        && old.hash != block.hash
+    {
+        tracing::warn!(height, old = %old.hash, new = %block.hash, "replacing a stored block");
+        dbs.hashes
+            .delete(wtxn, &old.hash.0[..])
+            .map_err(StorageError::lmdb("block store: unindex replaced block"))?;
+    }
+    let bytes = encode_rec("block", block)?;
+    dbs.blocks
+        .put(wtxn, &height, &bytes)
+        .map_err(StorageError::lmdb("block store: put block"))?;
+    dbs.hashes
+        .put(wtxn, &block.hash.0[..], &height)
+        .map_err(StorageError::lmdb("block store: index block hash"))?;
+    Ok(())
+}
+
+/// Reads the block at `height`, checking that it is stored under its own height.
+pub(crate) fn get_block(
+    txn: &RoTxn<'_>,
+    dbs: &Dbs,
+    height: Height,
+) -> Result<Option<Block>, StorageError> {
+    let Some(bytes) = dbs
+        .blocks
+        .get(txn, &height.0)
+        .map_err(StorageError::lmdb("block store: get block"))?
+    else {
+        return Ok(None);
+    };
+    let block: Block = decode_rec("block", height, bytes)?;
+    if block.height != height {
+        return Err(StorageError::Decode {
+            what: "block",
+            key: height.to_string(),
+            source: haseq_messages::CodecError(format!(
+                "block under height {height} says height {}",
+                block.height
+            )),
+        });
+    }
+    Ok(Some(block))
+}
+
+/// The newest `count` stored blocks at or below `head`, ascending. Stops at the first gap
+/// (older blocks may not have been fetched yet after a snapshot install).
+pub(crate) fn recent_blocks(
+    txn: &RoTxn<'_>,
+    dbs: &Dbs,
+    head: Head,
+    count: usize,
+) -> Result<Vec<Block>, StorageError> {
+    let mut out: Vec<Block> = Vec::with_capacity(count.min(head.height.0 as usize));
+    let mut expected_hash = head.hash;
+    let mut height = head.height.0;
+    while height > 0 && out.len() < count {
+        let Some(block) = get_block(txn, dbs, Height(height))? else {
+            break;
+        };
+        // Follow parent links, not just heights: the chain we carry must end at the head.
+        if block.hash != expected_hash {
+            return Err(StorageError::SnapshotBlocks {
+                height: block.height,
+                reason: format!(
+                    "stored block {} is not on the chain to head (expected {expected_hash})",
+                    block.hash
+                ),
+            });
+        }
+        expected_hash = block.parent_hash;
+        out.push(block);
+        height -= 1;
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// Reads the head record (genesis when absent).
+pub(crate) fn read_head(txn: &RoTxn<'_>, dbs: &Dbs) -> Result<Head, StorageError> {
+    Ok(env::get_rec(txn, dbs.sm, "head", sm_key::HEAD)?.unwrap_or(Head::GENESIS))
+}
+
+/// Read-only access to the applied chain: head, blocks by height, heights by hash.
+///
+/// Cheap to clone; each call is one short read transaction on the calling thread.
+#[derive(Clone)]
+pub struct BlockReader {
+    env: LmdbEnv,
+    dbs: Dbs,
+    applied_rx: watch::Receiver<AppliedState>,
+}
+
+impl BlockReader {
+    pub(crate) fn new(env: LmdbEnv, dbs: Dbs, applied_rx: watch::Receiver<AppliedState>) -> Self {
+        BlockReader {
+            env,
+            dbs,
+            applied_rx,
+        }
+    }
+
+    fn read<R>(
+        &self,
+        f: impl FnOnce(&RoTxn<'_>) -> Result<R, StorageError>,
+    ) -> Result<R, StorageError> {
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(StorageError::lmdb("block store: begin read"))?;
+        f(&rtxn)
+    }
+
+    /// The applied chain's head.
+    ///
+    /// # Errors
+    /// On an LMDB failure or a corrupt head record.
+    pub fn head(&self) -> Result<Head, StorageError> {
+        self.read(|txn| read_head(txn, &self.dbs))
+    }
+
+    /// The stored block at `height`, `None` if this node does not hold it (not applied yet, or
+    /// older than the snapshot it installed and not fetched yet).
+    ///
+    /// # Errors
+    /// On an LMDB failure or a corrupt record.
+    pub fn block(&self, height: Height) -> Result<Option<Block>, StorageError> {
+        self.read(|txn| get_block(txn, &self.dbs, height))
+    }
+
+    /// The height of the stored block with this hash, if any.
+    ///
+    /// # Errors
+    /// On an LMDB failure.
+    pub fn height_of(&self, hash: &BlockHash) -> Result<Option<Height>, StorageError> {
+        self.read(|txn| {
+            let h = self
+                .dbs
+                .hashes
+                .get(txn, &hash.0[..])
+                .map_err(StorageError::lmdb("block store: get height by hash"))?;
+            Ok(h.map(Height))
+        })
+    }
+
+    /// Stored blocks from `from` upward, at most `max` of them, stopping at the first height not
+    /// held. For replay and for serving peers.
+    ///
+    /// # Errors
+    /// On an LMDB failure or a corrupt record.
+    pub fn blocks_from(&self, from: Height, max: usize) -> Result<Vec<Block>, StorageError> {
+        self.read(|txn| {
+            let mut out = Vec::new();
+            let mut h = from.0;
+            while out.len() < max {
+                match get_block(txn, &self.dbs, Height(h))? {
+                    Some(b) => out.push(b),
+                    None => break,
+                }
+                h = match h.checked_add(1) {
+                    Some(n) => n,
+                    None => break,
+                };
+            }
+            Ok(out)
+        })
+    }
+
+    /// Watch the applied state (published after each durable apply or snapshot install).
+    pub fn subscribe(&self) -> watch::Receiver<AppliedState> {
+        self.applied_rx.clone()
+    }
+}
+
+impl std::fmt::Debug for BlockReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockReader")
+            .field("path", &self.env.path())
+            .finish()
+    }
+}
+
+/// Most blocks one [`BlockBackfill::insert`] call takes (one write transaction).
+pub const BACKFILL_BLOCKS_MAX: usize = 4096;
+
+/// Writes historical blocks (below the applied head) that this node lacks, typically after a
+/// snapshot install: the Syncer fetches them from peers, newest gap first.
+///
+/// Peers are not trusted: a block is stored only if it hash-links to the stored chain above it
+/// (the block at `height + 1` names it as parent, or it is the head itself), so the store only
+/// ever holds the applied chain.
+#[derive(Clone)]
+pub struct BlockBackfill {
+    writer: Arc<Writer>,
+}
+
+impl std::fmt::Debug for BlockBackfill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockBackfill").finish_non_exhaustive()
+    }
+}
+
+impl BlockBackfill {
+    pub(crate) fn new(writer: Arc<Writer>) -> Self {
+        BlockBackfill { writer }
+    }
+
+    /// Stores `blocks` (any order) in one write transaction, all or nothing; returns how many
+    /// were new (blocks already stored with the same hash are skipped).
+    ///
+    /// # Errors
+    /// [`StorageError::Backfill`] if a block is above the head, at height 0, not linked to the
+    /// stored chain above it, or differs from the block stored at its height (nothing is
+    /// written then); an LMDB failure; more than [`BACKFILL_BLOCKS_MAX`] blocks.
+    pub async fn insert(&self, mut blocks: Vec<Block>) -> Result<usize, StorageError> {
+        if blocks.len() > BACKFILL_BLOCKS_MAX {
+            return Err(StorageError::InvalidOption {
+                name: "backfill batch",
+                value: blocks.len().to_string(),
+                reason: "more than BACKFILL_BLOCKS_MAX blocks",
+            });
+        }
+        // Newest first: each block is checked against the one just above it, which is either
+        // already stored or inserted earlier in this same transaction.
+        blocks.sort_by_key(|b| std::cmp::Reverse(b.height));
+        self.writer
+            .write("block store: backfill", move |wtxn, dbs| {
+                let head = read_head(wtxn, dbs)?;
+                let mut inserted = 0;
+                for block in &blocks {
+                    let refuse = |reason: String| StorageError::Backfill {
+                        height: block.height,
+                        reason,
+                    };
+                    if block.height.0 == 0 || block.height > head.height {
+                        return Err(refuse(format!("not in 1..={}", head.height)));
+                    }
+                    if let Some(stored) = get_block(wtxn, dbs, block.height)? {
+                        if stored.hash != block.hash {
+                            return Err(refuse(format!(
+                                "stored block there is {}, got {}",
+                                stored.hash, block.hash
+                            )));
+                        }
+                        continue;
+                    }
+                    let expected = if block.height == head.height {
+                        head.hash
+                    } else {
+                        match get_block(wtxn, dbs, block.height.next())? {
+                            Some(above) => above.parent_hash,
+                            None => {
+                                return Err(refuse(format!(
+                                    "block {} is not stored",
+                                    block.height.next()
+                                )));
+                            }
+                        }
+                    };
+                    if block.hash != expected {
+                        return Err(refuse(format!(
+                            "hash {} is not the parent {expected} of the chain above",
+                            block.hash
+                        )));
+                    }
+                    put_block(wtxn, dbs, block)?;
+                    inserted += 1;
+                }
+                Ok(inserted)
+            })
+            .await
+    }
+}

@@ -1,0 +1,158 @@
+//! The LMDB environment and its databases: how they are opened and how a value is read.
+//!
+//! Layout under the node's directory:
+//! ```text
+//! <dir>/db/data.mdb, lock.mdb     the LMDB environment (this module)
+//! <dir>/snapshot-<term>-<index>.snp   snapshot files (see `snapshot`)
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use heed::byteorder::BE;
+use heed::types::{Bytes, Str, U64};
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, WithoutTls};
+use serde::de::DeserializeOwned;
+
+use crate::error::StorageError;
+use crate::records::decode_rec;
+
+/// The environment type: read transactions without thread-local slots, so that a reader never
+/// depends on which tokio worker it happens to run on.
+pub(crate) type LmdbEnv = Env<WithoutTls>;
+
+/// Name of the environment's subdirectory under the node's directory.
+const ENV_SUBDIR: &str = "db";
+
+/// How many named databases the environment may hold (we use five; room to grow).
+const MAX_DBS: u32 = 16;
+
+/// How long `open` waits for a just-dropped store on the same directory to finish closing
+/// (its writer thread joins on drop, but another handle may still be in flight).
+pub(crate) const REOPEN_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// The databases of one environment. `Copy`: a handle is only a number.
+#[derive(Clone, Copy)]
+pub(crate) struct Dbs {
+    /// Raft log: index (big-endian) -> postcard entry.
+    pub(crate) log: Database<'static, U64<BE>, Bytes>,
+    /// Raft metadata: vote, committed, last purged.
+    pub(crate) meta: Database<'static, Str, Bytes>,
+    /// State machine: applied log id, membership, head.
+    pub(crate) sm: Database<'static, Str, Bytes>,
+    /// Block store: height (big-endian) -> postcard block.
+    pub(crate) blocks: Database<'static, U64<BE>, Bytes>,
+    /// Block index: hash (32 bytes) -> height.
+    pub(crate) hashes: Database<'static, Bytes, U64<BE>>,
+}
+
+/// The environment directory for a node directory.
+pub(crate) fn env_dir(dir: &Path) -> PathBuf {
+    dir.join(ENV_SUBDIR)
+}
+
+/// Opens (creating the directory if needed) the environment under `dir`.
+///
+/// If this process still has the environment open (a store on the same directory that was just
+/// dropped, and whose last handle is being released), waits for it to close, up to
+/// [`REOPEN_WAIT_MAX`].
+pub(crate) fn open_env(dir: &Path, map_size_bytes: usize) -> Result<LmdbEnv, StorageError> {
+    let path = env_dir(dir);
+    std::fs::create_dir_all(&path).map_err(StorageError::io("create directory", &path))?;
+    let mut opts = EnvOpenOptions::new().read_txn_without_tls();
+    opts.map_size(map_size_bytes).max_dbs(MAX_DBS);
+
+    for attempt in 0..2 {
+        // SAFETY: LMDB maps the file into memory; heed's `open` is unsafe because another
+        // party modifying the file outside LMDB's locking is UB. Only this crate opens this
+        // directory, always through LMDB and its lock file, and heed refuses a second open of
+        // the same path in this process (`EnvAlreadyOpened`, handled below).
+        let res = unsafe { opts.open(&path) };
+        match res {
+            Ok(env) => return Ok(env),
+            Err(heed::Error::EnvAlreadyOpened) if attempt == 0 => {
+                let canonical = path
+                    .canonicalize()
+                    .map_err(StorageError::io("canonicalize", &path))?;
+                if let Some(closing) = heed::env_closing_event(&canonical) {
+                    tracing::info!(path = %path.display(), "waiting for the previous store on this directory to close");
+                    if !closing.wait_timeout(REOPEN_WAIT_MAX) {
+                        return Err(StorageError::AlreadyOpen { path });
+                    }
+                }
+            }
+            Err(heed::Error::EnvAlreadyOpened) => return Err(StorageError::AlreadyOpen { path }),
+            Err(source) => return Err(StorageError::OpenEnv { path, source }),
+        }
+    }
+    Err(StorageError::AlreadyOpen { path })
+}
+
+/// Creates (or opens) the databases. Runs a write transaction: call it on the writer thread.
+pub(crate) fn create_dbs(env: &LmdbEnv) -> Result<Dbs, StorageError> {
+    let wtxn = env
+        .write_txn()
+        .map_err(StorageError::lmdb("begin: create databases"))?;
+    let (log, meta, sm, blocks, hashes) = env
+        .create_databases_and_commit(wtxn, |dbo, wtxn| -> Result<_, heed::Error> {
+            let log = dbo.create_database::<U64<BE>, Bytes>(wtxn, Some("log"))?;
+            let meta = dbo.create_database::<Str, Bytes>(wtxn, Some("meta"))?;
+            let sm = dbo.create_database::<Str, Bytes>(wtxn, Some("sm"))?;
+            let blocks = dbo.create_database::<U64<BE>, Bytes>(wtxn, Some("blocks"))?;
+            let hashes = dbo.create_database::<Bytes, U64<BE>>(wtxn, Some("block_hashes"))?;
+            Ok(CommitOrAbort::<_, ()>::Commit((
+                log, meta, sm, blocks, hashes,
+            )))
+        })
+        .map_err(StorageError::lmdb("create databases"))?
+        .unwrap_commit();
+    Ok(Dbs {
+        log,
+        meta,
+        sm,
+        blocks,
+        hashes,
+    })
+}
+
+/// Opens the existing databases read-only, `None` when the environment has none yet.
+pub(crate) fn open_dbs(env: &LmdbEnv) -> Result<Option<Dbs>, StorageError> {
+    let rtxn = env
+        .read_txn()
+        .map_err(StorageError::lmdb("begin: open databases"))?;
+    let res = env
+        .open_databases_and_commit(rtxn, |dbo, rtxn| -> Result<_, heed::Error> {
+            let log = dbo.open_database::<U64<BE>, Bytes>(rtxn, Some("log"))?;
+            let meta = dbo.open_database::<Str, Bytes>(rtxn, Some("meta"))?;
+            let sm = dbo.open_database::<Str, Bytes>(rtxn, Some("sm"))?;
+            let blocks = dbo.open_database::<U64<BE>, Bytes>(rtxn, Some("blocks"))?;
+            let hashes = dbo.open_database::<Bytes, U64<BE>>(rtxn, Some("block_hashes"))?;
+            Ok(match (log, meta, sm, blocks, hashes) {
+                (Some(log), Some(meta), Some(sm), Some(blocks), Some(hashes)) => {
+                    CommitOrAbort::Commit((log, meta, sm, blocks, hashes))
+                }
+                _ => CommitOrAbort::Abort(()),
+            })
+        })
+        .map_err(StorageError::lmdb("open databases"))?;
+    Ok(res.commit().map(|(log, meta, sm, blocks, hashes)| Dbs {
+        log,
+        meta,
+        sm,
+        blocks,
+        hashes,
+    }))
+}
+
+/// Reads and decodes the value under a string key, `None` if absent.
+pub(crate) fn get_rec<T: DeserializeOwned>(
+    txn: &RoTxn<'_>,
+    db: Database<'static, Str, Bytes>,
+    what: &'static str,
+    key: &str,
+) -> Result<Option<T>, StorageError> {
+    match db.get(txn, key).map_err(StorageError::lmdb("get record"))? {
+        None => Ok(None),
+        Some(bytes) => decode_rec(what, key, bytes).map(Some),
+    }
+}

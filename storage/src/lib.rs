@@ -1,0 +1,205 @@
+//! haseq-storage: all on-disk state of a node, in one LMDB environment (heed) plus snapshot
+//! files beside it: the Raft log and vote, the state machine (applied log id, membership, the
+//! applied chain's head), the block store, and Raft snapshots.
+//!
+//! Not here: networking, actors, role decisions, the execution engine. This crate implements
+//! openraft's storage traits ([`LogStore`], [`StateMachineStore`]) and gives the rest of the node
+//! read access ([`BlockReader`]) and a watch on what was applied ([`AppliedState`]).
+//!
+//! Every write transaction runs on one writer thread per environment (`writer`): async callers
+//! hand it a closure and await the result, which arrives after the commit and its fsync. Reads
+//! are short read transactions on the calling thread.
+//!
+//! Modules:
+//! - `env`: the environment, its databases, the directory layout;
+//! - `writer`: the writer thread;
+//! - `log`: Raft log, vote, committed and purged pointers ([`LogStore`]);
+//! - `sm`: the apply rule, head and membership ([`StateMachineStore`], [`check_block`]);
+//! - `blocks`: height -> block, hash -> height ([`BlockReader`], [`BlockBackfill`]);
+//! - `snapshot`: snapshot files, atomic writes, retention ([`SnapshotBuilder`]);
+//! - `records`: the stored record types and their encoding ([`Head`]);
+//! - [`metrics`]: metric names and [`describe_metrics`];
+//! - [`error`]: the error type, [`StorageError`].
+
+mod blocks;
+mod env;
+pub mod error;
+mod log;
+pub mod metrics;
+mod records;
+mod sm;
+mod snapshot;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+pub use crate::blocks::{BACKFILL_BLOCKS_MAX, BlockBackfill, BlockReader};
+pub use crate::error::StorageError;
+pub use crate::log::{LOG_READ_ENTRIES_MAX, LogStore};
+pub use crate::metrics::describe_metrics;
+pub use crate::records::Head;
+pub use crate::sm::{APPLY_BATCH_ENTRIES_MAX, AppliedState, StateMachineStore, check_block};
+pub use crate::snapshot::SnapshotBuilder;
+
+use crate::snapshot::SnapshotDir;
+use crate::writer::Writer;
+
+/// Default LMDB map size: 64 GiB of address space. LMDB grows the file only as data is
+/// written, so this is a ceiling, not an allocation.
+pub const DEFAULT_MAP_SIZE_BYTES: usize = 64 << 30;
+
+/// How a store is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// How many snapshot files to keep (the newest); at least 1 (operator guide `snap_count`).
+    pub snap_count: usize,
+    /// How many of the newest blocks a snapshot carries, so that a node installing it can
+    /// replay and serve the chain tip at once.
+    pub snapshot_recent_blocks: usize,
+    /// LMDB map size: the most the environment may ever hold. A multiple of the page size.
+    pub map_size_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            snap_count: 3,
+            snapshot_recent_blocks: 1024,
+            map_size_bytes: DEFAULT_MAP_SIZE_BYTES,
+        }
+    }
+}
+
+impl StoreOptions {
+    fn validate(&self) -> Result<(), StorageError> {
+        if self.snap_count == 0 {
+            return Err(StorageError::InvalidOption {
+                name: "snap_count",
+                value: "0".into(),
+                reason: "the current snapshot must be kept: use at least 1",
+            });
+        }
+        if self.map_size_bytes == 0 {
+            return Err(StorageError::InvalidOption {
+                name: "map_size_bytes",
+                value: "0".into(),
+                reason: "must be positive",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// An open store: the three handles over one environment.
+///
+/// Dropping every handle (and every clone of them) closes the environment: the writer thread
+/// is joined when the last log or state machine handle goes.
+#[derive(Debug)]
+pub struct Storage {
+    /// The Raft log store, for `Raft::new`.
+    pub log: LogStore,
+    /// The Raft state machine, for `Raft::new`.
+    pub sm: StateMachineStore,
+    /// Read access to the applied chain, for the rest of the node.
+    pub reader: BlockReader,
+}
+
+impl Storage {
+    /// A handle that stores historical blocks fetched from peers (see [`BlockBackfill`]).
+    /// Take it before moving `log` and `sm` into openraft.
+    pub fn backfill(&self) -> BlockBackfill {
+        self.log.backfill()
+    }
+}
+
+/// Opens (creating if needed) the store in `dir`.
+///
+/// Blocks the calling thread while the environment opens and the databases are created (on
+/// the writer thread): call it at start-up, or from `spawn_blocking`. Deletes snapshot temp
+/// files a crash left behind.
+///
+/// # Errors
+/// On bad options, an unusable directory, an environment LMDB can't open, a store still open
+/// in this process, or a corrupt state record.
+pub fn open(dir: &Path, opts: StoreOptions) -> Result<Storage, StorageError> {
+    opts.validate()?;
+    std::fs::create_dir_all(dir).map_err(StorageError::io("create directory", dir))?;
+    let snapshots = SnapshotDir::new(
+        dir.to_path_buf(),
+        opts.snap_count,
+        opts.snapshot_recent_blocks,
+    );
+    snapshots.remove_temp_files()?;
+
+    let env = env::open_env(dir, opts.map_size_bytes)?;
+    // A process killed mid-read leaves a reader slot that pins old pages; reclaim it.
+    match env.clear_stale_readers() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(stale = n, "cleared stale LMDB readers"),
+        Err(e) => tracing::warn!(error = %e, "could not clear stale LMDB readers"),
+    }
+    let (writer, dbs) = Writer::start(env.clone())?;
+    let writer = Arc::new(writer);
+
+    let initial = {
+        let rtxn = env
+            .read_txn()
+            .map_err(StorageError::lmdb("open: begin read"))?;
+        sm::read_applied_state(&rtxn, &dbs)?
+    };
+    tracing::info!(dir = %dir.display(), applied = ?initial.applied, head = %initial.head_height, "store opened");
+    ::metrics::gauge!(metrics::APPLIED_HEIGHT).set(initial.head_height.0 as f64);
+    let (applied_tx, applied_rx) = watch::channel(initial);
+    let applied_tx = Arc::new(applied_tx);
+
+    Ok(Storage {
+        log: LogStore::new(writer.clone(), env.clone(), dbs),
+        sm: StateMachineStore::new(writer, env.clone(), dbs, snapshots, applied_tx),
+        reader: BlockReader::new(env, dbs, applied_rx),
+    })
+}
+
+/// Whether `dir` holds an initialised store: a saved vote, a log entry or purge, an applied
+/// entry, or a snapshot. Decides between bootstrapping a new cluster and rejoining.
+///
+/// Call it before [`open`]. It errs on the side of `true`: a store it cannot read (corrupt,
+/// locked, already open in this process) counts as initialised, so a node never bootstraps
+/// over state it could not inspect; [`open`] then reports the actual problem.
+pub fn has_state(dir: &Path) -> bool {
+    match inspect(dir) {
+        Ok(has) => has,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot inspect store; treating it as initialised");
+            true
+        }
+    }
+}
+
+fn inspect(dir: &Path) -> Result<bool, StorageError> {
+    if !dir.exists() {
+        return Ok(false);
+    }
+    let snapshots = SnapshotDir::new(dir.to_path_buf(), usize::MAX, 0);
+    if !snapshots.list()?.is_empty() {
+        return Ok(true);
+    }
+    let data_file: PathBuf = env::env_dir(dir).join("data.mdb");
+    if !data_file.exists() {
+        return Ok(false);
+    }
+    let env = env::open_env(dir, DEFAULT_MAP_SIZE_BYTES)?;
+    let Some(dbs) = env::open_dbs(&env)? else {
+        return Ok(false);
+    };
+    let rtxn = env
+        .read_txn()
+        .map_err(StorageError::lmdb("inspect: begin read"))?;
+    let has = log::read_vote(&rtxn, &dbs)?.is_some()
+        || log::read_last_entry_id(&rtxn, &dbs)?.is_some()
+        || log::read_last_purged(&rtxn, &dbs)?.is_some()
+        || sm::read_applied(&rtxn, &dbs)?.is_some();
+    Ok(has)
+}

@@ -1,0 +1,444 @@
+//! The state machine: the apply rule, the head, the membership, and [`StateMachineStore`].
+//!
+//! State lives in LMDB, not in memory: the `sm` database holds the applied log id, the
+//! membership and the head; accepted block bodies go to the block store in the same write
+//! transaction as the head that makes them canonical, so a crash can never leave a head
+//! without its block or a block that is not on the applied chain.
+
+use std::io;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use haseq_messages::{ApplyOutcome, Block, BlockHash, Command, Height, RejectReason, TC};
+use heed::RoTxn;
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::type_config::alias::{
+    EntryOf, LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf,
+};
+use openraft::{EntryPayload, OptionalSend, StoredMembership};
+use tokio::sync::watch;
+
+use crate::blocks::{self, put_block, read_head};
+use crate::env::{self, Dbs, LmdbEnv};
+use crate::error::StorageError;
+use crate::metrics::{APPLIED_HEIGHT, PROPOSALS_REJECTED_TOTAL, SNAPSHOT_INSTALLS_TOTAL};
+use crate::records::{Head, SnapshotFile, encode_rec, sm_key};
+use crate::snapshot::{self, SnapshotBuilder, SnapshotDir};
+use crate::writer::Writer;
+
+/// Most entries applied in one write transaction. Bounds the transaction's size and how long
+/// the first entry's client waits for the batch's commit.
+pub const APPLY_BATCH_ENTRIES_MAX: usize = 1024;
+
+/// What the rest of the node sees of the state machine after each durable change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedState {
+    /// The last applied log id.
+    pub applied: Option<LogIdOf<TC>>,
+    /// Height of the applied head.
+    pub head_height: Height,
+    /// Hash of the applied head.
+    pub head_hash: BlockHash,
+}
+
+impl AppliedState {
+    /// The head as a [`Head`].
+    pub fn head(&self) -> Head {
+        Head {
+            height: self.head_height,
+            hash: self.head_hash,
+        }
+    }
+}
+
+/// The apply rule: a block is accepted only if it is the next height on the applied head and
+/// builds on the head's hash.
+///
+/// Compares with the applied head only, never with any engine's view: every node applies the
+/// same entries to the same head, so every node decides alike.
+///
+/// # Errors
+/// The reason for refusal, with expected vs got.
+pub fn check_block(head: &Head, block: &Block) -> Result<(), RejectReason> {
+    if block.height != head.height.next() {
+        return Err(RejectReason::NotNextHeight {
+            head: head.height,
+            got: block.height,
+        });
+    }
+    if block.parent_hash != head.hash {
+        return Err(RejectReason::NotOnHead {
+            expected: head.hash,
+            got: block.parent_hash,
+        });
+    }
+    Ok(())
+}
+
+/// Reads the applied log id.
+pub(crate) fn read_applied(
+    txn: &RoTxn<'_>,
+    dbs: &Dbs,
+) -> Result<Option<LogIdOf<TC>>, StorageError> {
+    Ok(
+        env::get_rec::<Option<LogIdOf<TC>>>(txn, dbs.sm, "applied log id", sm_key::APPLIED)?
+            .flatten(),
+    )
+}
+
+/// Reads the applied membership (the empty default before any membership entry).
+pub(crate) fn read_membership(
+    txn: &RoTxn<'_>,
+    dbs: &Dbs,
+) -> Result<StoredMembershipOf<TC>, StorageError> {
+    Ok(env::get_rec(txn, dbs.sm, "membership", sm_key::MEMBERSHIP)?.unwrap_or_default())
+}
+
+/// Reads the applied state as published on the watch channel.
+pub(crate) fn read_applied_state(txn: &RoTxn<'_>, dbs: &Dbs) -> Result<AppliedState, StorageError> {
+    let applied = read_applied(txn, dbs)?;
+    let head = read_head(txn, dbs)?;
+    Ok(AppliedState {
+        applied,
+        head_height: head.height,
+        head_hash: head.hash,
+    })
+}
+
+/// What one batch did, for the responders, the watch channel and the metrics.
+struct BatchResult {
+    outcomes: Vec<ApplyOutcome>,
+    state: AppliedState,
+    rejected: u64,
+}
+
+/// The Raft state machine store: applies committed entries, builds and installs snapshots.
+pub struct StateMachineStore {
+    writer: Arc<Writer>,
+    env: LmdbEnv,
+    dbs: Dbs,
+    snapshots: SnapshotDir,
+    applied_tx: Arc<watch::Sender<AppliedState>>,
+}
+
+impl std::fmt::Debug for StateMachineStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachineStore")
+            .field("path", &self.env.path())
+            .finish()
+    }
+}
+
+impl StateMachineStore {
+    pub(crate) fn new(
+        writer: Arc<Writer>,
+        env: LmdbEnv,
+        dbs: Dbs,
+        snapshots: SnapshotDir,
+        applied_tx: Arc<watch::Sender<AppliedState>>,
+    ) -> Self {
+        StateMachineStore {
+            writer,
+            env,
+            dbs,
+            snapshots,
+            applied_tx,
+        }
+    }
+
+    /// Watch the applied state: a new value is published after each durable apply batch and
+    /// snapshot install (never before the commit).
+    pub fn subscribe(&self) -> watch::Receiver<AppliedState> {
+        self.applied_tx.subscribe()
+    }
+
+    /// The applied state, read from disk.
+    ///
+    /// # Errors
+    /// On an LMDB failure or a corrupt record.
+    pub fn applied(&self) -> Result<AppliedState, StorageError> {
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(StorageError::lmdb("sm: begin read"))?;
+        read_applied_state(&rtxn, &self.dbs)
+    }
+
+    /// The stored block at `height` (the same data [`crate::BlockReader::block`] reads).
+    ///
+    /// # Errors
+    /// On an LMDB failure or a corrupt record.
+    pub fn block(&self, height: Height) -> Result<Option<Block>, StorageError> {
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(StorageError::lmdb("sm: begin read"))?;
+        blocks::get_block(&rtxn, &self.dbs, height)
+    }
+
+    fn publish(&self, state: AppliedState) {
+        metrics::gauge!(APPLIED_HEIGHT).set(state.head_height.0 as f64);
+        self.applied_tx.send_replace(state);
+    }
+
+    /// Applies `entries` in one write transaction; returns each entry's outcome once committed.
+    async fn apply_batch(&self, entries: Vec<EntryOf<TC>>) -> Result<BatchResult, StorageError> {
+        let res = self
+            .writer
+            .write("sm: apply", move |wtxn, dbs| {
+                let mut applied = read_applied(wtxn, dbs)?;
+                let mut membership: Option<StoredMembershipOf<TC>> = None;
+                let mut head = read_head(wtxn, dbs)?;
+                let head_before = head;
+                let mut outcomes = Vec::with_capacity(entries.len());
+                let mut rejected = 0u64;
+                for entry in entries {
+                    let id = entry.log_id();
+                    if let Some(a) = &applied
+                        && id <= *a
+                    {
+                        return Err(StorageError::ApplyOutOfOrder { applied: a.to_string(), got: id.to_string() });
+                    }
+                    let outcome = match entry.payload {
+                        EntryPayload::Blank => ApplyOutcome::None,
+                        EntryPayload::Normal(Command::Block(block)) => match check_block(&head, &block) {
+                            Ok(()) => {
+                                put_block(wtxn, dbs, &block)?;
+                                head = Head { height: block.height, hash: block.hash };
+                                ApplyOutcome::Accepted { height: block.height }
+                            }
+                            Err(reason) => {
+                                tracing::info!(log_id = %id, height = %block.height, ?reason, "proposal rejected");
+                                rejected += 1;
+                                ApplyOutcome::Rejected(reason)
+                            }
+                        },
+                        EntryPayload::Membership(m) => {
+                            membership = Some(StoredMembership::new(Some(id), m));
+                            ApplyOutcome::None
+                        }
+                    };
+                    outcomes.push(outcome);
+                    applied = Some(id);
+                }
+                let put = |wtxn: &mut heed::RwTxn<'_>, key: &'static str, bytes: Vec<u8>| {
+                    dbs.sm.put(wtxn, key, &bytes).map_err(StorageError::lmdb("sm: put"))
+                };
+                put(wtxn, sm_key::APPLIED, encode_rec("applied log id", &applied)?)?;
+                if head != head_before {
+                    put(wtxn, sm_key::HEAD, encode_rec("head", &head)?)?;
+                }
+                if let Some(m) = &membership {
+                    put(wtxn, sm_key::MEMBERSHIP, encode_rec("membership", m)?)?;
+                }
+                Ok(BatchResult {
+                    outcomes,
+                    state: AppliedState { applied, head_height: head.height, head_hash: head.hash },
+                    rejected,
+                })
+            })
+            .await?;
+        if res.rejected > 0 {
+            metrics::counter!(PROPOSALS_REJECTED_TOTAL).increment(res.rejected);
+        }
+        self.publish(res.state.clone());
+        Ok(res)
+    }
+
+    /// Replaces the state machine with a snapshot's content (one write transaction), then keeps
+    /// the snapshot as the current one.
+    async fn do_install(
+        &self,
+        meta: SnapshotMetaOf<TC>,
+        data: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        let (file, data) = snapshot::spawn_blocking("decode snapshot", move || {
+            let file = snapshot::decode_and_check(&data, &meta)?;
+            Ok((file, data))
+        })
+        .await?;
+        let SnapshotFile {
+            applied,
+            membership,
+            head,
+            blocks,
+            ..
+        } = file;
+        let state = AppliedState {
+            applied,
+            head_height: head.height,
+            head_hash: head.hash,
+        };
+        self.writer
+            .write("sm: install snapshot", move |wtxn, dbs| {
+                let current = read_applied(wtxn, dbs)?;
+                // Applied state only grows (S2); openraft installs only newer snapshots, so an
+                // older one here is a bug upstream: refuse it rather than lose applied blocks.
+                if current > applied {
+                    return Err(StorageError::SnapshotBehind {
+                        applied: format!("{current:?}"),
+                        got: format!("{applied:?}"),
+                    });
+                }
+                let put = |wtxn: &mut heed::RwTxn<'_>, key: &'static str, bytes: Vec<u8>| {
+                    dbs.sm
+                        .put(wtxn, key, &bytes)
+                        .map_err(StorageError::lmdb("sm: put"))
+                };
+                put(
+                    wtxn,
+                    sm_key::APPLIED,
+                    encode_rec("applied log id", &applied)?,
+                )?;
+                put(
+                    wtxn,
+                    sm_key::MEMBERSHIP,
+                    encode_rec("membership", &membership)?,
+                )?;
+                put(wtxn, sm_key::HEAD, encode_rec("head", &head)?)?;
+                for b in &blocks {
+                    put_block(wtxn, dbs, b)?;
+                }
+                Ok(())
+            })
+            .await?;
+        // The state machine is the truth and is durable now; the file only serves this state
+        // to others. Crashing before the file lands leaves an older current snapshot, which
+        // openraft replaces by building a new one when it needs to.
+        let dir = self.snapshots.clone();
+        let name_id = state.applied;
+        snapshot::spawn_blocking("write installed snapshot", move || {
+            dir.write(&name_id, &data)
+        })
+        .await?;
+        metrics::counter!(SNAPSHOT_INSTALLS_TOTAL).increment(1);
+        tracing::info!(applied = ?state.applied, head = %state.head_height, "snapshot installed");
+        self.publish(state);
+        Ok(())
+    }
+}
+
+impl RaftStateMachine<TC> for StateMachineStore {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<TC>>, StoredMembershipOf<TC>), io::Error> {
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(StorageError::lmdb("sm: begin read"))?;
+        let applied = read_applied(&rtxn, &self.dbs)?;
+        let membership = read_membership(&rtxn, &self.dbs)?;
+        Ok((applied, membership))
+    }
+
+    /// Applies the stream in batches of at most [`APPLY_BATCH_ENTRIES_MAX`] entries, one write
+    /// transaction each; every responder gets its outcome after its batch has committed.
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TC>, io::Error>> + Unpin + OptionalSend,
+    {
+        loop {
+            let mut batch = Vec::new();
+            let mut responders = Vec::new();
+            let mut stream_err = None;
+            let mut exhausted = false;
+            while batch.len() < APPLY_BATCH_ENTRIES_MAX {
+                match entries.next().await {
+                    Some(Ok((entry, responder))) => {
+                        batch.push(entry);
+                        responders.push(responder);
+                    }
+                    Some(Err(e)) => {
+                        stream_err = Some(e);
+                        break;
+                    }
+                    None => {
+                        exhausted = true;
+                        break;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                let res = self.apply_batch(batch).await?;
+                for (responder, outcome) in responders.into_iter().zip(res.outcomes) {
+                    if let Some(r) = responder {
+                        r.send(outcome);
+                    }
+                }
+            }
+            // Entries before a read error are applied and durable; the error still stops
+            // this call, and openraft treats it as fatal.
+            if let Some(e) = stream_err {
+                return Err(e);
+            }
+            if exhausted {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder::new(self.env.clone(), self.dbs, self.snapshots.clone())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TC>,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
+        Ok(self.do_install(meta.clone(), snapshot).await?)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TC, Vec<u8>>>, io::Error> {
+        let dir = self.snapshots.clone();
+        Ok(snapshot::spawn_blocking("read current snapshot", move || dir.current()).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(height: u64, parent: u8, hash: u8) -> Block {
+        Block {
+            height: Height(height),
+            parent_hash: BlockHash([parent; 32]),
+            hash: BlockHash([hash; 32]),
+            timestamp: 0,
+            proposer: "n1".into(),
+            payload: vec![],
+        }
+    }
+
+    #[test]
+    fn genesis_accepts_height_one_on_zero_hash() {
+        assert_eq!(check_block(&Head::GENESIS, &block(1, 0, 1)), Ok(()));
+    }
+
+    #[test]
+    fn stale_height_is_rejected_before_parent() {
+        let head = Head {
+            height: Height(5),
+            hash: BlockHash([5; 32]),
+        };
+        assert_eq!(
+            check_block(&head, &block(5, 4, 9)),
+            Err(RejectReason::NotNextHeight {
+                head: Height(5),
+                got: Height(5)
+            })
+        );
+        assert_eq!(
+            check_block(&head, &block(6, 7, 9)),
+            Err(RejectReason::NotOnHead {
+                expected: BlockHash([5; 32]),
+                got: BlockHash([7; 32])
+            })
+        );
+        assert_eq!(check_block(&head, &block(6, 5, 6)), Ok(()));
+    }
+}

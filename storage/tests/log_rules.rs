@@ -1,0 +1,149 @@
+//! Log store rules the openraft suite does not cover.
+//!
+//! Goal: an append that would leave a hole is refused (and reported through the callback), a
+//! failed write (LMDB map full) comes back to the caller as an `io::Error` and is never
+//! reported durable, and the purge pointer survives a reopen with an empty log.
+//! Method: drive `LogStore` through openraft's traits on a real store in a temp dir.
+
+use haseq_messages::{Block, BlockHash, Command, Height, NodeId, TC};
+use haseq_storage::{LogStore, StoreOptions};
+use openraft::LogId;
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::type_config::TypeConfigExt;
+use openraft::type_config::alias::{EntryOf, LogIdOf};
+use openraft::vote::leader_id_std::CommittedLeaderId;
+
+fn log_id(index: u64) -> LogIdOf<TC> {
+    LogId::new(CommittedLeaderId::new(1), index)
+}
+
+fn opts(map_size_bytes: usize) -> StoreOptions {
+    StoreOptions {
+        map_size_bytes,
+        ..StoreOptions::default()
+    }
+}
+
+/// Appends and returns (what `append` returned, what the callback reported).
+async fn append(
+    log: &mut LogStore,
+    entries: Vec<EntryOf<TC>>,
+) -> (std::io::Result<()>, std::io::Result<()>) {
+    let (tx, rx) = TC::oneshot();
+    let returned = log.append(entries, IOFlushed::signal(tx)).await;
+    let flushed = rx.await.expect("callback must be called, even on failure");
+    (returned, flushed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_that_leaves_a_hole_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = haseq_storage::open(dir.path(), opts(64 << 20))
+        .expect("open")
+        .log;
+    let (r, f) = append(
+        &mut log,
+        vec![
+            EntryOf::<TC>::new_blank(log_id(1)),
+            EntryOf::<TC>::new_blank(log_id(2)),
+        ],
+    )
+    .await;
+    assert!(r.is_ok() && f.is_ok());
+
+    let (r, f) = append(&mut log, vec![EntryOf::<TC>::new_blank(log_id(4))]).await;
+    let err = r.expect_err("hole");
+    assert!(err.to_string().contains("expected index 3, got 4"), "{err}");
+    assert!(f.is_err(), "a refused append is never reported durable");
+
+    let (r, _) = append(
+        &mut log,
+        vec![
+            EntryOf::<TC>::new_blank(log_id(3)),
+            EntryOf::<TC>::new_blank(log_id(5)),
+        ],
+    )
+    .await;
+    assert!(r.is_err(), "a batch with a hole inside");
+    assert_eq!(
+        log.entries(..).expect("read").len(),
+        2,
+        "nothing of the refused appends was written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_is_returned_not_swallowed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A tiny map: LMDB refuses writes once it is full (MDB_MAP_FULL).
+    let mut log = haseq_storage::open(dir.path(), opts(1 << 20))
+        .expect("open")
+        .log;
+    const ATTEMPTS_MAX: u64 = 200;
+    let mut failed_at = None;
+    for i in 1..=ATTEMPTS_MAX {
+        let b = Block {
+            height: Height(i),
+            parent_hash: BlockHash::ZERO,
+            hash: BlockHash::ZERO,
+            timestamp: 0,
+            proposer: NodeId::from(1u64),
+            payload: vec![7; 64 * 1024],
+        };
+        let (r, f) = append(
+            &mut log,
+            vec![EntryOf::<TC>::new_normal(log_id(i), Command::Block(b))],
+        )
+        .await;
+        match r {
+            Ok(()) => assert!(f.is_ok(), "entry {i}: appended but callback failed"),
+            Err(e) => {
+                assert!(f.is_err(), "entry {i}: failed ({e}) but reported durable");
+                assert!(e.to_string().contains("LMDB"), "{e}");
+                failed_at = Some(i);
+                break;
+            }
+        }
+    }
+    let failed_at = failed_at.expect("a 1 MiB map must fill up");
+    let entries = log.entries(..).expect("read after failure");
+    assert_eq!(
+        entries.len() as u64,
+        failed_at - 1,
+        "the failed append left nothing behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_purge_pointer_survives_reopen_with_an_empty_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut log = haseq_storage::open(dir.path(), opts(64 << 20))
+            .expect("open")
+            .log;
+        let entries = (1..=5)
+            .map(|i| EntryOf::<TC>::new_blank(log_id(i)))
+            .collect();
+        let (r, _) = append(&mut log, entries).await;
+        r.expect("append");
+        log.purge(log_id(5)).await.expect("purge");
+        log.purge(log_id(3))
+            .await
+            .expect("an older purge is a no-op");
+    }
+    let mut log = haseq_storage::open(dir.path(), opts(64 << 20))
+        .expect("reopen")
+        .log;
+    let state = log.get_log_state().await.expect("state");
+    assert_eq!(state.last_purged_log_id, Some(log_id(5)));
+    assert_eq!(
+        state.last_log_id,
+        Some(log_id(5)),
+        "an empty log ends at the purged id"
+    );
+    let (r, _) = append(&mut log, vec![EntryOf::<TC>::new_blank(log_id(7))]).await;
+    assert!(r.is_err(), "the next entry must be 6");
+    let (r, _) = append(&mut log, vec![EntryOf::<TC>::new_blank(log_id(6))]).await;
+    r.expect("append after purge");
+}
