@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -29,6 +29,8 @@ pub struct ApiState {
     pub prometheus: PrometheusHandle,
     /// The configured peers, for `/status`.
     pub peers: Vec<PeerInfo>,
+    /// Reads the applied head and committed blocks.
+    pub blocks: haseq_storage::BlockReader,
 }
 
 /// A configured peer as `/status` shows it.
@@ -46,8 +48,27 @@ pub struct Status {
     /// The Raft view: role, term, leader, indexes, members.
     #[serde(flatten)]
     pub raft: RaftStatus,
+    /// Height of the applied head (0 before the first block).
+    pub applied_height: u64,
+    /// Hash of the applied head.
+    pub head_hash: String,
     /// The configured peers.
     pub peers: Vec<PeerInfo>,
+}
+
+/// A committed block's header, as `GET /block/{height}` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockHeader {
+    /// Its height.
+    pub height: u64,
+    /// Its hash.
+    pub hash: String,
+    /// The hash of the block before it.
+    pub parent_hash: String,
+    /// Seconds since the Unix epoch.
+    pub timestamp: u64,
+    /// The node that proposed it.
+    pub proposer: String,
 }
 
 /// The API's routes.
@@ -57,6 +78,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/ready", get(ready))
         .route("/status", get(status))
         .route("/metrics", get(metrics_text))
+        .route("/block/{height}", get(block))
         .with_state(state)
 }
 
@@ -110,13 +132,43 @@ async fn ready(State(state): State<ApiState>) -> Response {
 }
 
 async fn status(State(state): State<ApiState>) -> Response {
-    match raft_status(&state).await {
-        Ok(raft) => axum::Json(Status {
-            raft,
-            peers: state.peers.clone(),
+    let raft = match raft_status(&state).await {
+        Ok(raft) => raft,
+        Err(r) => return r,
+    };
+    let head = match state.blocks.head() {
+        Ok(h) => h,
+        Err(e) => return unavailable(&format!("reading the applied head: {e}")),
+    };
+    axum::Json(Status {
+        raft,
+        applied_height: head.height.0,
+        head_hash: head.hash.to_string(),
+        peers: state.peers.clone(),
+    })
+    .into_response()
+}
+
+async fn block(State(state): State<ApiState>, Path(height): Path<String>) -> Response {
+    let Ok(h) = height.parse::<u64>() else {
+        let why = format!("height {height:?} is not a non-negative integer");
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": why }))).into_response();
+    };
+    match state.blocks.block(haseq_messages::Height(h)) {
+        Ok(Some(b)) => axum::Json(BlockHeader {
+            height: b.height.0,
+            hash: b.hash.to_string(),
+            parent_hash: b.parent_hash.to_string(),
+            timestamp: b.timestamp,
+            proposer: b.proposer.to_string(),
         })
         .into_response(),
-        Err(r) => r,
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({ "error": format!("no committed block at height {h}") })),
+        )
+            .into_response(),
+        Err(e) => unavailable(&format!("reading block {h}: {e}")),
     }
 }
 

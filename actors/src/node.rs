@@ -68,6 +68,8 @@ pub struct Node {
     pub raft: HaseqRaft,
     /// RaftCore's current address.
     pub raft_core: Slot<RaftCore>,
+    /// Reads the applied head and committed blocks.
+    pub blocks: haseq_storage::BlockReader,
     /// Where the node-to-node port listens.
     pub raft_addr: SocketAddr,
     /// Where the HTTP API listens.
@@ -242,7 +244,9 @@ pub async fn start_with_listeners(
         raft_core: raft_core.clone(),
         prometheus,
         peers,
+        blocks: storage.reader.clone(),
     });
+    let blocks = storage.reader;
     {
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -259,6 +263,7 @@ pub async fn start_with_listeners(
         id,
         raft,
         raft_core,
+        blocks,
         raft_addr,
         api_addr,
         supervisor,

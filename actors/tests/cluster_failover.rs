@@ -93,6 +93,7 @@ fn three_nodes_elect_replicate_fail_over_and_rejoin() {
         propose(&c, leader, height + 1, height + 20).await;
         height += 20;
         let applied = wait_applied_everywhere(&c, Duration::from_secs(5)).await;
+        assert_eq!(c.check_invariants(), 20);
         eprintln!("phase: 20 blocks applied on every node (index {applied})");
 
         for round in 0..3 {

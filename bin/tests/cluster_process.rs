@@ -354,3 +354,63 @@ fn bad_configurations_exit_2_naming_the_key() {
         "missing secret: {stderr}"
     );
 }
+
+/// Send a forged vote for a huge term to `addr` as `as_id`, with `secret`; the result of the call.
+fn forge_vote(addr: &str, target: &str, as_id: &str, secret: &[u8]) -> Result<(), String> {
+    use haseq_messages::wire::RpcRequest;
+    use haseq_messages::{NodeId, PeerNode};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let net = haseq_net::Network::new(haseq_net::NetConfig {
+            node_id: NodeId(as_id.to_string()),
+            secret: std::sync::Arc::new(secret.to_vec()),
+            send_timeout: Duration::from_millis(500),
+            snapshot_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(500),
+        });
+        let client = net.client(NodeId(target.to_string()), &PeerNode { addr: addr.to_string() });
+        let vote = openraft::Vote::new(1_000_000, NodeId(as_id.to_string()));
+        let req = openraft::raft::VoteRequest::new(vote, None);
+        client
+            .call(RpcRequest::Vote { req, exec_height: None }, Duration::from_millis(500))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+}
+
+#[test]
+fn peers_without_the_cluster_secret_or_membership_are_refused() {
+    let mut c = Cluster::new(3);
+    for i in 0..3 {
+        c.start(i);
+    }
+    let (leader, term) = wait(Duration::from_secs(15), "a first leader", &c, || c.leader());
+    let target = c.nodes[leader].id.clone();
+    let addr = format!("127.0.0.1:{}", c.nodes[leader].raft_port);
+
+    // A member's id without the secret: refused at the handshake.
+    let peer = c.nodes[(leader + 1) % 3].id.clone();
+    let err = forge_vote(&addr, &target, &peer, b"not the cluster secret at all!!").unwrap_err();
+    assert!(err.contains("handshake"), "wrong secret: {err}");
+    // The secret but an id that is no member: refused too.
+    let secret = hex_decode(SECRET_HEX);
+    let err = forge_vote(&addr, &target, "intruder", &secret).unwrap_err();
+    assert!(err.contains("handshake"), "non-member: {err}");
+    // Neither reached Raft: the leader is unchanged and its term did not jump.
+    let s = c.status(leader).unwrap();
+    assert_eq!(s["role"], "leader");
+    assert_eq!(s["term"].as_u64().unwrap(), term, "a refused vote must not change the term");
+    // Refusals are counted.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let m = rt
+        .block_on(http_client::request(&c.api(leader), "GET", "/metrics", None, Duration::from_secs(1)))
+        .unwrap();
+    assert!(m.body.contains("haseq_peer_auth_refused_total"), "refusals not in /metrics");
+    // A member with the secret gets through (it is answered, whatever the answer).
+    forge_vote(&addr, &target, &peer, &secret).expect("a member with the secret is served");
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}

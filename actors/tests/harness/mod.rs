@@ -40,6 +40,8 @@ pub struct Member {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub members: Vec<Member>,
+    /// The highest applied height each node was seen with (S2: it only grows).
+    seen_height: std::cell::RefCell<Vec<u64>>,
 }
 
 async fn bind(addr: &str) -> TcpListener {
@@ -98,7 +100,8 @@ impl Cluster {
                 node: None,
             });
         }
-        let mut c = Cluster { dir, members };
+        let seen_height = std::cell::RefCell::new(vec![0; n]);
+        let mut c = Cluster { dir, members, seen_height };
         for i in 0..n {
             c.restart(i).await;
         }
@@ -186,6 +189,46 @@ impl Cluster {
             },
         )
         .await
+    }
+}
+
+impl Cluster {
+    /// S1 and S2 of docs/DESIGN.md on every running node: the applied chains are prefixes of
+    /// one chain (the same block at every height two nodes both have, each linked to its
+    /// parent), and no node's applied height ever went down. Returns the lowest head height.
+    pub fn check_invariants(&self) -> u64 {
+        let mut heads = Vec::new();
+        for (i, m) in self.members.iter().enumerate() {
+            if let Some(n) = &m.node {
+                let h = n.blocks.head().expect("read head").height.0;
+                let mut seen = self.seen_height.borrow_mut();
+                assert!(h >= seen[i], "S2: {} applied height went from {} to {h}", m.id, seen[i]);
+                seen[i] = h;
+                heads.push((i, h));
+            }
+        }
+        let top = heads.iter().map(|(_, h)| *h).max().unwrap_or(0);
+        let mut prev_hash: Option<haseq_messages::BlockHash> = None;
+        for height in 1..=top {
+            let mut canonical: Option<haseq_messages::Block> = None;
+            for (i, h) in &heads {
+                if *h < height {
+                    continue;
+                }
+                let b = self.node(*i).blocks.block(haseq_messages::Height(height)).expect("read block");
+                let b = b.unwrap_or_else(|| panic!("{} has head {h} but no block {height}", self.members[*i].id));
+                match &canonical {
+                    None => canonical = Some(b),
+                    Some(c) => assert_eq!(c, &b, "S1: fork at height {height}"),
+                }
+            }
+            let b = canonical.expect("some node has this height");
+            if let Some(p) = prev_hash {
+                assert_eq!(b.parent_hash, p, "S1: block {height} does not link to its parent");
+            }
+            prev_hash = Some(b.hash);
+        }
+        heads.iter().map(|(_, h)| *h).min().unwrap_or(0)
     }
 }
 
