@@ -154,8 +154,10 @@ fn three_nodes_elect_replicate_fail_over_and_rejoin() {
             )
             .await;
             let applied = wait_applied_everywhere(&c, Duration::from_secs(10)).await;
+            let low = c.check_invariants();
+            assert_eq!(low, height, "every node holds all {height} blocks");
             eprintln!(
-                "phase {round}: {} rejoined; all applied index {applied}",
+                "phase {round}: {} rejoined; all applied index {applied}, height {low}; S1, S2 hold",
                 c.members[old].id
             );
             leader = new_leader;
