@@ -61,7 +61,20 @@ impl Cluster {
         Self::start_with(n, guide_timing()).await
     }
 
+    /// Start `n` nodes with the guide's timings and settings adjusted by `tune`.
+    pub async fn start_configured(n: usize, tune: impl Fn(&mut NodeSettings)) -> Cluster {
+        Self::start_inner(n, guide_timing(), tune).await
+    }
+
     pub async fn start_with(n: usize, timing: RaftTiming) -> Cluster {
+        Self::start_inner(n, timing, |_| {}).await
+    }
+
+    async fn start_inner(
+        n: usize,
+        timing: RaftTiming,
+        tune: impl Fn(&mut NodeSettings),
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut addrs = Vec::new();
         for _ in 0..n {
@@ -94,6 +107,8 @@ impl Cluster {
                 secret: Arc::new(SECRET.to_vec()),
                 api_addr: addrs[i].1.clone(),
             };
+            let mut settings = settings;
+            tune(&mut settings);
             members.push(Member {
                 id,
                 settings,
@@ -101,7 +116,11 @@ impl Cluster {
             });
         }
         let seen_height = std::cell::RefCell::new(vec![0; n]);
-        let mut c = Cluster { dir, members, seen_height };
+        let mut c = Cluster {
+            dir,
+            members,
+            seen_height,
+        };
         for i in 0..n {
             c.restart(i).await;
         }
@@ -202,7 +221,12 @@ impl Cluster {
             if let Some(n) = &m.node {
                 let h = n.blocks.head().expect("read head").height.0;
                 let mut seen = self.seen_height.borrow_mut();
-                assert!(h >= seen[i], "S2: {} applied height went from {} to {h}", m.id, seen[i]);
+                assert!(
+                    h >= seen[i],
+                    "S2: {} applied height went from {} to {h}",
+                    m.id,
+                    seen[i]
+                );
                 seen[i] = h;
                 heads.push((i, h));
             }
@@ -215,8 +239,14 @@ impl Cluster {
                 if *h < height {
                     continue;
                 }
-                let b = self.node(*i).blocks.block(haseq_messages::Height(height)).expect("read block");
-                let b = b.unwrap_or_else(|| panic!("{} has head {h} but no block {height}", self.members[*i].id));
+                let b = self
+                    .node(*i)
+                    .blocks
+                    .block(haseq_messages::Height(height))
+                    .expect("read block");
+                let b = b.unwrap_or_else(|| {
+                    panic!("{} has head {h} but no block {height}", self.members[*i].id)
+                });
                 match &canonical {
                     None => canonical = Some(b),
                     Some(c) => assert_eq!(c, &b, "S1: fork at height {height}"),
@@ -224,7 +254,10 @@ impl Cluster {
             }
             let b = canonical.expect("some node has this height");
             if let Some(p) = prev_hash {
-                assert_eq!(b.parent_hash, p, "S1: block {height} does not link to its parent");
+                assert_eq!(
+                    b.parent_hash, p,
+                    "S1: block {height} does not link to its parent"
+                );
             }
             prev_hash = Some(b.hash);
         }
@@ -255,6 +288,13 @@ where
 }
 
 /// Run a test body inside an actix System on a multi-threaded tokio runtime, as the daemon does.
+/// Logs go to stderr when `HASEQ_TEST_LOG` holds a filter, e.g. `HASEQ_TEST_LOG=info`.
 pub fn run<F: Future<Output = ()>>(body: F) {
+    if let Ok(filter) = std::env::var("HASEQ_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     haseq_actors::system().expect("runtime").block_on(body);
 }
