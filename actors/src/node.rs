@@ -147,6 +147,9 @@ pub async fn start_with_listeners(
         snapshot_timeout: SNAPSHOT_TIMEOUT,
         connect_timeout: CONNECT_TIMEOUT,
     };
+    net_cfg
+        .validate()
+        .map_err(|e| NodeError::Raft(format!("transport settings: {e}")))?;
     let book: Arc<HashMap<NodeId, String>> = Arc::new(settings.peers.iter().cloned().collect());
     let network = AddressBook {
         inner: Network::new(net_cfg.clone()),

@@ -1,0 +1,51 @@
+//! The transport's metrics: names, help lines, and the few helpers that record them.
+
+use std::time::Duration;
+
+use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+
+/// Counter: handshakes refused, by `reason` (see [`crate::RefusalReason`]).
+pub const METRIC_PEER_AUTH_REFUSED: &str = "haseq_peer_auth_refused_total";
+/// Counter: RPCs sent to peers, by `kind` (`append_entries`, `vote`, `pre_vote`, ...).
+pub const METRIC_RPC_SENT: &str = "haseq_rpc_sent_total";
+/// Counter: RPCs to peers that failed (no answer, unreachable, refused), by `kind`.
+pub const METRIC_RPC_ERRORS: &str = "haseq_rpc_errors_total";
+/// Histogram: seconds from sending an RPC to its answer or failure, by `kind`.
+pub const METRIC_RPC_SECONDS: &str = "haseq_rpc_seconds";
+
+/// Register a help line for each of the transport's metrics with the installed recorder.
+/// Call once at start-up, after installing the exporter.
+pub fn describe_metrics() {
+    describe_counter!(
+        METRIC_PEER_AUTH_REFUSED,
+        Unit::Count,
+        "Node-to-node handshakes refused (bad proof, not a member, wrong version or target, \
+         malformed, timeout), by reason."
+    );
+    describe_counter!(METRIC_RPC_SENT, Unit::Count, "RPCs sent to peers, by kind.");
+    describe_counter!(
+        METRIC_RPC_ERRORS,
+        Unit::Count,
+        "RPCs to peers that failed (timeout, unreachable, connection lost, refused), by kind."
+    );
+    describe_histogram!(
+        METRIC_RPC_SECONDS,
+        Unit::Seconds,
+        "Time from sending an RPC to a peer to its answer or failure, by kind."
+    );
+}
+
+pub(crate) fn auth_refused(reason: &'static str) {
+    counter!(METRIC_PEER_AUTH_REFUSED, "reason" => reason).increment(1);
+}
+
+pub(crate) fn rpc_sent(kind: &'static str) {
+    counter!(METRIC_RPC_SENT, "kind" => kind).increment(1);
+}
+
+pub(crate) fn rpc_done(kind: &'static str, elapsed: Duration, ok: bool) {
+    histogram!(METRIC_RPC_SECONDS, "kind" => kind).record(elapsed.as_secs_f64());
+    if !ok {
+        counter!(METRIC_RPC_ERRORS, "kind" => kind).increment(1);
+    }
+}
