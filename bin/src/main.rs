@@ -142,7 +142,10 @@ fn settings(cfg: &Config) -> Result<NodeSettings, String> {
     };
     // Without `raft.enable` the node runs as a one-node cluster (the guide's single sequencer).
     let node_id = r.node_id.clone().unwrap_or_else(|| "node-1".to_string());
-    let raft_addr = r.raft_addr.clone().unwrap_or_else(|| "127.0.0.1:0".to_string());
+    let raft_addr = r
+        .raft_addr
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1:0".to_string());
     Ok(NodeSettings {
         node_id: NodeId(node_id),
         raft_addr,
@@ -167,6 +170,14 @@ fn settings(cfg: &Config) -> Result<NodeSettings, String> {
 }
 
 fn init_tracing(level: &str, json: bool) {
+    // openraft warns on every failed heartbeat (several a second per unreachable peer), which
+    // buries everything else while a node is down; haseq logs role and leader changes itself.
+    // An explicit `openraft` directive in `log.level` or RUST_LOG wins.
+    let level = if level.contains("openraft") {
+        level.to_string()
+    } else {
+        format!("{level},openraft=error")
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()

@@ -359,7 +359,10 @@ fn bad_configurations_exit_2_naming_the_key() {
 fn forge_vote(addr: &str, target: &str, as_id: &str, secret: &[u8]) -> Result<(), String> {
     use haseq_messages::wire::RpcRequest;
     use haseq_messages::{NodeId, PeerNode};
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let net = haseq_net::Network::new(haseq_net::NetConfig {
             node_id: NodeId(as_id.to_string()),
@@ -368,11 +371,22 @@ fn forge_vote(addr: &str, target: &str, as_id: &str, secret: &[u8]) -> Result<()
             snapshot_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_millis(500),
         });
-        let client = net.client(NodeId(target.to_string()), &PeerNode { addr: addr.to_string() });
+        let client = net.client(
+            NodeId(target.to_string()),
+            &PeerNode {
+                addr: addr.to_string(),
+            },
+        );
         let vote = openraft::Vote::new(1_000_000, NodeId(as_id.to_string()));
         let req = openraft::raft::VoteRequest::new(vote, None);
         client
-            .call(RpcRequest::Vote { req, exec_height: None }, Duration::from_millis(500))
+            .call(
+                RpcRequest::Vote {
+                    req,
+                    exec_height: None,
+                },
+                Duration::from_millis(500),
+            )
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -400,17 +414,36 @@ fn peers_without_the_cluster_secret_or_membership_are_refused() {
     // Neither reached Raft: the leader is unchanged and its term did not jump.
     let s = c.status(leader).unwrap();
     assert_eq!(s["role"], "leader");
-    assert_eq!(s["term"].as_u64().unwrap(), term, "a refused vote must not change the term");
+    assert_eq!(
+        s["term"].as_u64().unwrap(),
+        term,
+        "a refused vote must not change the term"
+    );
     // Refusals are counted.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let m = rt
-        .block_on(http_client::request(&c.api(leader), "GET", "/metrics", None, Duration::from_secs(1)))
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .unwrap();
-    assert!(m.body.contains("haseq_peer_auth_refused_total"), "refusals not in /metrics");
+    let m = rt
+        .block_on(http_client::request(
+            &c.api(leader),
+            "GET",
+            "/metrics",
+            None,
+            Duration::from_secs(1),
+        ))
+        .unwrap();
+    assert!(
+        m.body.contains("haseq_peer_auth_refused_total"),
+        "refusals not in /metrics"
+    );
     // A member with the secret gets through (it is answered, whatever the answer).
     forge_vote(&addr, &target, &peer, &secret).expect("a member with the secret is served");
 }
 
 fn hex_decode(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
