@@ -9,7 +9,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use serde_json::json;
@@ -31,6 +31,12 @@ pub struct ApiState {
     pub peers: Vec<PeerInfo>,
     /// Reads the applied head and committed blocks.
     pub blocks: haseq_storage::BlockReader,
+    /// The execution engine's position, from ExecReplayer.
+    pub exec: tokio::sync::watch::Receiver<crate::exec_replayer::ExecStatus>,
+    /// The embedded engine, for the fault knobs.
+    pub embedded: Option<std::sync::Arc<haseq_engine::EmbeddedEngine>>,
+    /// Bearer token that admits admin calls from beyond loopback.
+    pub admin_token: Option<String>,
 }
 
 /// A configured peer as `/status` shows it.
@@ -52,6 +58,16 @@ pub struct Status {
     pub applied_height: u64,
     /// Hash of the applied head.
     pub head_hash: String,
+    /// The execution engine's head height, read back from the engine.
+    pub exec_height: u64,
+    /// Blocks the engine is behind the applied head.
+    pub exec_lag: u64,
+    /// The engine's last call succeeded.
+    pub exec_healthy: bool,
+    /// The engine's canonical chain is not the committed one (never built on).
+    pub exec_on_other_chain: bool,
+    /// The engine's last problem, if any.
+    pub exec_error: Option<String>,
     /// The configured peers.
     pub peers: Vec<PeerInfo>,
 }
@@ -73,12 +89,16 @@ pub struct BlockHeader {
 
 /// The API's routes.
 pub fn router(state: ApiState) -> Router {
+    let admin = Router::new()
+        .route("/admin/engine/fault", post(crate::admin::engine_fault))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::admin::guard));
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/status", get(status))
         .route("/metrics", get(metrics_text))
         .route("/block/{height}", get(block))
+        .merge(admin)
         .with_state(state)
 }
 
@@ -136,6 +156,7 @@ async fn status(State(state): State<ApiState>) -> Response {
         Ok(raft) => raft,
         Err(r) => return r,
     };
+    let exec = state.exec.borrow().clone();
     let head = match state.blocks.head() {
         Ok(h) => h,
         Err(e) => return unavailable(&format!("reading the applied head: {e}")),
@@ -144,6 +165,12 @@ async fn status(State(state): State<ApiState>) -> Response {
         raft,
         applied_height: head.height.0,
         head_hash: head.hash.to_string(),
+        exec_height: exec.exec_height,
+        // Measured against the head read just now, so a fresh block shows as lag at once.
+        exec_lag: head.height.0.saturating_sub(exec.exec_height),
+        exec_healthy: exec.healthy,
+        exec_on_other_chain: exec.on_other_chain,
+        exec_error: exec.error,
         peers: state.peers.clone(),
     })
     .into_response()

@@ -2,6 +2,8 @@
 //!
 //! - `supervisor`: rebuilds actors that stop or panic, hands out their current address;
 //! - `raft_core`: the RaftCore actor, owner of the openraft handle and its status;
+//! - `producer`: the Producer actor, the leader's block production loop;
+//! - `exec_replayer`: the ExecReplayer actor, keeping the engine at the applied head;
 //! - `settings`: what a node needs to start, and the timing map onto openraft;
 //! - `node`: assembles storage, transport, Raft, actors and the HTTP API;
 //! - `api`: the HTTP API; `metrics`: the Prometheus recorder and metric descriptions.
@@ -9,10 +11,13 @@
 //! Not here: configuration files and the CLI (`haseqd`), the wire format (`haseq-messages`),
 //! the disk (`haseq-storage`), sockets (`haseq-net`).
 
+pub mod admin;
 pub mod api;
+pub mod exec_replayer;
 pub mod http_client;
 pub mod metrics;
 pub mod node;
+pub mod producer;
 pub mod raft_core;
 pub mod settings;
 pub mod supervisor;

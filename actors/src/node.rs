@@ -14,18 +14,24 @@ use haseq_net::{NetConfig, Network};
 use haseq_storage::StoreOptions;
 use openraft::RaftNetworkFactory;
 use openraft::async_runtime::WatchReceiver;
+use haseq_engine::{EmbeddedConfig, EmbeddedEngine, ExecutionEngine};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::HaseqRaft;
 use crate::api::{ApiState, PeerInfo};
+use crate::exec_replayer::{ExecReplayer, ExecStatus};
+use crate::producer::{Producer, ProducerDeps};
 use crate::raft_core::RaftCore;
-use crate::settings::{NodeSettings, openraft_config};
+use crate::settings::{EngineSettings, NodeSettings, openraft_config};
 use crate::supervisor::{Slot, Supervisor};
 
 /// How long shutdown waits for the node's tasks after telling them to stop.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for the actors to stop.
+const ACTOR_STOP_WAIT: Duration = Duration::from_secs(2);
 /// How long the transport waits to establish a connection to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a whole snapshot transfer may take.
@@ -55,6 +61,9 @@ pub enum NodeError {
     /// openraft refused the configuration or failed to start.
     #[error("raft: {0}")]
     Raft(String),
+    /// The execution engine could not be opened.
+    #[error("engine: {0}")]
+    Engine(String),
     /// The metrics recorder could not be installed.
     #[error("metrics: {0}")]
     Metrics(String),
@@ -70,6 +79,14 @@ pub struct Node {
     pub raft_core: Slot<RaftCore>,
     /// Reads the applied head and committed blocks.
     pub blocks: haseq_storage::BlockReader,
+    /// The execution engine's position, as ExecReplayer reports it.
+    pub exec: watch::Receiver<ExecStatus>,
+    /// The embedded engine, when this node runs one (fault knobs for tests and drills).
+    pub embedded: Option<Arc<EmbeddedEngine>>,
+    /// The Producer's current address.
+    pub producer: Slot<Producer>,
+    /// ExecReplayer's current address.
+    pub replayer: Slot<ExecReplayer>,
     /// Where the node-to-node port listens.
     pub raft_addr: SocketAddr,
     /// Where the HTTP API listens.
@@ -133,6 +150,8 @@ pub async fn start_with_listeners(
             dir: dir.display().to_string(),
             reason: e.to_string(),
         })?;
+
+    let (engine, embedded) = open_engine(&settings.engine).await?;
 
     let config = openraft_config(
         &settings.timing,
@@ -214,9 +233,29 @@ pub async fn start_with_listeners(
     }
 
     let supervisor = Supervisor::new(shutdown.child_token());
+    let (exec_tx, exec_rx) = watch::channel(ExecStatus::unknown());
+    let replayer = {
+        let (engine, blocks) = (engine.clone(), storage.reader.clone());
+        supervisor.start("exec_replayer", move |exit| {
+            ExecReplayer::new(engine.clone(), blocks.clone(), exec_tx.clone(), exit)
+        })
+    };
+    let deps = ProducerDeps {
+        node_id: id.clone(),
+        raft: raft.clone(),
+        engine: engine.clone(),
+        blocks: storage.reader.clone(),
+        exec: exec_rx.clone(),
+        block_time: settings.block_time,
+        strict_timestamps: matches!(settings.engine, EngineSettings::EngineApi { .. }),
+        aggregator: settings.aggregator,
+    };
+    let producer = supervisor.start("producer", move |exit| Producer::new(deps.clone(), exit));
     let core_raft = raft.clone();
+    let core_producer = producer.clone();
+    let aggregator = settings.aggregator;
     let raft_core = supervisor.start("raft_core", move |exit| {
-        RaftCore::new(core_raft.clone(), exit)
+        RaftCore::new(core_raft.clone(), core_producer.clone(), aggregator, exit)
     });
 
     metrics::gauge!("haseq_up").set(1.0);
@@ -248,11 +287,15 @@ pub async fn start_with_listeners(
         prometheus,
         peers,
         blocks: storage.reader.clone(),
+        exec: exec_rx.clone(),
+        embedded: embedded.clone(),
+        admin_token: settings.admin_token.clone(),
     });
     let blocks = storage.reader;
     {
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let serve = axum::serve(api_listener, app)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await });
             if let Err(e) = serve.await {
@@ -267,12 +310,41 @@ pub async fn start_with_listeners(
         raft,
         raft_core,
         blocks,
+        exec: exec_rx,
+        embedded,
+        producer,
+        replayer,
         raft_addr,
         api_addr,
         supervisor,
         shutdown,
         tasks,
     })
+}
+
+/// Open the configured engine. The embedded one opens LMDB: off the async workers.
+async fn open_engine(
+    e: &EngineSettings,
+) -> Result<(Arc<dyn ExecutionEngine>, Option<Arc<EmbeddedEngine>>), NodeError> {
+    match e {
+        EngineSettings::Embedded { data_dir, txs_per_block, tx_bytes, faults } => {
+            let mut cfg = EmbeddedConfig::new(data_dir.clone());
+            cfg.txs_per_block = *txs_per_block;
+            cfg.tx_bytes = *tx_bytes;
+            cfg.faults = faults.clone();
+            let dir = data_dir.display().to_string();
+            let engine = tokio::task::spawn_blocking(move || EmbeddedEngine::open(cfg))
+                .await
+                .map_err(|e| NodeError::Engine(format!("opening {dir}: {e}")))?
+                .map_err(|e| NodeError::Engine(format!("opening {dir}: {e}")))?;
+            let engine = Arc::new(engine);
+            Ok((engine.clone(), Some(engine)))
+        }
+        EngineSettings::EngineApi { url, jwt_secret } => {
+            let _ = jwt_secret;
+            Err(NodeError::Engine(format!("engine.url = {url:?}: the Engine API client is not wired in yet")))
+        }
+    }
 }
 
 fn local_addr(l: &TcpListener, key: &'static str) -> Result<SocketAddr, NodeError> {
@@ -286,7 +358,8 @@ fn local_addr(l: &TcpListener, key: &'static str) -> Result<SocketAddr, NodeErro
 impl Node {
     /// Stop the node: tell every part to stop, then wait for them, bounded.
     pub async fn shutdown(self) {
-        self.supervisor.shutdown();
+        // Actors first: the Producer stops proposing and ExecReplayer lets go of the engine.
+        self.supervisor.shutdown(ACTOR_STOP_WAIT).await;
         self.shutdown.cancel();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");

@@ -3,8 +3,9 @@
 //! Owns: a clone of the `Raft` handle (openraft's own tasks run on the tokio runtime and
 //! outlive this actor, so a rebuilt RaftCore picks up exactly where the old one was).
 //! Receives: `GetStatus`, `CrashForTest`; a stream of openraft metrics.
-//! Sends: nothing yet; publishes the role, term, leader and indexes as Prometheus metrics and
-//! logs every role and leader change.
+//! Sends: `StartProducing` / `StopProducing{LostLeadership}` to the Producer when this node
+//! gains or loses leadership; publishes the role, term, leader and indexes as Prometheus
+//! metrics and logs every role and leader change.
 
 use actix::{Actor, AsyncContext, Context, Handler, Message, StreamHandler};
 use haseq_messages::NodeId;
@@ -13,7 +14,8 @@ use openraft::{RaftMetrics, ServerState};
 use serde::Serialize;
 
 use crate::HaseqRaft;
-use crate::supervisor::ExitGuard;
+use crate::producer::{Producer, StartProducing, StopProducing, StopReason};
+use crate::supervisor::{ExitGuard, Slot};
 
 /// A node's role as `/status` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -131,17 +133,30 @@ pub struct CrashForTest;
 pub struct RaftCore {
     raft: HaseqRaft,
     status: RaftStatus,
+    producer: Slot<Producer>,
+    aggregator: bool,
     _exit: ExitGuard,
 }
 
 impl RaftCore {
     /// A RaftCore over `raft`. Its status starts from openraft's current metrics.
-    pub fn new(raft: HaseqRaft, exit: ExitGuard) -> RaftCore {
+    /// `aggregator: false` keeps the Producer idle even while this node leads.
+    pub fn new(
+        raft: HaseqRaft,
+        producer: Slot<Producer>,
+        aggregator: bool,
+        exit: ExitGuard,
+    ) -> RaftCore {
         let status = RaftStatus::from_metrics(&raft.metrics().borrow_watched());
-        RaftCore {
-            raft,
-            status,
-            _exit: exit,
+        RaftCore { raft, status, producer, aggregator, _exit: exit }
+    }
+
+    /// Tell the Producer what the role means for production. Idempotent on its side.
+    fn steer_producer(&self) {
+        if self.status.role == Role::Leader && self.aggregator {
+            self.producer.get().do_send(StartProducing { term: self.status.term });
+        } else {
+            self.producer.get().do_send(StopProducing { reason: StopReason::LostLeadership });
         }
     }
 
@@ -174,8 +189,12 @@ impl RaftCore {
                 metrics::counter!("haseq_leader_changes_total").increment(1);
             }
         }
+        let steer = next.role != prev.role || next.term != prev.term;
         publish_gauges(&next);
         self.status = next;
+        if steer {
+            self.steer_producer();
+        }
     }
 }
 
@@ -202,6 +221,8 @@ impl Actor for RaftCore {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         publish_gauges(&self.status);
+        // A rebuilt RaftCore re-states the role: a leader keeps producing.
+        self.steer_producer();
         // openraft publishes its metrics on a watch channel; turn it into a stream of
         // snapshots. `changed()` is cancel-safe, and a rebuilt actor subscribes anew.
         let rx = self.raft.metrics();
@@ -239,5 +260,13 @@ impl Handler<CrashForTest> for RaftCore {
 
     fn handle(&mut self, _: CrashForTest, _: &mut Context<Self>) {
         panic!("RaftCore: deliberate panic requested by a fault-injection test");
+    }
+}
+
+impl actix::Handler<crate::supervisor::StopActor> for RaftCore {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::supervisor::StopActor, ctx: &mut Context<Self>) {
+        actix::ActorContext::stop(ctx);
     }
 }

@@ -56,6 +56,38 @@ pub struct NodeSettings {
     pub secret: Arc<Vec<u8>>,
     /// Address of the HTTP API (`api.addr`).
     pub api_addr: String,
+    /// Bearer token admitting admin calls from beyond loopback (`api.admin_token_file`).
+    pub admin_token: Option<String>,
+    /// Whether this node produces blocks when it leads (`node.aggregator`). A node that does
+    /// not still replicates and replays every block.
+    pub aggregator: bool,
+    /// Time between blocks on the leader (`node.block_time`); zero: as fast as commits allow.
+    pub block_time: Duration,
+    /// The execution engine this node drives (`engine.*`).
+    pub engine: EngineSettings,
+}
+
+/// Which execution engine a node drives.
+#[derive(Debug, Clone)]
+pub enum EngineSettings {
+    /// The in-process engine (`engine.kind: embedded`), persisted under `data_dir`.
+    Embedded {
+        /// Its LMDB directory.
+        data_dir: PathBuf,
+        /// Synthetic transactions per block (`engine.embedded.txs_per_block`).
+        txs_per_block: usize,
+        /// Bytes per synthetic transaction (`engine.embedded.tx_bytes`).
+        tx_bytes: usize,
+        /// Fault knobs at start (`engine.embedded.*`); changeable at run time via the admin API.
+        faults: haseq_engine::Faults,
+    },
+    /// A real execution client over the Engine API (`engine.kind: engine_api`).
+    EngineApi {
+        /// `engine.url`.
+        url: String,
+        /// The JWT secret read from `engine.jwt_secret`.
+        jwt_secret: [u8; 32],
+    },
 }
 
 /// The gap between the guide's `election_timeout` and openraft's two election settings.

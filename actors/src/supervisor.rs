@@ -66,8 +66,16 @@ impl Drop for ExitGuard {
 
 type Rebuild = Box<dyn Fn(ExitGuard)>;
 
+/// Ask a supervised actor to stop for good (the node is shutting down): every supervised
+/// actor handles it with `ctx.stop()`.
+#[derive(actix::Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct StopActor;
+
 struct Entry {
     rebuild: Rebuild,
+    stop: Box<dyn Fn()>,
+    alive: Box<dyn Fn() -> bool>,
     recent_restarts: u32,
     last_restart: Option<Instant>,
 }
@@ -149,7 +157,7 @@ impl Supervisor {
     /// [`ExitGuard`] the actor must keep for as long as it lives.
     pub fn start<A, F>(&self, name: &'static str, factory: F) -> Slot<A>
     where
-        A: Actor<Context = Context<A>>,
+        A: Actor<Context = Context<A>> + actix::Handler<StopActor>,
         F: Fn(ExitGuard) -> A + 'static,
     {
         let first = factory(ExitGuard {
@@ -167,10 +175,14 @@ impl Supervisor {
             rebuild_slot.set(factory(guard).start());
             tracing::info!(actor = name, "actor rebuilt");
         });
+        let stop_slot = slot.clone();
+        let alive_slot = slot.clone();
         self.entries.borrow_mut().insert(
             name,
             Entry {
                 rebuild,
+                stop: Box::new(move || stop_slot.get().do_send(StopActor)),
+                alive: Box::new(move || alive_slot.get().connected()),
                 recent_restarts: 0,
                 last_restart: None,
             },
@@ -178,9 +190,21 @@ impl Supervisor {
         slot
     }
 
-    /// Stop rebuilding actors; those still running stop with the actix `System`.
-    pub fn shutdown(&self) {
+    /// Stop rebuilding actors and stop every supervised actor; wait (bounded by `deadline`)
+    /// until their mailboxes have closed.
+    pub async fn shutdown(&self, deadline: Duration) {
         self.shutdown.cancel();
+        for e in self.entries.borrow().values() {
+            (e.stop)();
+        }
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            if !self.entries.borrow().values().any(|e| (e.alive)()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tracing::warn!("some actors did not stop within {deadline:?}");
     }
 }
 
@@ -227,6 +251,12 @@ mod tests {
             panic!("deliberate panic in a test");
         }
     }
+    impl Handler<StopActor> for Counter {
+        type Result = ();
+        fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {
+            actix::ActorContext::stop(ctx);
+        }
+    }
     impl Handler<Quit> for Counter {
         type Result = ();
         fn handle(&mut self, _: Quit, ctx: &mut Context<Self>) {
@@ -265,7 +295,8 @@ mod tests {
             // An actor that stops is rebuilt too.
             slot.get().send(Quit).await.unwrap();
             assert_eq!(bump_until_ok(&slot).await, 1);
-            sup.shutdown();
+            sup.shutdown(Duration::from_secs(1)).await;
+            assert!(!slot.get().connected(), "shutdown stops the actor for good");
         });
     }
 

@@ -36,6 +36,9 @@ pub(crate) struct DevnetArgs {
     /// Use ports from here on (node i: raft base+2i, api base+2i+1) instead of free ones.
     #[arg(long)]
     pub(crate) base_port: Option<u16>,
+    /// Time between blocks (`node.block_time`), e.g. `100ms`.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub(crate) block_time: Duration,
     /// Stop by itself after this long (e.g. `30s`); runs until Ctrl-C without it.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) exit_after: Option<Duration>,
@@ -111,6 +114,7 @@ pub(crate) async fn run(args: DevnetArgs) -> anyhow::Result<()> {
             &peers.join(",\n"),
             &dir.join(&n.id).join("raft"),
             &secret_file,
+            args.block_time,
         );
         std::fs::write(&n.config, text)
             .with_context(|| format!("writing {}", n.config.display()))?;
@@ -142,9 +146,9 @@ pub(crate) async fn run(args: DevnetArgs) -> anyhow::Result<()> {
     result
 }
 
-fn node_config(n: &DevNode, peers: &str, raft_dir: &Path, secret: &Path) -> String {
+fn node_config(n: &DevNode, peers: &str, raft_dir: &Path, secret: &Path, block_time: Duration) -> String {
     format!(
-        "node:\n  aggregator: true\nraft:\n  enable: true\n  node_id: \"{id}\"\n  \
+        "node:\n  aggregator: true\n  block_time: \"{bt}\"\nraft:\n  enable: true\n  node_id: \"{id}\"\n  \
          raft_addr: \"{raft}\"\n  raft_dir: \"{dir}\"\n  peers: >-\n{peers}\n  \
          heartbeat_timeout: \"92ms\"\n  election_timeout: \"368ms\"\n  \
          leader_lease_timeout: \"46ms\"\n  send_timeout: \"50ms\"\n  trailing_logs: 18000\n  \
@@ -155,6 +159,7 @@ fn node_config(n: &DevNode, peers: &str, raft_dir: &Path, secret: &Path) -> Stri
         dir = raft_dir.display(),
         secret = secret.display(),
         api = n.api,
+        bt = humantime::format_duration(block_time),
     )
 }
 
@@ -211,8 +216,8 @@ async fn render(nodes: &mut [DevNode]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<8} {:<8} {:<10} {:>5} {:<8} {:>10} {:>10}",
-        "node", "process", "role", "term", "leader", "committed", "applied"
+        "{:<8} {:<8} {:<10} {:>5} {:<8} {:>10} {:>10} {:>8} {:>8} {:>6}",
+        "node", "process", "role", "term", "leader", "committed", "applied", "height", "exec", "lag"
     );
     for n in nodes.iter_mut() {
         let process = match n.child.as_mut().map(|c| c.try_wait()) {
@@ -236,7 +241,7 @@ async fn render(nodes: &mut [DevNode]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<8} {:<8} {:<10} {:>5} {:<8} {:>10} {:>10}",
+            "{:<8} {:<8} {:<10} {:>5} {:<8} {:>10} {:>10} {:>8} {:>8} {:>6}",
             n.id,
             process,
             field("role"),
@@ -244,6 +249,9 @@ async fn render(nodes: &mut [DevNode]) -> String {
             field("leader_id"),
             field("committed_index"),
             field("applied_index"),
+            field("applied_height"),
+            field("exec_height"),
+            field("exec_lag"),
         );
     }
     out

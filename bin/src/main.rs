@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use haseq_actors::settings::{NodeSettings, RaftTiming};
+use haseq_actors::settings::{EngineSettings, NodeSettings, RaftTiming};
 use haseq_messages::NodeId;
 use haseqd::config::{self, Config};
 
@@ -166,7 +166,33 @@ fn settings(cfg: &Config) -> Result<NodeSettings, String> {
         snap_count: r.snap_count as usize,
         secret: Arc::new(secret),
         api_addr: cfg.api.addr.to_string(),
+        admin_token: cfg.api.admin_token.as_ref().map(|t| t.as_str().to_string()),
+        aggregator: cfg.node.aggregator,
+        block_time: cfg.node.block_time,
+        engine: engine_settings(cfg),
     })
+}
+
+fn engine_settings(cfg: &Config) -> EngineSettings {
+    match &cfg.engine.kind {
+        config::EngineKind::Embedded => {
+            let e = &cfg.engine.embedded;
+            EngineSettings::Embedded {
+                data_dir: cfg.engine.data_dir.clone(),
+                txs_per_block: e.txs_per_block as usize,
+                tx_bytes: e.tx_bytes as usize,
+                faults: haseq_engine::Faults {
+                    delay_per_block: e.delay_per_block,
+                    fail: e.fail,
+                    lose_newest_on_restart: e.lose_newest_on_restart,
+                },
+            }
+        }
+        config::EngineKind::EngineApi(api) => EngineSettings::EngineApi {
+            url: api.url.clone(),
+            jwt_secret: *api.jwt_secret.as_bytes(),
+        },
+    }
 }
 
 fn init_tracing(level: &str, json: bool) {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use haseq_actors::node::{self, Node};
 use haseq_actors::raft_core::{GetStatus, RaftStatus, Role};
-use haseq_actors::settings::{NodeSettings, RaftTiming};
+use haseq_actors::settings::{EngineSettings, NodeSettings, RaftTiming};
 use haseq_messages::NodeId;
 use tokio::net::TcpListener;
 
@@ -106,6 +106,17 @@ impl Cluster {
                 snap_count: 3,
                 secret: Arc::new(SECRET.to_vec()),
                 api_addr: addrs[i].1.clone(),
+                admin_token: None,
+                // Scenarios that propose by hand leave production off; `start_producing`
+                // turns it on.
+                aggregator: false,
+                block_time: Duration::from_millis(100),
+                engine: EngineSettings::Embedded {
+                    data_dir: dir.path().join(id.as_str()).join("engine"),
+                    txs_per_block: 2,
+                    tx_bytes: 64,
+                    faults: haseq_engine::Faults::default(),
+                },
             };
             let mut settings = settings;
             tune(&mut settings);

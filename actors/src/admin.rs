@@ -1,0 +1,120 @@
+//! Admin calls on the HTTP API: accepted from loopback, or from anywhere with the bearer token
+//! in `api.admin_token_file`; otherwise 403.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api::ApiState;
+
+/// Refuse an admin call that is neither from loopback nor carries the admin token.
+pub async fn guard(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if peer.ip().is_loopback() || bearer_ok(&state, &req) {
+        return next.run(req).await;
+    }
+    let why = if state.admin_token.is_some() {
+        "admin calls need a loopback client or the admin bearer token"
+    } else {
+        "admin calls are accepted from loopback only (no api.admin_token_file configured)"
+    };
+    (StatusCode::FORBIDDEN, Json(json!({ "error": why }))).into_response()
+}
+
+fn bearer_ok(state: &ApiState, req: &Request) -> bool {
+    let (Some(token), Some(given)) = (
+        state.admin_token.as_deref(),
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
+    ) else {
+        return false;
+    };
+    let Some(given) = given.strip_prefix("Bearer ") else { return false };
+    constant_time_eq(token.as_bytes(), given.trim().as_bytes())
+}
+
+/// Compare without leaking where the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Body of `POST /admin/engine/fault`; a missing field is cleared, so `{}` clears all.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultRequest {
+    /// Delay per imported block, e.g. `"200ms"`.
+    pub delay_per_block: Option<String>,
+    /// Fail every engine call.
+    pub fail: Option<bool>,
+    /// Drop the newest N blocks on the engine's next restart.
+    pub lose_newest_on_restart: Option<u64>,
+}
+
+/// `POST /admin/engine/fault`: set the embedded engine's fault knobs (tests and drills).
+pub async fn engine_fault(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
+    let bad = |why: String| (StatusCode::BAD_REQUEST, Json(json!({ "error": why }))).into_response();
+    let req: FaultRequest = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        FaultRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return bad(format!("body: {e}; expected {{\"delay_per_block\": \"200ms\", \"fail\": false, \"lose_newest_on_restart\": 50}}")),
+        }
+    };
+    let delay = match req.delay_per_block.as_deref() {
+        None => Duration::ZERO,
+        Some(s) => match humantime::parse_duration(s) {
+            Ok(d) => d,
+            Err(e) => return bad(format!("delay_per_block = {s:?}: {e} (e.g. \"200ms\")")),
+        },
+    };
+    let Some(engine) = state.embedded.as_ref() else {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({ "error": "fault knobs exist on the embedded engine only (engine.kind: embedded)" })),
+        )
+            .into_response();
+    };
+    let faults = haseq_engine::Faults {
+        delay_per_block: delay,
+        fail: req.fail.unwrap_or(false),
+        lose_newest_on_restart: req.lose_newest_on_restart.unwrap_or(0),
+    };
+    match engine.set_faults(faults).await {
+        Ok(()) => {
+            tracing::warn!(?faults, "engine fault knobs set through the admin API");
+            Json(json!({
+                "delay_per_block": humantime::format_duration(faults.delay_per_block).to_string(),
+                "fail": faults.fail,
+                "lose_newest_on_restart": faults.lose_newest_on_restart,
+            }))
+            .into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": e.to_string() }))).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,325 @@
+//! ExecReplayer: keeps this node's execution engine at the applied head, on every node and in
+//! every role.
+//!
+//! Owns: the replay task (a tokio task, so a slow engine never blocks the arbiter).
+//! Receives: applied-head changes (the state machine's watch channel).
+//! Sends: [`ExecStatus`] on a watch channel (exec height and hash, lag, health), read by the
+//! Producer, the HTTP API and, later, the Elector.
+//!
+//! Its progress is the engine's own head, read back after every batch, never a counter of its
+//! own: a role change, a restart or a rebuilt actor resumes exactly where the engine is.
+//! Start-up hole filling falls out of the same loop: an engine behind the applied head gets
+//! the gap from the block store; an engine ahead on the same chain is set back to the applied
+//! head; an engine on another chain is reported (`on_other_chain`) and never built on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, ActorContext, AsyncContext, Context, WrapFuture};
+use haseq_engine::ExecutionEngine;
+use haseq_messages::{BlockHash, Height};
+use haseq_storage::BlockReader;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::supervisor::ExitGuard;
+
+/// The most blocks imported before the head is moved and read back.
+pub const REPLAY_BATCH_BLOCKS_MAX: u64 = 256;
+/// Wait after an engine error before trying again; doubled up to [`RETRY_DELAY_MAX`].
+const RETRY_DELAY_MIN: Duration = Duration::from_millis(50);
+/// The longest wait between attempts on a failing engine.
+const RETRY_DELAY_MAX: Duration = Duration::from_secs(2);
+/// How often an idle replayer re-reads the engine's head (to notice a sick or rewound engine).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// The execution side of a node, as the replayer last saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExecStatus {
+    /// The engine's canonical head height, read back from the engine.
+    pub exec_height: u64,
+    /// The engine's canonical head hash (`BlockHash::ZERO` stands for genesis).
+    pub exec_hash: BlockHash,
+    /// The applied head height when this was measured.
+    pub applied_height: u64,
+    /// `applied_height - exec_height` (0 when the engine is at or ahead of it).
+    pub lag: u64,
+    /// The last engine call succeeded.
+    pub healthy: bool,
+    /// The engine's canonical chain is not the committed chain: never build on it.
+    pub on_other_chain: bool,
+    /// The last problem, for `/status` and logs.
+    pub error: Option<String>,
+}
+
+impl ExecStatus {
+    /// The status before the engine has been read.
+    pub fn unknown() -> ExecStatus {
+        ExecStatus {
+            exec_height: 0,
+            exec_hash: BlockHash::ZERO,
+            applied_height: 0,
+            lag: 0,
+            healthy: false,
+            on_other_chain: false,
+            error: Some("engine not read yet".into()),
+        }
+    }
+
+    /// The engine is exactly at the applied head `(height, hash)` and healthy: safe to build on.
+    pub fn at(&self, height: Height, hash: BlockHash) -> bool {
+        self.healthy && !self.on_other_chain && self.exec_height == height.0 && self.exec_hash == hash
+    }
+}
+
+/// The actor; see the module doc.
+pub struct ExecReplayer {
+    engine: Arc<dyn ExecutionEngine>,
+    blocks: BlockReader,
+    status: watch::Sender<ExecStatus>,
+    cancel: CancellationToken,
+    _exit: ExitGuard,
+}
+
+impl ExecReplayer {
+    /// A replayer feeding `engine` from `blocks`, publishing on `status`.
+    pub fn new(
+        engine: Arc<dyn ExecutionEngine>,
+        blocks: BlockReader,
+        status: watch::Sender<ExecStatus>,
+        exit: ExitGuard,
+    ) -> ExecReplayer {
+        ExecReplayer { engine, blocks, status, cancel: CancellationToken::new(), _exit: exit }
+    }
+}
+
+impl Actor for ExecReplayer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let task = tokio::spawn(replay_loop(
+            self.engine.clone(),
+            self.blocks.clone(),
+            self.status.clone(),
+            self.cancel.clone(),
+        ));
+        // If the replay task ends (it only does on a panic, or when cancelled), stop the
+        // actor so the supervisor rebuilds it with a fresh task.
+        ctx.spawn(
+            async move {
+                if let Err(e) = task.await {
+                    tracing::error!(error = %e, "replay task died");
+                }
+            }
+            .into_actor(self)
+            .map(|_, _act, ctx: &mut Context<Self>| ctx.stop()),
+        );
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.cancel.cancel();
+    }
+}
+
+impl Drop for ExecReplayer {
+    fn drop(&mut self) {
+        // A panicking actor is dropped without `stopped`: end its task too.
+        self.cancel.cancel();
+    }
+}
+
+use actix::fut::ActorFutureExt as _;
+
+/// The engine hash that stands for `(height, hash)` of the applied chain: height 0 is the
+/// engine's own genesis, which the state machine calls `BlockHash::ZERO`.
+async fn engine_hash_of(
+    engine: &dyn ExecutionEngine,
+    height: Height,
+    hash: BlockHash,
+) -> Result<BlockHash, String> {
+    if height.0 == 0 {
+        engine
+            .block_hash_at(Height(0))
+            .await
+            .map_err(|e| format!("reading the engine's genesis: {e}"))?
+            .ok_or_else(|| "the engine has no genesis block".to_string())
+    } else {
+        Ok(hash)
+    }
+}
+
+/// The state machine's name for an engine block: genesis becomes `BlockHash::ZERO`.
+fn applied_name(height: u64, engine_hash: BlockHash) -> BlockHash {
+    if height == 0 { BlockHash::ZERO } else { engine_hash }
+}
+
+/// One step's outcome.
+enum Step {
+    /// Imported blocks; go again at once.
+    Progress,
+    /// At the applied head (or unable to go on for a reported reason): wait for news.
+    Idle,
+}
+
+async fn replay_loop(
+    engine: Arc<dyn ExecutionEngine>,
+    blocks: BlockReader,
+    status: watch::Sender<ExecStatus>,
+    cancel: CancellationToken,
+) {
+    let mut applied_rx = blocks.subscribe();
+    let mut delay = RETRY_DELAY_MIN;
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        let outcome = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = step(engine.as_ref(), &blocks, &status) => r,
+        };
+        match outcome {
+            Ok(Step::Progress) => delay = RETRY_DELAY_MIN,
+            Ok(Step::Idle) => {
+                delay = RETRY_DELAY_MIN;
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = applied_rx.changed() => if r.is_err() { return },
+                    _ = tokio::time::sleep(IDLE_CHECK) => {}
+                }
+            }
+            Err(e) => {
+                let mut first = false;
+                status.send_modify(|s| {
+                    first = s.healthy;
+                    s.healthy = false;
+                    s.error = Some(e.clone());
+                });
+                if first {
+                    tracing::warn!(error = %e, "execution engine call failed; retrying");
+                }
+                metrics::gauge!("haseq_exec_healthy").set(0.0);
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(RETRY_DELAY_MAX);
+            }
+        }
+    }
+}
+
+async fn step(
+    engine: &dyn ExecutionEngine,
+    blocks: &BlockReader,
+    status: &watch::Sender<ExecStatus>,
+) -> Result<Step, String> {
+    let applied = blocks.head().map_err(|e| format!("reading the applied head: {e}"))?;
+    let (eh, ehash) = engine.head().await.map_err(|e| format!("reading the engine head: {e}"))?;
+    let publish = |exec_height: u64, exec_hash: BlockHash, other: bool, error: Option<String>| {
+        let lag = applied.height.0.saturating_sub(exec_height);
+        metrics::gauge!("haseq_exec_height").set(exec_height as f64);
+        metrics::gauge!("haseq_exec_lag_blocks").set(lag as f64);
+        metrics::gauge!("haseq_exec_healthy").set(1.0);
+        status.send_replace(ExecStatus {
+            exec_height,
+            exec_hash: applied_name(exec_height, exec_hash),
+            applied_height: applied.height.0,
+            lag,
+            healthy: true,
+            on_other_chain: other,
+            error,
+        });
+    };
+
+    // Is the engine's head on the committed chain? Compare with the block store, never with
+    // what the engine says about itself.
+    let ours_at_engine_head = if eh.0 <= applied.height.0 {
+        let want = match blocks.block(eh).map_err(|e| format!("reading block {eh}: {e}"))? {
+            Some(b) => b.hash,
+            None if eh.0 == 0 => BlockHash::ZERO,
+            None => {
+                // The store lacks it (caught up from a snapshot): until the Syncer fetched it,
+                // trust the engine's chain only if it links to what we hold above it.
+                publish(eh.0, ehash, false, Some(format!("block {eh} not in the block store")));
+                return Ok(Step::Idle);
+            }
+        };
+        Some(engine_hash_of(engine, eh, want).await?)
+    } else {
+        None
+    };
+
+    match ours_at_engine_head {
+        Some(want) if want != ehash => {
+            let msg = format!(
+                "engine head {eh} is {ehash}, the committed block at {eh} is {want}: engine on another chain"
+            );
+            if !status.borrow().on_other_chain {
+                tracing::error!("{msg}; refusing to build on it, still following");
+            }
+            publish(eh.0, ehash, true, Some(msg));
+            Ok(Step::Idle)
+        }
+        Some(_) if eh.0 == applied.height.0 => {
+            publish(eh.0, ehash, false, None);
+            Ok(Step::Idle)
+        }
+        Some(_) => {
+            // Behind: import the next batch from the block store, then move the head.
+            let to = applied.height.0.min(eh.0 + REPLAY_BATCH_BLOCKS_MAX);
+            let mut last = None;
+            for h in eh.0 + 1..=to {
+                let Some(b) = blocks.block(Height(h)).map_err(|e| format!("reading block {h}: {e}"))? else {
+                    publish(eh.0, ehash, false, Some(format!("block {h} not in the block store")));
+                    return Ok(Step::Idle);
+                };
+                match engine.new_payload(&b.payload).await.map_err(|e| format!("importing block {h}: {e}"))? {
+                    haseq_engine::PayloadStatus::Valid | haseq_engine::PayloadStatus::Syncing => {}
+                    haseq_engine::PayloadStatus::Invalid { reason } => {
+                        return Err(format!("engine refused committed block {h} {}: {reason}", b.hash));
+                    }
+                }
+                last = Some(b.hash);
+            }
+            if let Some(head) = last {
+                engine.set_head(head, head, head).await.map_err(|e| format!("setting head to {to}: {e}"))?;
+            }
+            let (nh, nhash) = engine.head().await.map_err(|e| format!("reading the engine head: {e}"))?;
+            metrics::counter!("haseq_blocks_replayed_total").increment(nh.0.saturating_sub(eh.0));
+            publish(nh.0, nhash, false, None);
+            Ok(Step::Progress)
+        }
+        None => {
+            // Ahead of the applied head: on the same chain, set it back; otherwise report.
+            let at = engine
+                .block_hash_at(applied.height)
+                .await
+                .map_err(|e| format!("reading engine block {}: {e}", applied.height))?;
+            let want = engine_hash_of(engine, applied.height, applied.hash).await?;
+            if at == Some(want) {
+                tracing::warn!(engine = eh.0, applied = applied.height.0, "engine ahead of the committed chain; setting its head back");
+                engine.set_head(want, want, want).await.map_err(|e| format!("setting head back to {}: {e}", applied.height))?;
+                Ok(Step::Progress)
+            } else {
+                let msg = format!(
+                    "engine head {eh} is ahead of the applied head {} and not on the committed chain",
+                    applied.height
+                );
+                if !status.borrow().on_other_chain {
+                    tracing::error!("{msg}; refusing to build on it, still following");
+                }
+                publish(eh.0, ehash, true, Some(msg));
+                Ok(Step::Idle)
+            }
+        }
+    }
+}
+
+impl actix::Handler<crate::supervisor::StopActor> for ExecReplayer {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::supervisor::StopActor, ctx: &mut Context<Self>) {
+        actix::ActorContext::stop(ctx);
+    }
+}

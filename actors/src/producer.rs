@@ -1,0 +1,286 @@
+//! Producer: the leader's block production loop.
+//!
+//! Owns: the current production session (a tokio task and its cancellation token).
+//! Receives: `StartProducing{term}`, `StopProducing{reason}`.
+//! Sends: proposals to Raft (`client_write`), which RaftCore's state machine applies on every
+//! node; counts blocks produced and commit latency.
+//!
+//! Every `block_time` the session builds on the applied head and only when the local engine is
+//! exactly there (S4), proposes the block, and waits for it to be committed. A `StopProducing`
+//! cancels the session between any two steps; a payload in flight is abandoned (it was never
+//! made canonical: only ExecReplayer does that, after commit).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix::{Actor, Context, Handler, Message};
+use haseq_engine::{BuildParams, ExecutionEngine};
+use haseq_messages::{ApplyOutcome, Block, BlockHash, Command, Height, NodeId};
+use haseq_storage::BlockReader;
+use openraft::async_runtime::WatchReceiver;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::HaseqRaft;
+use crate::exec_replayer::ExecStatus;
+use crate::supervisor::ExitGuard;
+
+/// Start (or keep) producing for `term`.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct StartProducing {
+    /// The term this node leads.
+    pub term: u64,
+}
+
+/// Why production stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// Another leader, a higher term, or the lease ran out.
+    LostLeadership,
+    /// The node is shutting down.
+    Shutdown,
+}
+
+/// Stop producing now, abandoning any payload in flight.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct StopProducing {
+    /// Why.
+    pub reason: StopReason,
+}
+
+/// What a production session needs; cheap to clone.
+#[derive(Clone)]
+pub struct ProducerDeps {
+    /// The node's id, recorded as each block's proposer.
+    pub node_id: NodeId,
+    /// The Raft handle to propose through.
+    pub raft: HaseqRaft,
+    /// The engine that builds blocks.
+    pub engine: Arc<dyn ExecutionEngine>,
+    /// The applied head and committed blocks.
+    pub blocks: BlockReader,
+    /// The engine's position, from ExecReplayer.
+    pub exec: watch::Receiver<ExecStatus>,
+    /// Time between blocks; zero produces as fast as commits allow.
+    pub block_time: Duration,
+    /// Each block's timestamp must exceed its parent's (a real execution client's rule).
+    pub strict_timestamps: bool,
+    /// `node.aggregator`: only an aggregator ever produces.
+    pub aggregator: bool,
+}
+
+/// The actor; see the module doc.
+pub struct Producer {
+    deps: ProducerDeps,
+    session: Option<(u64, CancellationToken)>,
+    _exit: ExitGuard,
+}
+
+impl Producer {
+    /// A producer that is idle until told to start.
+    pub fn new(deps: ProducerDeps, exit: ExitGuard) -> Producer {
+        Producer { deps, session: None, _exit: exit }
+    }
+
+    fn stop(&mut self, reason: StopReason) {
+        if let Some((term, cancel)) = self.session.take() {
+            cancel.cancel();
+            tracing::info!(term, ?reason, "block production stopped");
+        }
+    }
+}
+
+impl Actor for Producer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Context<Self>) {
+        // A rebuilt Producer does not know whether it should be producing: ask Raft.
+        let m = self.deps.raft.metrics().borrow_watched().clone();
+        if m.state == openraft::ServerState::Leader && self.deps.aggregator {
+            self.start(m.current_term);
+        }
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.stop(StopReason::Shutdown);
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        if let Some((_, cancel)) = self.session.take() {
+            cancel.cancel();
+        }
+    }
+}
+
+impl Producer {
+    fn start(&mut self, term: u64) {
+        if self.session.as_ref().is_some_and(|(t, _)| *t == term) {
+            return;
+        }
+        self.stop(StopReason::LostLeadership);
+        let cancel = CancellationToken::new();
+        tracing::info!(term, block_time_ms = self.deps.block_time.as_millis() as u64, "block production started");
+        tokio::spawn(produce(self.deps.clone(), term, cancel.clone()));
+        self.session = Some((term, cancel));
+    }
+}
+
+impl Handler<StartProducing> for Producer {
+    type Result = ();
+
+    fn handle(&mut self, msg: StartProducing, _: &mut Context<Self>) {
+        self.start(msg.term);
+    }
+}
+
+impl Handler<StopProducing> for Producer {
+    type Result = ();
+
+    fn handle(&mut self, msg: StopProducing, _: &mut Context<Self>) {
+        self.stop(msg.reason);
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// One production session: runs until cancelled or until Raft says we no longer lead.
+async fn produce(d: ProducerDeps, term: u64, cancel: CancellationToken) {
+    let mut exec = d.exec.clone();
+    let mut next = tokio::time::Instant::now();
+    let mut last_block_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        // Never burst to catch up after a stall: the next slot is one block_time from now.
+        next = (next + d.block_time).max(tokio::time::Instant::now());
+
+        let head = match d.blocks.head() {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the applied head");
+                continue;
+            }
+        };
+        // S4: build only on the applied head, with the engine exactly there.
+        if !exec.borrow_and_update().at(head.height, head.hash) {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = exec.changed() => {}
+                _ = tokio::time::sleep(d.block_time.max(Duration::from_millis(50))) => {}
+            }
+            next = tokio::time::Instant::now();
+            continue;
+        }
+        match produce_one(&d, head.height, head.hash, &cancel).await {
+            Ok(Some(outcome)) => match outcome {
+                ApplyOutcome::Accepted { height } => {
+                    metrics::counter!("haseq_blocks_produced_total").increment(1);
+                    if let Some(t) = last_block_at.replace(Instant::now()) {
+                        metrics::histogram!("haseq_block_interval_seconds").record(t.elapsed().as_secs_f64());
+                    }
+                    tracing::debug!(%height, term, "block committed");
+                }
+                ApplyOutcome::Rejected(reason) => {
+                    tracing::warn!(?reason, "our own proposal was rejected as stale");
+                }
+                ApplyOutcome::None => {}
+            },
+            Ok(None) => return, // cancelled mid-way: abandon the payload
+            Err(ProduceError::NotLeader(why)) => {
+                tracing::info!(term, %why, "no longer leader; production ends");
+                return;
+            }
+            Err(ProduceError::Engine(e)) => {
+                metrics::counter!("haseq_produce_errors_total").increment(1);
+                tracing::warn!(error = %e, "building a block failed");
+            }
+        }
+    }
+}
+
+enum ProduceError {
+    NotLeader(String),
+    Engine(String),
+}
+
+async fn produce_one(
+    d: &ProducerDeps,
+    head_height: Height,
+    head_hash: BlockHash,
+    cancel: &CancellationToken,
+) -> Result<Option<ApplyOutcome>, ProduceError> {
+    let engine = d.engine.as_ref();
+    // Height 0 is the engine's genesis, which the state machine calls BlockHash::ZERO.
+    let parent = if head_height.0 == 0 {
+        engine
+            .block_hash_at(Height(0))
+            .await
+            .map_err(|e| ProduceError::Engine(format!("reading genesis: {e}")))?
+            .ok_or_else(|| ProduceError::Engine("engine has no genesis".into()))?
+    } else {
+        head_hash
+    };
+    let parent_ts = match d.blocks.block(head_height) {
+        Ok(Some(b)) => b.timestamp,
+        _ => 0,
+    };
+    let timestamp = if d.strict_timestamps { now_secs().max(parent_ts + 1) } else { now_secs().max(parent_ts) };
+    let params = BuildParams { parent, parent_height: head_height, timestamp, fee_recipient: [0u8; 20] };
+    let id = engine.build_payload(params).await.map_err(|e| ProduceError::Engine(format!("build on {head_height}: {e}")))?;
+    let built = engine.get_payload(id).await.map_err(|e| ProduceError::Engine(format!("get payload {id}: {e}")))?;
+    if cancel.is_cancelled() {
+        return Ok(None);
+    }
+    if built.parent_hash != parent || built.number != head_height.next() {
+        return Err(ProduceError::Engine(format!(
+            "engine built block {} on {}, asked for {} on {parent}",
+            built.number, built.parent_hash, head_height.next()
+        )));
+    }
+    let block = Block {
+        height: head_height.next(),
+        parent_hash: head_hash,
+        hash: built.block_hash,
+        timestamp: built.timestamp,
+        proposer: d.node_id.clone(),
+        payload: built.encoded,
+    };
+    let t0 = Instant::now();
+    match d.raft.client_write(Command::Block(block)).await {
+        Ok(resp) => {
+            metrics::histogram!("haseq_commit_latency_seconds").record(t0.elapsed().as_secs_f64());
+            Ok(Some(resp.data))
+        }
+        Err(e) => {
+            use openraft::error::{ClientWriteError, RaftError};
+            match e {
+                // Another node leads: this session is over.
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f))
+                    if f.leader_id.as_ref().is_some_and(|l| *l != d.node_id) =>
+                {
+                    Err(ProduceError::NotLeader(format!("{f}")))
+                }
+                // A new leader refuses writes until a quorum has acknowledged it (openraft's
+                // lease); the next slot tries again. A real loss of leadership arrives as
+                // `StopProducing` from RaftCore.
+                other => Err(ProduceError::Engine(format!("proposing: {other}"))),
+            }
+        }
+    }
+}
+
+impl actix::Handler<crate::supervisor::StopActor> for Producer {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::supervisor::StopActor, ctx: &mut Context<Self>) {
+        actix::ActorContext::stop(ctx);
+    }
+}
