@@ -35,11 +35,15 @@ pub async fn guard(
 fn bearer_ok(state: &ApiState, req: &Request) -> bool {
     let (Some(token), Some(given)) = (
         state.admin_token.as_deref(),
-        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
     ) else {
         return false;
     };
-    let Some(given) = given.strip_prefix("Bearer ") else { return false };
+    let Some(given) = given.strip_prefix("Bearer ") else {
+        return false;
+    };
     constant_time_eq(token.as_bytes(), given.trim().as_bytes())
 }
 
@@ -65,13 +69,18 @@ pub struct FaultRequest {
 
 /// `POST /admin/engine/fault`: set the embedded engine's fault knobs (tests and drills).
 pub async fn engine_fault(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
-    let bad = |why: String| (StatusCode::BAD_REQUEST, Json(json!({ "error": why }))).into_response();
+    let bad =
+        |why: String| (StatusCode::BAD_REQUEST, Json(json!({ "error": why }))).into_response();
     let req: FaultRequest = if body.iter().all(|b| b.is_ascii_whitespace()) {
         FaultRequest::default()
     } else {
         match serde_json::from_slice(&body) {
             Ok(r) => r,
-            Err(e) => return bad(format!("body: {e}; expected {{\"delay_per_block\": \"200ms\", \"fail\": false, \"lose_newest_on_restart\": 50}}")),
+            Err(e) => {
+                return bad(format!(
+                    "body: {e}; expected {{\"delay_per_block\": \"200ms\", \"fail\": false, \"lose_newest_on_restart\": 50}}"
+                ));
+            }
         }
     };
     let delay = match req.delay_per_block.as_deref() {
@@ -103,7 +112,11 @@ pub async fn engine_fault(State(state): State<ApiState>, body: axum::body::Bytes
             }))
             .into_response()
         }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": e.to_string() }))).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "error": e.to_string() })),
+        )
+            .into_response(),
     }
 }
 

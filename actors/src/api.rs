@@ -91,7 +91,10 @@ pub struct BlockHeader {
 pub fn router(state: ApiState) -> Router {
     let admin = Router::new()
         .route("/admin/engine/fault", post(crate::admin::engine_fault))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::admin::guard));
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::admin::guard,
+        ));
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))

@@ -69,7 +69,10 @@ impl ExecStatus {
 
     /// The engine is exactly at the applied head `(height, hash)` and healthy: safe to build on.
     pub fn at(&self, height: Height, hash: BlockHash) -> bool {
-        self.healthy && !self.on_other_chain && self.exec_height == height.0 && self.exec_hash == hash
+        self.healthy
+            && !self.on_other_chain
+            && self.exec_height == height.0
+            && self.exec_hash == hash
     }
 }
 
@@ -90,7 +93,13 @@ impl ExecReplayer {
         status: watch::Sender<ExecStatus>,
         exit: ExitGuard,
     ) -> ExecReplayer {
-        ExecReplayer { engine, blocks, status, cancel: CancellationToken::new(), _exit: exit }
+        ExecReplayer {
+            engine,
+            blocks,
+            status,
+            cancel: CancellationToken::new(),
+            _exit: exit,
+        }
     }
 }
 
@@ -151,7 +160,11 @@ async fn engine_hash_of(
 
 /// The state machine's name for an engine block: genesis becomes `BlockHash::ZERO`.
 fn applied_name(height: u64, engine_hash: BlockHash) -> BlockHash {
-    if height == 0 { BlockHash::ZERO } else { engine_hash }
+    if height == 0 {
+        BlockHash::ZERO
+    } else {
+        engine_hash
+    }
 }
 
 /// One step's outcome.
@@ -214,8 +227,13 @@ async fn step(
     blocks: &BlockReader,
     status: &watch::Sender<ExecStatus>,
 ) -> Result<Step, String> {
-    let applied = blocks.head().map_err(|e| format!("reading the applied head: {e}"))?;
-    let (eh, ehash) = engine.head().await.map_err(|e| format!("reading the engine head: {e}"))?;
+    let applied = blocks
+        .head()
+        .map_err(|e| format!("reading the applied head: {e}"))?;
+    let (eh, ehash) = engine
+        .head()
+        .await
+        .map_err(|e| format!("reading the engine head: {e}"))?;
     let publish = |exec_height: u64, exec_hash: BlockHash, other: bool, error: Option<String>| {
         let lag = applied.height.0.saturating_sub(exec_height);
         metrics::gauge!("haseq_exec_height").set(exec_height as f64);
@@ -235,13 +253,21 @@ async fn step(
     // Is the engine's head on the committed chain? Compare with the block store, never with
     // what the engine says about itself.
     let ours_at_engine_head = if eh.0 <= applied.height.0 {
-        let want = match blocks.block(eh).map_err(|e| format!("reading block {eh}: {e}"))? {
+        let want = match blocks
+            .block(eh)
+            .map_err(|e| format!("reading block {eh}: {e}"))?
+        {
             Some(b) => b.hash,
             None if eh.0 == 0 => BlockHash::ZERO,
             None => {
                 // The store lacks it (caught up from a snapshot): until the Syncer fetched it,
                 // trust the engine's chain only if it links to what we hold above it.
-                publish(eh.0, ehash, false, Some(format!("block {eh} not in the block store")));
+                publish(
+                    eh.0,
+                    ehash,
+                    false,
+                    Some(format!("block {eh} not in the block store")),
+                );
                 return Ok(Step::Idle);
             }
         };
@@ -270,22 +296,43 @@ async fn step(
             let to = applied.height.0.min(eh.0 + REPLAY_BATCH_BLOCKS_MAX);
             let mut last = None;
             for h in eh.0 + 1..=to {
-                let Some(b) = blocks.block(Height(h)).map_err(|e| format!("reading block {h}: {e}"))? else {
-                    publish(eh.0, ehash, false, Some(format!("block {h} not in the block store")));
+                let Some(b) = blocks
+                    .block(Height(h))
+                    .map_err(|e| format!("reading block {h}: {e}"))?
+                else {
+                    publish(
+                        eh.0,
+                        ehash,
+                        false,
+                        Some(format!("block {h} not in the block store")),
+                    );
                     return Ok(Step::Idle);
                 };
-                match engine.new_payload(&b.payload).await.map_err(|e| format!("importing block {h}: {e}"))? {
+                match engine
+                    .new_payload(&b.payload)
+                    .await
+                    .map_err(|e| format!("importing block {h}: {e}"))?
+                {
                     haseq_engine::PayloadStatus::Valid | haseq_engine::PayloadStatus::Syncing => {}
                     haseq_engine::PayloadStatus::Invalid { reason } => {
-                        return Err(format!("engine refused committed block {h} {}: {reason}", b.hash));
+                        return Err(format!(
+                            "engine refused committed block {h} {}: {reason}",
+                            b.hash
+                        ));
                     }
                 }
                 last = Some(b.hash);
             }
             if let Some(head) = last {
-                engine.set_head(head, head, head).await.map_err(|e| format!("setting head to {to}: {e}"))?;
+                engine
+                    .set_head(head, head, head)
+                    .await
+                    .map_err(|e| format!("setting head to {to}: {e}"))?;
             }
-            let (nh, nhash) = engine.head().await.map_err(|e| format!("reading the engine head: {e}"))?;
+            let (nh, nhash) = engine
+                .head()
+                .await
+                .map_err(|e| format!("reading the engine head: {e}"))?;
             metrics::counter!("haseq_blocks_replayed_total").increment(nh.0.saturating_sub(eh.0));
             publish(nh.0, nhash, false, None);
             Ok(Step::Progress)
@@ -298,8 +345,15 @@ async fn step(
                 .map_err(|e| format!("reading engine block {}: {e}", applied.height))?;
             let want = engine_hash_of(engine, applied.height, applied.hash).await?;
             if at == Some(want) {
-                tracing::warn!(engine = eh.0, applied = applied.height.0, "engine ahead of the committed chain; setting its head back");
-                engine.set_head(want, want, want).await.map_err(|e| format!("setting head back to {}: {e}", applied.height))?;
+                tracing::warn!(
+                    engine = eh.0,
+                    applied = applied.height.0,
+                    "engine ahead of the committed chain; setting its head back"
+                );
+                engine
+                    .set_head(want, want, want)
+                    .await
+                    .map_err(|e| format!("setting head back to {}: {e}", applied.height))?;
                 Ok(Step::Progress)
             } else {
                 let msg = format!(

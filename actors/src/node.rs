@@ -9,12 +9,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use haseq_engine::{EmbeddedConfig, EmbeddedEngine, ExecutionEngine};
 use haseq_messages::{NodeId, PeerNode, TC};
 use haseq_net::{NetConfig, Network};
 use haseq_storage::StoreOptions;
 use openraft::RaftNetworkFactory;
 use openraft::async_runtime::WatchReceiver;
-use haseq_engine::{EmbeddedConfig, EmbeddedEngine, ExecutionEngine};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -327,11 +327,16 @@ async fn open_engine(
     e: &EngineSettings,
 ) -> Result<(Arc<dyn ExecutionEngine>, Option<Arc<EmbeddedEngine>>), NodeError> {
     match e {
-        EngineSettings::Embedded { data_dir, txs_per_block, tx_bytes, faults } => {
+        EngineSettings::Embedded {
+            data_dir,
+            txs_per_block,
+            tx_bytes,
+            faults,
+        } => {
             let mut cfg = EmbeddedConfig::new(data_dir.clone());
             cfg.txs_per_block = *txs_per_block;
             cfg.tx_bytes = *tx_bytes;
-            cfg.faults = faults.clone();
+            cfg.faults = *faults;
             let dir = data_dir.display().to_string();
             let engine = tokio::task::spawn_blocking(move || EmbeddedEngine::open(cfg))
                 .await
@@ -342,7 +347,9 @@ async fn open_engine(
         }
         EngineSettings::EngineApi { url, jwt_secret } => {
             let _ = jwt_secret;
-            Err(NodeError::Engine(format!("engine.url = {url:?}: the Engine API client is not wired in yet")))
+            Err(NodeError::Engine(format!(
+                "engine.url = {url:?}: the Engine API client is not wired in yet"
+            )))
         }
     }
 }

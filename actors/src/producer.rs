@@ -81,7 +81,11 @@ pub struct Producer {
 impl Producer {
     /// A producer that is idle until told to start.
     pub fn new(deps: ProducerDeps, exit: ExitGuard) -> Producer {
-        Producer { deps, session: None, _exit: exit }
+        Producer {
+            deps,
+            session: None,
+            _exit: exit,
+        }
     }
 
     fn stop(&mut self, reason: StopReason) {
@@ -123,7 +127,11 @@ impl Producer {
         }
         self.stop(StopReason::LostLeadership);
         let cancel = CancellationToken::new();
-        tracing::info!(term, block_time_ms = self.deps.block_time.as_millis() as u64, "block production started");
+        tracing::info!(
+            term,
+            block_time_ms = self.deps.block_time.as_millis() as u64,
+            "block production started"
+        );
         tokio::spawn(produce(self.deps.clone(), term, cancel.clone()));
         self.session = Some((term, cancel));
     }
@@ -146,7 +154,10 @@ impl Handler<StopProducing> for Producer {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// One production session: runs until cancelled or until Raft says we no longer lead.
@@ -184,7 +195,8 @@ async fn produce(d: ProducerDeps, term: u64, cancel: CancellationToken) {
                 ApplyOutcome::Accepted { height } => {
                     metrics::counter!("haseq_blocks_produced_total").increment(1);
                     if let Some(t) = last_block_at.replace(Instant::now()) {
-                        metrics::histogram!("haseq_block_interval_seconds").record(t.elapsed().as_secs_f64());
+                        metrics::histogram!("haseq_block_interval_seconds")
+                            .record(t.elapsed().as_secs_f64());
                     }
                     tracing::debug!(%height, term, "block committed");
                 }
@@ -232,17 +244,34 @@ async fn produce_one(
         Ok(Some(b)) => b.timestamp,
         _ => 0,
     };
-    let timestamp = if d.strict_timestamps { now_secs().max(parent_ts + 1) } else { now_secs().max(parent_ts) };
-    let params = BuildParams { parent, parent_height: head_height, timestamp, fee_recipient: [0u8; 20] };
-    let id = engine.build_payload(params).await.map_err(|e| ProduceError::Engine(format!("build on {head_height}: {e}")))?;
-    let built = engine.get_payload(id).await.map_err(|e| ProduceError::Engine(format!("get payload {id}: {e}")))?;
+    let timestamp = if d.strict_timestamps {
+        now_secs().max(parent_ts + 1)
+    } else {
+        now_secs().max(parent_ts)
+    };
+    let params = BuildParams {
+        parent,
+        parent_height: head_height,
+        timestamp,
+        fee_recipient: [0u8; 20],
+    };
+    let id = engine
+        .build_payload(params)
+        .await
+        .map_err(|e| ProduceError::Engine(format!("build on {head_height}: {e}")))?;
+    let built = engine
+        .get_payload(id)
+        .await
+        .map_err(|e| ProduceError::Engine(format!("get payload {id}: {e}")))?;
     if cancel.is_cancelled() {
         return Ok(None);
     }
     if built.parent_hash != parent || built.number != head_height.next() {
         return Err(ProduceError::Engine(format!(
             "engine built block {} on {}, asked for {} on {parent}",
-            built.number, built.parent_hash, head_height.next()
+            built.number,
+            built.parent_hash,
+            head_height.next()
         )));
     }
     let block = Block {

@@ -148,15 +148,25 @@ impl RaftCore {
         exit: ExitGuard,
     ) -> RaftCore {
         let status = RaftStatus::from_metrics(&raft.metrics().borrow_watched());
-        RaftCore { raft, status, producer, aggregator, _exit: exit }
+        RaftCore {
+            raft,
+            status,
+            producer,
+            aggregator,
+            _exit: exit,
+        }
     }
 
     /// Tell the Producer what the role means for production. Idempotent on its side.
     fn steer_producer(&self) {
         if self.status.role == Role::Leader && self.aggregator {
-            self.producer.get().do_send(StartProducing { term: self.status.term });
+            self.producer.get().do_send(StartProducing {
+                term: self.status.term,
+            });
         } else {
-            self.producer.get().do_send(StopProducing { reason: StopReason::LostLeadership });
+            self.producer.get().do_send(StopProducing {
+                reason: StopReason::LostLeadership,
+            });
         }
     }
 

@@ -84,7 +84,7 @@ pub(crate) async fn run(args: DevnetArgs) -> anyhow::Result<()> {
             Some(b) => {
                 let base = b as usize + 2 * (i - 1);
                 anyhow::ensure!(
-                    base + 1 <= u16::MAX as usize,
+                    base < u16::MAX as usize,
                     "--base-port {b}: ports run past 65535"
                 );
                 (base as u16, (base + 1) as u16)
@@ -146,7 +146,13 @@ pub(crate) async fn run(args: DevnetArgs) -> anyhow::Result<()> {
     result
 }
 
-fn node_config(n: &DevNode, peers: &str, raft_dir: &Path, secret: &Path, block_time: Duration) -> String {
+fn node_config(
+    n: &DevNode,
+    peers: &str,
+    raft_dir: &Path,
+    secret: &Path,
+    block_time: Duration,
+) -> String {
     format!(
         "node:\n  aggregator: true\n  block_time: \"{bt}\"\nraft:\n  enable: true\n  node_id: \"{id}\"\n  \
          raft_addr: \"{raft}\"\n  raft_dir: \"{dir}\"\n  peers: >-\n{peers}\n  \
@@ -217,7 +223,16 @@ async fn render(nodes: &mut [DevNode]) -> String {
     let _ = writeln!(
         out,
         "{:<8} {:<8} {:<10} {:>5} {:<8} {:>10} {:>10} {:>8} {:>8} {:>6}",
-        "node", "process", "role", "term", "leader", "committed", "applied", "height", "exec", "lag"
+        "node",
+        "process",
+        "role",
+        "term",
+        "leader",
+        "committed",
+        "applied",
+        "height",
+        "exec",
+        "lag"
     );
     for n in nodes.iter_mut() {
         let process = match n.child.as_mut().map(|c| c.try_wait()) {

@@ -181,10 +181,10 @@ impl Cluster {
     pub async fn statuses(&self) -> Vec<(usize, RaftStatus)> {
         let mut out = Vec::new();
         for (i, m) in self.members.iter().enumerate() {
-            if let Some(n) = &m.node {
-                if let Ok(s) = n.raft_core.get().send(GetStatus).await {
-                    out.push((i, s));
-                }
+            if let Some(n) = &m.node
+                && let Ok(s) = n.raft_core.get().send(GetStatus).await
+            {
+                out.push((i, s));
             }
         }
         out
