@@ -37,6 +37,8 @@ pub struct ApiState {
     pub embedded: Option<std::sync::Arc<haseq_engine::EmbeddedEngine>>,
     /// Bearer token that admits admin calls from beyond loopback.
     pub admin_token: Option<String>,
+    /// Commit latencies of the blocks this node produced.
+    pub latencies: crate::stats::LatencyLog,
 }
 
 /// A configured peer as `/status` shows it.
@@ -101,6 +103,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(metrics_text))
         .route("/block/{height}", get(block))
+        .route("/stats/commit-latency", get(commit_latency))
         .merge(admin)
         .with_state(state)
 }
@@ -200,6 +203,10 @@ async fn block(State(state): State<ApiState>, Path(height): Path<String>) -> Res
             .into_response(),
         Err(e) => unavailable(&format!("reading block {h}: {e}")),
     }
+}
+
+async fn commit_latency(State(state): State<ApiState>) -> Response {
+    axum::Json(state.latencies.report()).into_response()
 }
 
 async fn metrics_text(State(state): State<ApiState>) -> Response {

@@ -20,6 +20,7 @@ pub mod node;
 pub mod producer;
 pub mod raft_core;
 pub mod settings;
+pub mod stats;
 pub mod supervisor;
 
 /// The node's openraft handle: haseq's types over the LMDB state machine.

@@ -240,6 +240,7 @@ pub async fn start_with_listeners(
             ExecReplayer::new(engine.clone(), blocks.clone(), exec_tx.clone(), exit)
         })
     };
+    let latencies = crate::stats::LatencyLog::default();
     let deps = ProducerDeps {
         node_id: id.clone(),
         raft: raft.clone(),
@@ -249,6 +250,7 @@ pub async fn start_with_listeners(
         block_time: settings.block_time,
         strict_timestamps: matches!(settings.engine, EngineSettings::EngineApi { .. }),
         aggregator: settings.aggregator,
+        latencies: latencies.clone(),
     };
     let producer = supervisor.start("producer", move |exit| Producer::new(deps.clone(), exit));
     let core_raft = raft.clone();
@@ -290,6 +292,7 @@ pub async fn start_with_listeners(
         exec: exec_rx.clone(),
         embedded: embedded.clone(),
         admin_token: settings.admin_token.clone(),
+        latencies,
     });
     let blocks = storage.reader;
     {

@@ -69,6 +69,8 @@ pub struct ProducerDeps {
     pub strict_timestamps: bool,
     /// `node.aggregator`: only an aggregator ever produces.
     pub aggregator: bool,
+    /// Where each commit latency is logged (for `haseqd bench`).
+    pub latencies: crate::stats::LatencyLog,
 }
 
 /// The actor; see the module doc.
@@ -285,7 +287,9 @@ async fn produce_one(
     let t0 = Instant::now();
     match d.raft.client_write(Command::Block(block)).await {
         Ok(resp) => {
-            metrics::histogram!("haseq_commit_latency_seconds").record(t0.elapsed().as_secs_f64());
+            let took = t0.elapsed();
+            metrics::histogram!("haseq_commit_latency_seconds").record(took.as_secs_f64());
+            d.latencies.record(took);
             Ok(Some(resp.data))
         }
         Err(e) => {

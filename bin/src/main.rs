@@ -6,6 +6,7 @@
 //! Only `main` exits the process: with status 2 on a configuration error at start-up, 1 when
 //! the node cannot start, 0 after a clean shutdown.
 
+mod bench;
 mod devnet;
 
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ enum Cmd {
     },
     /// Run a whole local cluster on loopback until Ctrl-C.
     Devnet(devnet::DevnetArgs),
+    /// Benchmark a local cluster of separate processes: commit latency and blocks per second.
+    Bench(bench::BenchArgs),
 }
 
 fn parse_set(s: &str) -> Result<(String, String), String> {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Run { config, set } => run(config, set),
+        Cmd::Bench(args) => tool(bench::run(args), "bench"),
         Cmd::Devnet(args) => {
             init_tracing("warn", false);
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -73,6 +77,28 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Run a tool subcommand on a multi-threaded runtime; exit 1 with its error.
+fn tool(fut: impl std::future::Future<Output = anyhow::Result<()>>, name: &str) -> ExitCode {
+    init_tracing("warn", false);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("haseqd {name}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("haseqd {name}: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
