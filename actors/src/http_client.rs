@@ -29,7 +29,22 @@ pub async fn request(
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<HttpResponse, String> {
-    tokio::time::timeout(timeout, request_inner(addr, method, path, body))
+    request_auth(addr, method, path, body, None, timeout).await
+}
+
+/// As [`request`], with an optional bearer token.
+///
+/// # Errors
+/// Connection refused, timeout, or a response that is not HTTP.
+pub async fn request_auth(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<HttpResponse, String> {
+    tokio::time::timeout(timeout, request_inner(addr, method, path, body, token))
         .await
         .map_err(|_| format!("{method} http://{addr}{path}: no answer within {timeout:?}"))?
 }
@@ -39,12 +54,16 @@ async fn request_inner(
     method: &str,
     path: &str,
     body: Option<&str>,
+    token: Option<&str>,
 ) -> Result<HttpResponse, String> {
     let ctx = |e: std::io::Error| format!("{method} http://{addr}{path}: {e}");
     let mut s = TcpStream::connect(addr).await.map_err(ctx)?;
     let body = body.unwrap_or("");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );

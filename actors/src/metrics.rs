@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use metrics::{Unit, describe_counter, describe_gauge};
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Histogram buckets for latencies, in seconds: 100 µs to 10 s.
@@ -41,6 +41,7 @@ pub fn prometheus() -> Result<PrometheusHandle, String> {
 fn describe_all() {
     haseq_storage::describe_metrics();
     haseq_net::describe_metrics();
+    haseq_engine::describe_metrics();
     describe_gauge!(
         "haseq_role",
         "1 for the node's current Raft role (label role), else 0"
@@ -79,4 +80,40 @@ fn describe_all() {
         "Actors rebuilt by the supervisor after they stopped or panicked (label actor)"
     );
     describe_gauge!("haseq_up", "1 while the node is running");
+    describe_gauge!(
+        "haseq_exec_height",
+        Unit::Count,
+        "The execution engine's head height, read back from the engine"
+    );
+    describe_gauge!(
+        "haseq_exec_lag_blocks",
+        Unit::Count,
+        "Blocks the execution engine is behind the applied head"
+    );
+    describe_gauge!(
+        "haseq_exec_healthy",
+        "1 while the execution engine's last call succeeded, else 0"
+    );
+    describe_counter!(
+        "haseq_blocks_replayed_total",
+        "Committed blocks imported into the execution engine"
+    );
+    describe_counter!(
+        "haseq_blocks_produced_total",
+        "Blocks this node produced and got committed as leader"
+    );
+    describe_counter!(
+        "haseq_produce_errors_total",
+        "Failed attempts to build or propose a block"
+    );
+    describe_histogram!(
+        "haseq_block_interval_seconds",
+        Unit::Seconds,
+        "Time between consecutive blocks produced by this leader"
+    );
+    describe_histogram!(
+        "haseq_commit_latency_seconds",
+        Unit::Seconds,
+        "Proposal to applied on the leader, per block"
+    );
 }

@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use haseq_engine::{EmbeddedConfig, EmbeddedEngine, ExecutionEngine};
+use haseq_engine::{
+    EmbeddedConfig, EmbeddedEngine, EngineApiClient, EngineApiConfig, ExecutionEngine,
+};
 use haseq_messages::{NodeId, PeerNode, TC};
 use haseq_net::{NetConfig, Network};
 use haseq_storage::StoreOptions;
@@ -349,10 +351,9 @@ async fn open_engine(
             Ok((engine.clone(), Some(engine)))
         }
         EngineSettings::EngineApi { url, jwt_secret } => {
-            let _ = jwt_secret;
-            Err(NodeError::Engine(format!(
-                "engine.url = {url:?}: the Engine API client is not wired in yet"
-            )))
+            let client = EngineApiClient::new(EngineApiConfig::new(url.clone(), *jwt_secret))
+                .map_err(|e| NodeError::Engine(format!("engine.url = {url:?}: {e}")))?;
+            Ok((Arc::new(client), None))
         }
     }
 }

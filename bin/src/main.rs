@@ -7,6 +7,7 @@
 //! the node cannot start, 0 after a clean shutdown.
 
 mod bench;
+mod ctl;
 mod devnet;
 
 use std::path::PathBuf;
@@ -42,8 +43,37 @@ enum Cmd {
     },
     /// Run a whole local cluster on loopback until Ctrl-C.
     Devnet(devnet::DevnetArgs),
+    /// Drive a node's API: status, watch, transfer-leader, pause, resume, engine-fault.
+    Ctl(ctl::CtlArgs),
+    /// The embedded execution engine on its own, served over the Engine API (JWT).
+    Engine {
+        #[command(subcommand)]
+        cmd: EngineCmd,
+    },
     /// Benchmark a local cluster of separate processes: commit latency and blocks per second.
     Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum EngineCmd {
+    /// Serve the embedded engine over HTTP JSON-RPC with JWT, as reth and geth do.
+    Serve {
+        /// Listen address, e.g. `127.0.0.1:8551`.
+        #[arg(long)]
+        addr: String,
+        /// File holding the 32-byte JWT secret as hex.
+        #[arg(long)]
+        jwt_secret: PathBuf,
+        /// Where the engine keeps its chain.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Synthetic transactions per block.
+        #[arg(long, default_value_t = 0)]
+        txs_per_block: usize,
+        /// Bytes per synthetic transaction.
+        #[arg(long, default_value_t = 100)]
+        tx_bytes: usize,
+    },
 }
 
 fn parse_set(s: &str) -> Result<(String, String), String> {
@@ -58,6 +88,20 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Run { config, set } => run(config, set),
         Cmd::Bench(args) => tool(bench::run(args), "bench"),
+        Cmd::Ctl(args) => tool(ctl::run(args), "ctl"),
+        Cmd::Engine {
+            cmd:
+                EngineCmd::Serve {
+                    addr,
+                    jwt_secret,
+                    data_dir,
+                    txs_per_block,
+                    tx_bytes,
+                },
+        } => tool(
+            engine_serve(addr, jwt_secret, data_dir, txs_per_block, tx_bytes),
+            "engine serve",
+        ),
         Cmd::Devnet(args) => {
             init_tracing("warn", false);
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -101,6 +145,45 @@ fn tool(fut: impl std::future::Future<Output = anyhow::Result<()>>, name: &str) 
             ExitCode::FAILURE
         }
     }
+}
+
+async fn engine_serve(
+    addr: String,
+    jwt_secret: PathBuf,
+    data_dir: PathBuf,
+    txs_per_block: usize,
+    tx_bytes: usize,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let secret = haseq_engine::read_jwt_secret_file(&jwt_secret)
+        .with_context(|| format!("--jwt-secret {}", jwt_secret.display()))?;
+    let mut cfg = haseq_engine::EmbeddedConfig::new(data_dir.clone());
+    cfg.txs_per_block = txs_per_block;
+    cfg.tx_bytes = tx_bytes;
+    let engine = tokio::task::spawn_blocking(move || haseq_engine::EmbeddedEngine::open(cfg))
+        .await?
+        .with_context(|| format!("--data-dir {}", data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("--addr {addr}"))?;
+    eprintln!(
+        "haseqd engine: serving the Engine API on http://{} (JWT required)",
+        listener.local_addr()?
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        stop.cancel();
+    });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        term.recv().await;
+        stop.cancel();
+    });
+    haseq_engine::serve(listener, secret, std::sync::Arc::new(engine), shutdown).await?;
+    Ok(())
 }
 
 fn run(path: PathBuf, set: Vec<(String, String)>) -> ExitCode {

@@ -1,0 +1,193 @@
+//! `haseqd ctl`: drive a node's HTTP API from the command line.
+//!
+//! Exit status 0 when the node did what was asked, 1 when it refused (the reason is printed)
+//! or could not be reached.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use haseq_actors::http_client;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// Deadline of one API call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Options of `haseqd ctl`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CtlArgs {
+    /// The node's API, e.g. `http://127.0.0.1:7700`.
+    #[arg(long, default_value = "http://127.0.0.1:7700", env = "HASEQ_API")]
+    pub(crate) api: String,
+    /// A file holding the admin bearer token (needed beyond loopback).
+    #[arg(long)]
+    pub(crate) token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(crate) cmd: CtlCmd,
+}
+
+/// What to do.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum CtlCmd {
+    /// Print the node's status.
+    Status,
+    /// Print every role, term, leader and eligibility change as it happens (Ctrl-C stops).
+    Watch,
+    /// Hand leadership to a node (or the best peer).
+    TransferLeader {
+        /// The target node id; the most caught-up healthy peer when absent.
+        #[arg(long)]
+        to: Option<String>,
+        /// Transfer even to a lagging, unhealthy or paused node.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stop this node from producing (persisted across restarts) until `resume`.
+    Pause {
+        /// Pause even if this is the last eligible node.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Let this node produce again.
+    Resume,
+    /// Set the embedded engine's fault knobs (tests and drills).
+    EngineFault {
+        /// Delay each imported block, e.g. `200ms`.
+        #[arg(long)]
+        delay: Option<String>,
+        /// Fail every engine call.
+        #[arg(long)]
+        fail: bool,
+        /// Drop the newest N blocks on the engine's next restart.
+        #[arg(long = "lose-on-restart")]
+        lose_on_restart: Option<u64>,
+        /// Clear every knob.
+        #[arg(long, conflicts_with_all = ["delay", "fail", "lose_on_restart"])]
+        clear: bool,
+    },
+}
+
+fn host_port(api: &str) -> anyhow::Result<String> {
+    let rest = api.strip_prefix("http://").unwrap_or(api);
+    if api.starts_with("https://") {
+        bail!("--api {api}: https is not supported; use the node's plain HTTP address");
+    }
+    let hp = rest.trim_end_matches('/');
+    if hp.is_empty() || !hp.contains(':') || hp.contains('/') {
+        bail!("--api {api}: expected http://HOST:PORT");
+    }
+    Ok(hp.to_string())
+}
+
+/// Run a ctl command.
+///
+/// # Errors
+/// The node is unreachable or refused.
+pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let addr = host_port(&args.api)?;
+    let token = match &args.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("--token-file {}", p.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let (method, path, body) = match &args.cmd {
+        CtlCmd::Status => ("GET", "/status", None),
+        CtlCmd::Watch => return watch(&addr).await,
+        CtlCmd::TransferLeader { to, force } => (
+            "POST",
+            "/admin/transfer-leader",
+            Some(json!({ "to": to, "force": force })),
+        ),
+        CtlCmd::Pause { force } => ("POST", "/admin/pause", Some(json!({ "force": force }))),
+        CtlCmd::Resume => ("POST", "/admin/resume", Some(json!({}))),
+        CtlCmd::EngineFault {
+            delay,
+            fail,
+            lose_on_restart,
+            clear,
+        } => {
+            let mut b = serde_json::Map::new();
+            if !clear {
+                if let Some(d) = delay {
+                    b.insert("delay_per_block".into(), json!(d));
+                }
+                if *fail {
+                    b.insert("fail".into(), json!(true));
+                }
+                if let Some(n) = lose_on_restart {
+                    b.insert("lose_newest_on_restart".into(), json!(n));
+                }
+            }
+            ("POST", "/admin/engine/fault", Some(Value::Object(b)))
+        }
+    };
+    let body = body.map(|b| b.to_string());
+    let r = http_client::request_auth(
+        &addr,
+        method,
+        path,
+        body.as_deref(),
+        token.as_deref(),
+        CALL_TIMEOUT,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let pretty = serde_json::from_str::<Value>(&r.body)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(r.body.clone());
+    if (200..300).contains(&r.status) {
+        println!("{pretty}");
+        Ok(())
+    } else {
+        bail!("{method} {path}: HTTP {}: {pretty}", r.status)
+    }
+}
+
+/// Follow `/events` (server-sent events) and print each event's data line.
+async fn watch(addr: &str) -> anyhow::Result<()> {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let req = format!("GET /events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut lines = BufReader::new(s).lines();
+    let status = lines.next_line().await?.unwrap_or_default();
+    if !status.contains(" 200 ") {
+        bail!("GET /events: {status}");
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            line = lines.next_line() => match line? {
+                None => bail!("the node closed the event stream"),
+                Some(l) => {
+                    if let Some(data) = l.strip_prefix("data:") {
+                        println!("{}", data.trim());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_urls() {
+        assert_eq!(
+            host_port("http://127.0.0.1:7700").unwrap(),
+            "127.0.0.1:7700"
+        );
+        assert_eq!(host_port("127.0.0.1:7700/").unwrap(), "127.0.0.1:7700");
+        assert!(host_port("https://x:1").is_err());
+        assert!(host_port("http://nohost").is_err());
+    }
+}

@@ -1,0 +1,523 @@
+//! The embedded engine: an in-process execution engine persisted in its own LMDB environment.
+//!
+//! It executes nothing, but it keeps a real chain: every payload's `block_hash` is the keccak
+//! hash of its header, `new_payload` recomputes it and refuses a mismatch, a block is stored
+//! only on a known parent, and the canonical head moves only by fork choice. That is enough
+//! for haseq's production, replay and hole-filling paths to run for real, with the fault knobs
+//! ([`Faults`]) to make it slow, failing, or forgetful.
+
+mod builder;
+mod faults;
+mod store;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use alloy_eips::eip4895::Withdrawal;
+use alloy_primitives::{Address, B256};
+use haseq_messages::{BlockHash, Height};
+
+pub use faults::Faults;
+
+use crate::engine::{EngineFuture, ExecutionEngine};
+use crate::error::EngineError;
+use crate::metrics::instrument;
+use crate::payload::{ExecPayload, decode_payload};
+use crate::types::{BuildParams, BuiltPayload, PayloadId, PayloadStatus};
+use builder::BuildInput;
+use store::{ForkchoiceRefusal, Store};
+
+/// Built payloads kept for `get_payload`; older ones are evicted (a real client keeps a few
+/// too, and haseq fetches a payload right after building it).
+const BUILT_PAYLOADS_MAX: usize = 64;
+/// Upper bound on the synthetic transaction bytes per block (`txs_per_block * tx_bytes`):
+/// beyond it a block could not travel in one Raft entry anyway.
+pub const SYNTHETIC_BLOCK_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Default LMDB map size: the file grows as needed, this is only the address-space ceiling.
+pub const MAP_SIZE_BYTES_DEFAULT: usize = 64 * 1024 * 1024 * 1024;
+/// Default chain id reported by `eth_chainId`.
+pub const CHAIN_ID_DEFAULT: u64 = 1337;
+
+/// How to open an [`EmbeddedEngine`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedConfig {
+    /// Directory of the engine's LMDB environment (created if missing).
+    pub data_dir: PathBuf,
+    /// Synthetic transactions per built block (`engine.embedded.txs_per_block`).
+    pub txs_per_block: usize,
+    /// Bytes per synthetic transaction (`engine.embedded.tx_bytes`).
+    pub tx_bytes: usize,
+    /// The chain id reported by `eth_chainId`.
+    pub chain_id: u64,
+    /// LMDB map size (address-space ceiling of the database file).
+    pub map_size_bytes: usize,
+    /// Fault knobs in force from the start; `lose_newest_on_restart` is persisted for the next
+    /// open.
+    pub faults: Faults,
+}
+
+impl EmbeddedConfig {
+    /// Defaults: empty blocks, chain id [`CHAIN_ID_DEFAULT`], no faults.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        EmbeddedConfig {
+            data_dir: data_dir.into(),
+            txs_per_block: 0,
+            tx_bytes: 0,
+            chain_id: CHAIN_ID_DEFAULT,
+            map_size_bytes: MAP_SIZE_BYTES_DEFAULT,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// The in-process execution engine. Share it as `Arc<EmbeddedEngine>` (the Engine API server
+/// and the node may hold it together). Dropping the last reference closes its environment.
+pub struct EmbeddedEngine {
+    store: Store,
+    txs_per_block: usize,
+    tx_bytes: usize,
+    chain_id: u64,
+    genesis_hash: BlockHash,
+    faults: Mutex<Faults>,
+    /// Recently built payloads, oldest first, at most [`BUILT_PAYLOADS_MAX`].
+    built: Mutex<VecDeque<(PayloadId, ExecPayload)>>,
+}
+
+/// The outcome of a fork-choice update that was applied or could not be (no error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Forkchoice {
+    /// Applied; `payload_id` is set when attributes were given.
+    Valid {
+        head: BlockHash,
+        payload_id: Option<PayloadId>,
+    },
+    /// The head is unknown: nothing changed.
+    Syncing,
+    /// Safe or finalized not on the head's chain (-38002): nothing changed.
+    InvalidState(String),
+    /// Forkchoice applied, but the attributes were refused (-38003).
+    InvalidAttributes(String),
+}
+
+/// Payload attributes as the embedded engine takes them (`PayloadAttributesV3`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Attributes {
+    pub(crate) timestamp: u64,
+    pub(crate) prev_randao: B256,
+    pub(crate) fee_recipient: Address,
+    pub(crate) withdrawals: Vec<Withdrawal>,
+    pub(crate) parent_beacon_block_root: B256,
+}
+
+/// An import's verdict with the Engine API's `latestValidHash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Imported {
+    pub(crate) status: PayloadStatus,
+    pub(crate) latest_valid_hash: Option<BlockHash>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these locks leaves plain data (knobs, a cache) consistent.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl EmbeddedEngine {
+    /// Opens the engine under `config.data_dir`, creating the genesis block on first use and
+    /// applying a pending `lose_newest_on_restart`. Blocks the calling thread (LMDB open and
+    /// one commit): call it at start-up or from `spawn_blocking`.
+    ///
+    /// # Errors
+    /// [`EngineError::Config`] for synthetic blocks over [`SYNTHETIC_BLOCK_BYTES_MAX`];
+    /// [`EngineError::Storage`] when the environment cannot be opened or written.
+    pub fn open(config: EmbeddedConfig) -> Result<EmbeddedEngine, EngineError> {
+        let block_bytes = config.txs_per_block.checked_mul(config.tx_bytes);
+        if block_bytes.is_none_or(|b| b > SYNTHETIC_BLOCK_BYTES_MAX) {
+            return Err(EngineError::Config {
+                key: "engine.embedded.tx_bytes",
+                value: format!("{} x {} txs", config.tx_bytes, config.txs_per_block),
+                reason: format!("synthetic block over {SYNTHETIC_BLOCK_BYTES_MAX} bytes"),
+            });
+        }
+        let genesis = builder::genesis();
+        let (store, dropped) = Store::open(
+            &config.data_dir,
+            config.map_size_bytes,
+            &genesis,
+            config.faults.lose_newest_on_restart,
+        )?;
+        let engine = EmbeddedEngine {
+            store,
+            txs_per_block: config.txs_per_block,
+            tx_bytes: config.tx_bytes,
+            chain_id: config.chain_id,
+            genesis_hash: genesis.block_hash(),
+            faults: Mutex::new(config.faults),
+            built: Mutex::new(VecDeque::new()),
+        };
+        let (height, hash) = engine.store.read(store::head)?;
+        tracing::info!(
+            path = %engine.store.path().display(),
+            head = %height, %hash, dropped,
+            "embedded engine open"
+        );
+        Ok(engine)
+    }
+
+    /// The genesis block's hash (height 0): the same on every node and every run.
+    pub fn genesis_hash(&self) -> BlockHash {
+        self.genesis_hash
+    }
+
+    /// The chain id reported by `eth_chainId`.
+    pub fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    /// The fault knobs in force.
+    pub fn faults(&self) -> Faults {
+        *lock(&self.faults)
+    }
+
+    /// Sets the fault knobs (all of them: `Faults::default()` clears). Persists
+    /// `lose_newest_on_restart` before returning, so it applies on the next open even after a
+    /// crash.
+    ///
+    /// # Errors
+    /// [`EngineError::Storage`] if the knob cannot be persisted; nothing changes then.
+    pub async fn set_faults(&self, faults: Faults) -> Result<(), EngineError> {
+        let n = faults.lose_newest_on_restart;
+        self.store
+            .write("persist fault knob", move |w, d| {
+                store::set_lose_newest(w, d, n)
+            })
+            .await?;
+        *lock(&self.faults) = faults;
+        tracing::warn!(?faults, "embedded engine fault knobs set");
+        Ok(())
+    }
+
+    fn check_fail(&self, method: &'static str) -> Result<(), EngineError> {
+        if lock(&self.faults).fail {
+            return Err(EngineError::Fault { method });
+        }
+        Ok(())
+    }
+
+    /// `forkchoiceUpdated`: makes `head` canonical with `safe` and `finalized` (zero = unset),
+    /// then, with attributes, builds a payload on `head`.
+    pub(crate) async fn forkchoice_updated(
+        &self,
+        method: &'static str,
+        head: BlockHash,
+        safe: BlockHash,
+        finalized: BlockHash,
+        attrs: Option<Attributes>,
+    ) -> Result<Forkchoice, EngineError> {
+        self.check_fail(method)?;
+        let applied = self
+            .store
+            .write("forkchoice", move |w, d| {
+                store::set_forkchoice(w, d, head, safe, finalized)
+            })
+            .await;
+        // The closure's refusal is returned as Ok(Err(..)) and committed as a no-op write.
+        let head_number = match applied? {
+            Ok(number) => number,
+            Err(ForkchoiceRefusal::UnknownHead(_)) => return Ok(Forkchoice::Syncing),
+            Err(ForkchoiceRefusal::InvalidState(why)) => return Ok(Forkchoice::InvalidState(why)),
+        };
+        let Some(attrs) = attrs else {
+            return Ok(Forkchoice::Valid {
+                head,
+                payload_id: None,
+            });
+        };
+        let parent = self
+            .store
+            .read(|t, d| store::header(t, d, head))?
+            .ok_or_else(|| EngineError::storage("forkchoice", format!("head {head} vanished")))?;
+        // Sub-second block times: timestamps have one-second resolution, so consecutive blocks
+        // may share one here (haseq's Producer adds a second for a real execution client,
+        // which requires strictly increasing timestamps).
+        if attrs.timestamp < parent.timestamp {
+            return Ok(Forkchoice::InvalidAttributes(format!(
+                "timestamp {} below parent {} (block {}) timestamp {}",
+                attrs.timestamp, head, head_number, parent.timestamp
+            )));
+        }
+        let input = BuildInput {
+            parent: head,
+            parent_number: head_number.0,
+            timestamp: attrs.timestamp,
+            fee_recipient: attrs.fee_recipient,
+            prev_randao: attrs.prev_randao,
+            parent_beacon_block_root: attrs.parent_beacon_block_root,
+            withdrawals: attrs.withdrawals,
+            txs_per_block: self.txs_per_block,
+            tx_bytes: self.tx_bytes,
+        };
+        let id = builder::payload_id(&input);
+        let already = lock(&self.built).iter().any(|(i, _)| *i == id);
+        if !already {
+            // Hashing a large synthetic block (trie root over its transactions) is CPU work of
+            // a few milliseconds at most: not worth a thread hop.
+            let payload = builder::build(&input);
+            let mut built = lock(&self.built);
+            if built.len() >= BUILT_PAYLOADS_MAX {
+                built.pop_front();
+            }
+            built.push_back((id, payload));
+        }
+        Ok(Forkchoice::Valid {
+            head,
+            payload_id: Some(id),
+        })
+    }
+
+    /// `getPayload`: the payload built under `id`.
+    pub(crate) fn built_payload(
+        &self,
+        method: &'static str,
+        id: PayloadId,
+    ) -> Result<ExecPayload, EngineError> {
+        self.check_fail(method)?;
+        lock(&self.built)
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, p)| p.clone())
+            .ok_or(EngineError::UnknownPayload { method, id })
+    }
+
+    /// `newPayload`: validates and stores `p` (not canonical).
+    pub(crate) async fn import(
+        &self,
+        method: &'static str,
+        p: ExecPayload,
+    ) -> Result<Imported, EngineError> {
+        self.check_fail(method)?;
+        let hash = p.block_hash();
+        if let Err(reason) = p.verify_block_hash() {
+            return Ok(Imported {
+                status: PayloadStatus::Invalid { reason },
+                latest_valid_hash: None,
+            });
+        }
+        let (known, parent) = self.store.read(|t, d| {
+            Ok((
+                store::header(t, d, hash)?.is_some(),
+                store::header(t, d, p.parent_hash())?,
+            ))
+        })?;
+        if known {
+            return Ok(Imported {
+                status: PayloadStatus::Valid,
+                latest_valid_hash: Some(hash),
+            });
+        }
+        let Some(parent) = parent else {
+            // The spec's answer for a payload on an unknown parent; the embedded engine never
+            // fetches it by itself: the caller imports the ancestors first.
+            return Ok(Imported {
+                status: PayloadStatus::Syncing,
+                latest_valid_hash: None,
+            });
+        };
+        let number = p.number().0;
+        let invalid = if number != parent.number + 1 {
+            Some(format!(
+                "block {hash}: number {number} does not follow parent {} number {} (expected {})",
+                p.parent_hash(),
+                parent.number,
+                parent.number + 1
+            ))
+        } else if p.timestamp() < parent.timestamp {
+            // Equal is allowed: see the note on sub-second block times in `forkchoice`.
+            Some(format!(
+                "block {number} {hash}: timestamp {} below parent timestamp {}",
+                p.timestamp(),
+                parent.timestamp
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = invalid {
+            return Ok(Imported {
+                status: PayloadStatus::Invalid { reason },
+                latest_valid_hash: Some(p.parent_hash()),
+            });
+        }
+        let delay = lock(&self.faults).delay_per_block;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        self.store
+            .write("new_payload", move |w, d| store::put_payload(w, d, &p))
+            .await?;
+        Ok(Imported {
+            status: PayloadStatus::Valid,
+            latest_valid_hash: Some(hash),
+        })
+    }
+
+    /// A canonical block by height, or by pointer: `None` above the head.
+    pub(crate) fn canonical_block(
+        &self,
+        method: &'static str,
+        at: BlockRef,
+    ) -> Result<Option<ExecPayload>, EngineError> {
+        self.check_fail(method)?;
+        let bytes = self.store.read(|t, d| {
+            let hash = match at {
+                BlockRef::Number(h) => store::canonical_hash(t, d, h)?,
+                BlockRef::Latest => Some(store::head(t, d)?.1),
+                BlockRef::Safe => Some(store::safe(t, d)?.1),
+                BlockRef::Finalized => Some(store::finalized(t, d)?.1),
+            };
+            match hash {
+                Some(h) => store::payload_bytes(t, d, h),
+                None => Ok(None),
+            }
+        })?;
+        bytes.map(|b| decode_payload(&b)).transpose()
+    }
+
+    fn head_now(&self, method: &'static str) -> Result<(Height, BlockHash), EngineError> {
+        self.check_fail(method)?;
+        self.store.read(store::head)
+    }
+
+    /// The persisted `lose_newest_on_restart` knob (what the next open will drop).
+    ///
+    /// # Errors
+    /// [`EngineError::Storage`] on a read failure.
+    pub fn pending_lose_newest(&self) -> Result<u64, EngineError> {
+        self.store.read(store::lose_newest)
+    }
+}
+
+/// Which canonical block a read asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BlockRef {
+    Number(Height),
+    Latest,
+    Safe,
+    Finalized,
+}
+
+impl ExecutionEngine for EmbeddedEngine {
+    fn build_payload(&self, params: BuildParams) -> EngineFuture<'_, PayloadId> {
+        const M: &str = "build_payload";
+        Box::pin(instrument(M, async move {
+            self.check_fail(M)?;
+            let parent = self.store.read(|t, d| store::header(t, d, params.parent))?;
+            let Some(parent) = parent else {
+                return Err(EngineError::Syncing {
+                    method: M,
+                    hash: params.parent,
+                });
+            };
+            if parent.number != params.parent_height.0 {
+                return Err(EngineError::Rejected {
+                    method: M,
+                    number: Some(parent.number),
+                    hash: Some(params.parent),
+                    reason: format!(
+                        "parent is at height {}, caller expected {}",
+                        parent.number, params.parent_height
+                    ),
+                });
+            }
+            let attrs = Attributes {
+                timestamp: params.timestamp,
+                prev_randao: B256::ZERO,
+                fee_recipient: Address::from(params.fee_recipient),
+                withdrawals: Vec::new(),
+                parent_beacon_block_root: B256::ZERO,
+            };
+            let p = params.parent;
+            match self.forkchoice_updated(M, p, p, p, Some(attrs)).await? {
+                Forkchoice::Valid {
+                    payload_id: Some(id),
+                    ..
+                } => Ok(id),
+                other => Err(refusal(M, params.parent, Some(parent.number), other)),
+            }
+        }))
+    }
+
+    fn get_payload(&self, id: PayloadId) -> EngineFuture<'_, BuiltPayload> {
+        const M: &str = "get_payload";
+        Box::pin(instrument(M, async move {
+            Ok(self.built_payload(M, id)?.to_built())
+        }))
+    }
+
+    fn new_payload<'a>(&'a self, encoded: &'a [u8]) -> EngineFuture<'a, PayloadStatus> {
+        const M: &str = "new_payload";
+        Box::pin(instrument(M, async move {
+            let p = decode_payload(encoded)?;
+            Ok(self.import(M, p).await?.status)
+        }))
+    }
+
+    fn set_head(
+        &self,
+        head: BlockHash,
+        safe: BlockHash,
+        finalized: BlockHash,
+    ) -> EngineFuture<'_, ()> {
+        const M: &str = "set_head";
+        Box::pin(instrument(M, async move {
+            match self
+                .forkchoice_updated(M, head, safe, finalized, None)
+                .await?
+            {
+                Forkchoice::Valid { .. } => Ok(()),
+                other => Err(refusal(M, head, None, other)),
+            }
+        }))
+    }
+
+    fn head(&self) -> EngineFuture<'_, (Height, BlockHash)> {
+        const M: &str = "head";
+        Box::pin(instrument(M, async move { self.head_now(M) }))
+    }
+
+    fn block_hash_at(&self, height: Height) -> EngineFuture<'_, Option<BlockHash>> {
+        const M: &str = "block_hash_at";
+        Box::pin(instrument(M, async move {
+            self.check_fail(M)?;
+            self.store.read(|t, d| store::canonical_hash(t, d, height))
+        }))
+    }
+}
+
+/// The error for a fork-choice outcome that is not the one asked for.
+fn refusal(
+    method: &'static str,
+    hash: BlockHash,
+    number: Option<u64>,
+    f: Forkchoice,
+) -> EngineError {
+    match f {
+        Forkchoice::Syncing => EngineError::Syncing { method, hash },
+        Forkchoice::InvalidState(reason) | Forkchoice::InvalidAttributes(reason) => {
+            EngineError::Rejected {
+                method,
+                number,
+                hash: Some(hash),
+                reason,
+            }
+        }
+        Forkchoice::Valid { .. } => EngineError::Mismatch {
+            method,
+            what: "payload id",
+            expected: "an id".into(),
+            got: "none".into(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

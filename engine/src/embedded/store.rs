@@ -1,0 +1,596 @@
+//! The embedded engine's LMDB environment: its databases, records, the writer thread, and the
+//! canonical-chain updates (import, fork choice, dropping the newest blocks).
+//!
+//! Layout under the engine's data dir:
+//! ```text
+//! <data_dir>/engine-db/data.mdb, lock.mdb
+//! ```
+//! Databases: `payloads` (hash -> compact payload), `headers` (hash -> number, parent,
+//! timestamp), `canonical` (height, big-endian -> hash), `meta` (head, safe, finalized, the
+//! persisted fault knob).
+//!
+//! Why a writer thread: `write_txn()` waits on LMDB's writer mutex and `commit()` fsyncs, so
+//! either can block for milliseconds; on a tokio worker that would stall every task scheduled
+//! there. Async callers hand the thread a closure and await a oneshot that fires after the
+//! commit returned, i.e. once the write is durable. Reads use read transactions in place: they
+//! take no lock and, with `WithoutTls`, may run on any thread.
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use haseq_messages::{BlockHash, Height};
+use heed::byteorder::BE;
+use heed::types::{Bytes, Str, U64};
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::EngineError;
+use crate::payload::ExecPayload;
+
+/// The environment type: read transactions without thread-local slots, so a read may run on
+/// whichever tokio worker the caller happens to be on.
+pub(crate) type LmdbEnv = Env<WithoutTls>;
+
+/// Subdirectory of the data dir holding the environment.
+const ENV_SUBDIR: &str = "engine-db";
+/// Named databases in the environment (four used).
+const DBS_MAX: u32 = 8;
+/// Write jobs that may queue for the writer thread before submitters wait.
+const WRITER_QUEUE_JOBS_MAX: usize = 256;
+/// How long `open` waits for an engine on the same directory, just dropped, to close.
+const REOPEN_WAIT_MAX: Duration = Duration::from_secs(10);
+
+const META_HEAD: &str = "head";
+const META_SAFE: &str = "safe";
+const META_FINALIZED: &str = "finalized";
+const META_LOSE_NEWEST: &str = "lose_newest_on_restart";
+
+/// The databases; `Copy` because a handle is only a number.
+#[derive(Clone, Copy)]
+pub(crate) struct Dbs {
+    payloads: Database<'static, Bytes, Bytes>,
+    headers: Database<'static, Bytes, Bytes>,
+    canonical: Database<'static, U64<BE>, Bytes>,
+    meta: Database<'static, Str, Bytes>,
+}
+
+/// What the engine keeps per block to walk the chain without decoding payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HeaderRec {
+    pub(crate) number: u64,
+    pub(crate) parent: [u8; 32],
+    pub(crate) timestamp: u64,
+}
+
+/// A block pointer (height and hash) as stored in `meta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct HeadRec {
+    number: u64,
+    hash: [u8; 32],
+}
+
+/// Why a fork-choice update was not applied (nothing was written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ForkchoiceRefusal {
+    /// The head block is unknown (Engine API: `SYNCING`).
+    UnknownHead(BlockHash),
+    /// Safe or finalized is not on the new canonical chain (Engine API error -38002).
+    InvalidState(String),
+}
+
+type Job = Box<dyn FnOnce(&LmdbEnv, &Dbs) + Send + 'static>;
+
+/// The engine's environment and its writer thread. Dropping it drains the writer, joins it
+/// and closes the environment, so the directory can be opened again at once.
+pub(crate) struct Store {
+    env: LmdbEnv,
+    dbs: Dbs,
+    path: PathBuf,
+    /// `None` only while dropping.
+    jobs: Option<mpsc::Sender<Job>>,
+    /// `None` only while dropping.
+    writer: Option<JoinHandle<()>>,
+}
+
+fn lmdb(op: &str) -> impl FnOnce(heed::Error) -> EngineError + '_ {
+    move |e| EngineError::storage(op, e)
+}
+
+impl Store {
+    /// Opens (creating if needed) the environment under `data_dir`, writes `genesis` if the
+    /// chain is empty, applies a pending "lose the newest N blocks" knob, and starts the writer
+    /// thread. Blocks the calling thread: start-up only.
+    ///
+    /// `persist_lose_newest` (if above 0) is stored for the next open. Returns the store and
+    /// how many blocks were dropped by the knob.
+    pub(crate) fn open(
+        data_dir: &Path,
+        map_size_bytes: usize,
+        genesis: &ExecPayload,
+        persist_lose_newest: u64,
+    ) -> Result<(Store, u64), EngineError> {
+        let path = data_dir.join(ENV_SUBDIR);
+        std::fs::create_dir_all(&path)
+            .map_err(|e| EngineError::storage(format!("create {}", path.display()), e))?;
+        let env = open_env(&path, map_size_bytes)?;
+        let dbs = create_dbs(&env)?;
+
+        // Start-up work runs here, on the opening thread, before the writer exists.
+        let mut wtxn = env.write_txn().map_err(lmdb("begin: open"))?;
+        if dbs
+            .canonical
+            .get(&wtxn, &0)
+            .map_err(lmdb("read genesis"))?
+            .is_none()
+        {
+            put_payload(&mut wtxn, &dbs, genesis)?;
+            let hash = genesis.block_hash();
+            dbs.canonical
+                .put(&mut wtxn, &0, &hash.0)
+                .map_err(lmdb("write genesis"))?;
+            for key in [META_HEAD, META_SAFE, META_FINALIZED] {
+                put_meta(
+                    &mut wtxn,
+                    &dbs,
+                    key,
+                    &HeadRec {
+                        number: 0,
+                        hash: hash.0,
+                    },
+                )?;
+            }
+        }
+        let lose = get_meta::<u64>(&wtxn, &dbs, META_LOSE_NEWEST)?.unwrap_or(0);
+        let dropped = if lose > 0 {
+            let dropped = drop_newest(&mut wtxn, &dbs, lose)?;
+            // One-shot: the knob models one bad restart, not every restart.
+            put_meta(&mut wtxn, &dbs, META_LOSE_NEWEST, &0u64)?;
+            dropped
+        } else {
+            0
+        };
+        if persist_lose_newest > 0 {
+            // Configured at construction: applies on the open after this one.
+            put_meta(&mut wtxn, &dbs, META_LOSE_NEWEST, &persist_lose_newest)?;
+        }
+        wtxn.commit().map_err(lmdb("commit: open"))?;
+
+        let (jobs, mut rx) = mpsc::channel::<Job>(WRITER_QUEUE_JOBS_MAX);
+        let writer_env = env.clone();
+        let writer = std::thread::Builder::new()
+            .name("haseq-engine-writer".into())
+            .spawn(move || {
+                // Queued jobs still run after the last sender is gone: nothing handed to the
+                // writer is skipped.
+                while let Some(job) = rx.blocking_recv() {
+                    job(&writer_env, &dbs);
+                }
+            })
+            .map_err(|e| EngineError::storage("spawn haseq-engine-writer", e))?;
+        Ok((
+            Store {
+                env,
+                dbs,
+                path,
+                jobs: Some(jobs),
+                writer: Some(writer),
+            },
+            dropped,
+        ))
+    }
+
+    /// Runs `f` in a read transaction on the calling thread.
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&RoTxn<'_, WithoutTls>, &Dbs) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let rtxn = self.env.read_txn().map_err(lmdb("begin read"))?;
+        f(&rtxn, &self.dbs)
+    }
+
+    /// Runs `f` in a write transaction on the writer thread and commits it if `f` returns
+    /// `Ok`; resolves once the commit (and its fsync) is done. On `Err` nothing is written.
+    pub(crate) async fn write<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut RwTxn<'_>, &Dbs) -> Result<T, EngineError> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |env, dbs| {
+            let res = (|| {
+                let mut wtxn = env.write_txn().map_err(lmdb(op))?;
+                let out = f(&mut wtxn, dbs)?;
+                wtxn.commit().map_err(lmdb(op))?;
+                Ok(out)
+            })();
+            let _ = tx.send(res);
+        });
+        let stopped = || EngineError::storage(op, "writer thread stopped");
+        let jobs = self.jobs.as_ref().ok_or_else(stopped)?;
+        jobs.send(job).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// The environment's directory, for messages.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!(path = %self.path.display(), "engine writer thread panicked");
+        }
+    }
+}
+
+fn open_env(path: &Path, map_size_bytes: usize) -> Result<LmdbEnv, EngineError> {
+    let mut opts = EnvOpenOptions::new().read_txn_without_tls();
+    opts.map_size(map_size_bytes).max_dbs(DBS_MAX);
+    for attempt in 0..2 {
+        // SAFETY: heed's `open` is unsafe because a file changed outside LMDB's locking is UB.
+        // Only this module opens this directory, always through LMDB, and heed refuses a second
+        // open of one path in a process (`EnvAlreadyOpened`, handled here).
+        match unsafe { opts.open(path) } {
+            Ok(env) => return Ok(env),
+            Err(heed::Error::EnvAlreadyOpened) if attempt == 0 => {
+                // An engine on this directory was just dropped and is still closing.
+                let canonical = path
+                    .canonicalize()
+                    .map_err(|e| EngineError::storage(format!("open {}", path.display()), e))?;
+                if let Some(closing) = heed::env_closing_event(&canonical) {
+                    closing.wait_timeout(REOPEN_WAIT_MAX);
+                }
+            }
+            Err(e) => return Err(EngineError::storage(format!("open {}", path.display()), e)),
+        }
+    }
+    Err(EngineError::storage(
+        format!("open {}", path.display()),
+        "already open in this process",
+    ))
+}
+
+fn create_dbs(env: &LmdbEnv) -> Result<Dbs, EngineError> {
+    let wtxn = env.write_txn().map_err(lmdb("begin: create databases"))?;
+    let (payloads, headers, canonical, meta) = env
+        .create_databases_and_commit(wtxn, |dbo, wtxn| -> Result<_, heed::Error> {
+            Ok(CommitOrAbort::<_, ()>::Commit((
+                dbo.create_database::<Bytes, Bytes>(wtxn, Some("payloads"))?,
+                dbo.create_database::<Bytes, Bytes>(wtxn, Some("headers"))?,
+                dbo.create_database::<U64<BE>, Bytes>(wtxn, Some("canonical"))?,
+                dbo.create_database::<Str, Bytes>(wtxn, Some("meta"))?,
+            )))
+        })
+        .map_err(lmdb("create databases"))?
+        .unwrap_commit();
+    Ok(Dbs {
+        payloads,
+        headers,
+        canonical,
+        meta,
+    })
+}
+
+fn decode_rec<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, EngineError> {
+    haseq_messages::decode(bytes).map_err(|e| EngineError::Decode {
+        method: "embedded store",
+        what,
+        detail: e.to_string(),
+    })
+}
+
+fn encode_rec<T: Serialize>(value: &T) -> Result<Vec<u8>, EngineError> {
+    haseq_messages::encode(value).map_err(|e| EngineError::storage("encode record", e))
+}
+
+fn get_meta<T: serde::de::DeserializeOwned>(
+    txn: &RoTxn<'_, WithoutTls>,
+    dbs: &Dbs,
+    key: &'static str,
+) -> Result<Option<T>, EngineError> {
+    match dbs.meta.get(txn, key).map_err(lmdb("read meta"))? {
+        Some(bytes) => decode_rec(key, bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn put_meta<T: Serialize>(
+    wtxn: &mut RwTxn<'_>,
+    dbs: &Dbs,
+    key: &str,
+    value: &T,
+) -> Result<(), EngineError> {
+    dbs.meta
+        .put(wtxn, key, &encode_rec(value)?)
+        .map_err(lmdb("write meta"))
+}
+
+fn to_hash(bytes: &[u8]) -> Result<BlockHash, EngineError> {
+    let arr: [u8; 32] = bytes.try_into().map_err(|_| EngineError::Decode {
+        method: "embedded store",
+        what: "canonical hash",
+        detail: format!("{} bytes, expected 32", bytes.len()),
+    })?;
+    Ok(BlockHash(arr))
+}
+
+/// Stores a payload and its header record (not canonical). Idempotent.
+pub(crate) fn put_payload(
+    wtxn: &mut RwTxn<'_>,
+    dbs: &Dbs,
+    p: &ExecPayload,
+) -> Result<(), EngineError> {
+    let hash = p.block_hash();
+    let rec = HeaderRec {
+        number: p.number().0,
+        parent: p.parent_hash().0,
+        timestamp: p.timestamp(),
+    };
+    dbs.headers
+        .put(wtxn, &hash.0, &encode_rec(&rec)?)
+        .map_err(lmdb("write header"))?;
+    dbs.payloads
+        .put(wtxn, &hash.0, &crate::payload::encode_payload(p))
+        .map_err(lmdb("write payload"))
+}
+
+/// The header record of a known block.
+pub(crate) fn header(
+    txn: &RoTxn<'_, WithoutTls>,
+    dbs: &Dbs,
+    hash: BlockHash,
+) -> Result<Option<HeaderRec>, EngineError> {
+    match dbs.headers.get(txn, &hash.0).map_err(lmdb("read header"))? {
+        Some(bytes) => decode_rec("header record", bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The compact payload of a known block.
+pub(crate) fn payload_bytes(
+    txn: &RoTxn<'_, WithoutTls>,
+    dbs: &Dbs,
+    hash: BlockHash,
+) -> Result<Option<Vec<u8>>, EngineError> {
+    Ok(dbs
+        .payloads
+        .get(txn, &hash.0)
+        .map_err(lmdb("read payload"))?
+        .map(<[u8]>::to_vec))
+}
+
+/// The canonical hash at `height`.
+pub(crate) fn canonical_hash(
+    txn: &RoTxn<'_, WithoutTls>,
+    dbs: &Dbs,
+    height: Height,
+) -> Result<Option<BlockHash>, EngineError> {
+    match dbs
+        .canonical
+        .get(txn, &height.0)
+        .map_err(lmdb("read canonical"))?
+    {
+        Some(bytes) => to_hash(bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Which block the meta pointer `key` names.
+fn pointer(
+    txn: &RoTxn<'_, WithoutTls>,
+    dbs: &Dbs,
+    key: &'static str,
+) -> Result<(Height, BlockHash), EngineError> {
+    let rec: HeadRec = get_meta(txn, dbs, key)?.ok_or_else(|| {
+        EngineError::storage(
+            format!("read {key}"),
+            "missing (environment not initialised)",
+        )
+    })?;
+    Ok((Height(rec.number), BlockHash(rec.hash)))
+}
+
+/// The canonical head.
+pub(crate) fn head(
+    txn: &RoTxn<'_, WithoutTls>,
+    dbs: &Dbs,
+) -> Result<(Height, BlockHash), EngineError> {
+    pointer(txn, dbs, META_HEAD)
+}
+
+/// The safe block.
+pub(crate) fn safe(
+    txn: &RoTxn<'_, WithoutTls>,
+    dbs: &Dbs,
+) -> Result<(Height, BlockHash), EngineError> {
+    pointer(txn, dbs, META_SAFE)
+}
+
+/// The finalized block.
+pub(crate) fn finalized(
+    txn: &RoTxn<'_, WithoutTls>,
+    dbs: &Dbs,
+) -> Result<(Height, BlockHash), EngineError> {
+    pointer(txn, dbs, META_FINALIZED)
+}
+
+/// Persists the "lose the newest N blocks on the next open" knob.
+pub(crate) fn set_lose_newest(wtxn: &mut RwTxn<'_>, dbs: &Dbs, n: u64) -> Result<(), EngineError> {
+    put_meta(wtxn, dbs, META_LOSE_NEWEST, &n)
+}
+
+/// The persisted "lose the newest N blocks" knob.
+pub(crate) fn lose_newest(txn: &RoTxn<'_, WithoutTls>, dbs: &Dbs) -> Result<u64, EngineError> {
+    Ok(get_meta(txn, dbs, META_LOSE_NEWEST)?.unwrap_or(0))
+}
+
+/// Makes `head_hash` the canonical head, with `safe_hash` and `finalized_hash` (zero = leave
+/// unset at genesis). Walks back from the new head to the current canonical chain and rewrites
+/// the canonical index from there; a lower head on the same chain just cuts the index.
+/// Returns the new head's height; on refusal nothing has been written.
+pub(crate) fn set_forkchoice(
+    wtxn: &mut RwTxn<'_>,
+    dbs: &Dbs,
+    head_hash: BlockHash,
+    safe_hash: BlockHash,
+    finalized_hash: BlockHash,
+) -> Result<Result<Height, ForkchoiceRefusal>, EngineError> {
+    let Some(head_rec) = header(wtxn, dbs, head_hash)? else {
+        return Ok(Err(ForkchoiceRefusal::UnknownHead(head_hash)));
+    };
+    // Collect the new blocks that are not yet canonical, newest first. Bounded by the chain's
+    // length: every step goes one height down and genesis is canonical.
+    let mut new_chain = Vec::new();
+    let (mut hash, mut rec) = (head_hash, head_rec);
+    loop {
+        if canonical_hash(wtxn, dbs, Height(rec.number))? == Some(hash) {
+            break;
+        }
+        new_chain.push((rec.number, hash));
+        if rec.number == 0 {
+            return Err(EngineError::storage(
+                "set head",
+                format!("block {head_hash} descends from a genesis {hash} that is not ours"),
+            ));
+        }
+        let parent = BlockHash(rec.parent);
+        let Some(parent_rec) = header(wtxn, dbs, parent)? else {
+            // A stored block whose parent is missing: new_payload never stores one, but the
+            // lose-newest knob can drop a parent under a side block; treat as unknown.
+            return Ok(Err(ForkchoiceRefusal::UnknownHead(head_hash)));
+        };
+        hash = parent;
+        rec = parent_rec;
+    }
+    // Safe and finalized must be on the chain about to become canonical: checked before any
+    // write, so that a refusal leaves everything as it was. `new_chain` holds the heights from
+    // the fork point up; below it the current canonical index is the new chain too.
+    let fork_number = new_chain.last().map_or(head_rec.number + 1, |(n, _)| *n);
+    let mut pointers = Vec::new();
+    for (key, hash) in [(META_SAFE, safe_hash), (META_FINALIZED, finalized_hash)] {
+        if hash == BlockHash::ZERO {
+            continue;
+        }
+        let on_chain = match header(wtxn, dbs, hash)? {
+            Some(rec) if rec.number > head_rec.number => None,
+            Some(rec) if rec.number >= fork_number => new_chain
+                .iter()
+                .any(|(n, h)| *n == rec.number && *h == hash)
+                .then_some(rec),
+            Some(rec) => {
+                (canonical_hash(wtxn, dbs, Height(rec.number))? == Some(hash)).then_some(rec)
+            }
+            None => None,
+        };
+        let Some(rec) = on_chain else {
+            return Ok(Err(ForkchoiceRefusal::InvalidState(format!(
+                "{key} block {hash} is not an ancestor of head {head_hash} (block {})",
+                head_rec.number
+            ))));
+        };
+        pointers.push((
+            key,
+            HeadRec {
+                number: rec.number,
+                hash: hash.0,
+            },
+        ));
+    }
+    // Heights above the new head leave the canonical chain (a move back, or a shorter fork).
+    dbs.canonical
+        .delete_range(wtxn, &((head_rec.number + 1)..))
+        .map_err(lmdb("cut canonical"))?;
+    for (number, hash) in new_chain.iter().rev() {
+        dbs.canonical
+            .put(wtxn, number, &hash.0)
+            .map_err(lmdb("write canonical"))?;
+    }
+    put_meta(
+        wtxn,
+        dbs,
+        META_HEAD,
+        &HeadRec {
+            number: head_rec.number,
+            hash: head_hash.0,
+        },
+    )?;
+    // A pointer the caller left unset (zero) must still name a canonical block: one that fell
+    // off the chain (above the new head, or on the replaced fork) moves onto it.
+    for key in [META_SAFE, META_FINALIZED] {
+        if pointers.iter().any(|(k, _)| *k == key) {
+            continue;
+        }
+        let (h, hash) = pointer(wtxn, dbs, key)?;
+        let number = h.0.min(head_rec.number);
+        let on_chain = canonical_hash(wtxn, dbs, Height(number))?;
+        if h.0 > head_rec.number || on_chain != Some(hash) {
+            let hash = on_chain.ok_or_else(|| {
+                EngineError::storage("set head", format!("no canonical block at {number}"))
+            })?;
+            pointers.push((
+                key,
+                HeadRec {
+                    number,
+                    hash: hash.0,
+                },
+            ));
+        }
+    }
+    for (key, rec) in pointers {
+        put_meta(wtxn, dbs, key, &rec)?;
+    }
+    Ok(Ok(Height(head_rec.number)))
+}
+
+/// Drops the newest `n` canonical blocks (never genesis): their payloads, headers and index
+/// entries go, and head, safe and finalized are moved back to the new top. Returns how many
+/// were dropped.
+fn drop_newest(wtxn: &mut RwTxn<'_>, dbs: &Dbs, n: u64) -> Result<u64, EngineError> {
+    let (top, _) = head(wtxn, dbs)?;
+    let new_top = top.0.saturating_sub(n);
+    for h in (new_top + 1)..=top.0 {
+        if let Some(hash) = canonical_hash(wtxn, dbs, Height(h))? {
+            dbs.payloads
+                .delete(wtxn, &hash.0)
+                .map_err(lmdb("drop payload"))?;
+            dbs.headers
+                .delete(wtxn, &hash.0)
+                .map_err(lmdb("drop header"))?;
+        }
+    }
+    dbs.canonical
+        .delete_range(wtxn, &((new_top + 1)..))
+        .map_err(lmdb("drop canonical"))?;
+    let new_hash = canonical_hash(wtxn, dbs, Height(new_top))?.ok_or_else(|| {
+        EngineError::storage("drop newest", format!("no canonical block at {new_top}"))
+    })?;
+    let rec = HeadRec {
+        number: new_top,
+        hash: new_hash.0,
+    };
+    put_meta(wtxn, dbs, META_HEAD, &rec)?;
+    for key in [META_SAFE, META_FINALIZED] {
+        let (h, _) = pointer(wtxn, dbs, key)?;
+        if h.0 > new_top {
+            put_meta(wtxn, dbs, key, &rec)?;
+        }
+    }
+    let dropped = top.0 - new_top;
+    tracing::warn!(
+        dropped,
+        from = top.0,
+        to = new_top,
+        "embedded engine lost its newest blocks on restart (fault knob)"
+    );
+    Ok(dropped)
+}

@@ -1,0 +1,454 @@
+//! Embedded engine tests: chain building, persistence, validation, fault knobs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::payload::{encode_payload, to_b256};
+
+fn open(dir: &std::path::Path) -> EmbeddedEngine {
+    EmbeddedEngine::open(EmbeddedConfig::new(dir)).expect("open")
+}
+
+/// Builds, fetches, imports and makes canonical `n` blocks on the current head.
+pub(crate) async fn extend(engine: &dyn ExecutionEngine, n: u64) -> Vec<BuiltPayload> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let (height, hash) = engine.head().await.expect("head");
+        let id = engine
+            .build_payload(BuildParams {
+                parent: hash,
+                parent_height: height,
+                timestamp: 1_000 + height.0 + 1,
+                fee_recipient: [0xfe; 20],
+            })
+            .await
+            .expect("build");
+        let built = engine.get_payload(id).await.expect("get");
+        assert_eq!(built.parent_hash, hash);
+        assert_eq!(built.number, height.next());
+        let status = engine.new_payload(&built.encoded).await.expect("import");
+        assert_eq!(status, PayloadStatus::Valid);
+        engine
+            .set_head(built.block_hash, built.block_hash, built.block_hash)
+            .await
+            .expect("set head");
+        out.push(built);
+    }
+    out
+}
+
+#[tokio::test]
+async fn builds_a_chain_of_100_blocks_with_real_hashes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    assert_eq!(
+        engine.head().await.expect("head"),
+        (Height(0), engine.genesis_hash())
+    );
+    let blocks = extend(&engine, 100).await;
+    assert_eq!(
+        engine.head().await.expect("head"),
+        (Height(100), blocks[99].block_hash)
+    );
+    for (i, b) in blocks.iter().enumerate() {
+        let p = decode_payload(&b.encoded).expect("decode");
+        assert_eq!(p.compute_block_hash().expect("hash"), b.block_hash);
+        assert_eq!(
+            engine
+                .block_hash_at(Height(i as u64 + 1))
+                .await
+                .expect("at"),
+            Some(b.block_hash)
+        );
+    }
+    assert_eq!(engine.block_hash_at(Height(101)).await.expect("at"), None);
+}
+
+#[tokio::test]
+async fn genesis_is_fixed_across_directories() {
+    let a = tempfile::tempdir().expect("tempdir");
+    let b = tempfile::tempdir().expect("tempdir");
+    assert_eq!(open(a.path()).genesis_hash(), open(b.path()).genesis_hash());
+    assert_ne!(open(a.path()).genesis_hash(), BlockHash::ZERO);
+}
+
+#[tokio::test]
+async fn reopen_keeps_the_head() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let blocks = extend(&engine, 10).await;
+    drop(engine);
+    let engine = open(dir.path());
+    assert_eq!(
+        engine.head().await.expect("head"),
+        (Height(10), blocks[9].block_hash)
+    );
+    extend(&engine, 1).await;
+}
+
+#[tokio::test]
+async fn new_payload_does_not_move_the_head() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let (h, hash) = engine.head().await.expect("head");
+    let id = engine
+        .build_payload(BuildParams {
+            parent: hash,
+            parent_height: h,
+            timestamp: 5,
+            fee_recipient: [0; 20],
+        })
+        .await
+        .expect("build");
+    let built = engine.get_payload(id).await.expect("get");
+    assert!(
+        engine
+            .new_payload(&built.encoded)
+            .await
+            .expect("import")
+            .is_valid()
+    );
+    assert_eq!(engine.head().await.expect("head"), (h, hash));
+    assert_eq!(engine.block_hash_at(Height(1)).await.expect("at"), None);
+}
+
+#[tokio::test]
+async fn wrong_hash_is_rejected_and_nothing_applied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    extend(&engine, 3).await;
+    let (h, hash) = engine.head().await.expect("head");
+    let id = engine
+        .build_payload(BuildParams {
+            parent: hash,
+            parent_height: h,
+            timestamp: 10_000,
+            fee_recipient: [1; 20],
+        })
+        .await
+        .expect("build");
+    let built = engine.get_payload(id).await.expect("get");
+    let mut p = decode_payload(&built.encoded).expect("decode");
+    let forged = BlockHash([0xab; 32]);
+    p.payload.payload_inner.payload_inner.block_hash = to_b256(forged);
+    let status = engine
+        .new_payload(&encode_payload(&p))
+        .await
+        .expect("answer");
+    let PayloadStatus::Invalid { reason } = status else {
+        panic!("expected Invalid, got {status:?}");
+    };
+    assert!(reason.contains(&built.block_hash.to_string()), "{reason}");
+    assert!(reason.contains(&forged.to_string()), "{reason}");
+    // Nothing stored: the forged hash cannot become the head.
+    let err = engine
+        .set_head(forged, forged, forged)
+        .await
+        .expect_err("unknown");
+    assert!(matches!(err, EngineError::Syncing { .. }), "{err}");
+    assert_eq!(engine.head().await.expect("head"), (h, hash));
+}
+
+#[tokio::test]
+async fn unknown_parent_and_wrong_height_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let other = tempfile::tempdir().expect("tempdir");
+    let other = open(other.path());
+    let foreign = extend(&other, 2).await;
+    // Block 2 of another chain: its parent (that chain's block 1) is unknown here.
+    let status = engine
+        .new_payload(&foreign[1].encoded)
+        .await
+        .expect("answer");
+    assert_eq!(status, PayloadStatus::Syncing);
+    // Build on a known parent with the wrong height.
+    let err = engine
+        .build_payload(BuildParams {
+            parent: engine.genesis_hash(),
+            parent_height: Height(7),
+            timestamp: 1,
+            fee_recipient: [0; 20],
+        })
+        .await
+        .expect_err("wrong height");
+    assert!(
+        matches!(err, EngineError::Rejected { .. }) && err.to_string().contains("expected 7"),
+        "{err}"
+    );
+    let err = engine
+        .build_payload(BuildParams {
+            parent: BlockHash([9; 32]),
+            parent_height: Height(0),
+            timestamp: 1,
+            fee_recipient: [0; 20],
+        })
+        .await
+        .expect_err("unknown parent");
+    assert!(matches!(err, EngineError::Syncing { .. }), "{err}");
+    let err = engine
+        .get_payload(PayloadId([3; 8]))
+        .await
+        .expect_err("unknown id");
+    assert!(matches!(err, EngineError::UnknownPayload { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn head_can_be_set_back_and_forward_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let blocks = extend(&engine, 10).await;
+    let b5 = blocks[4].block_hash;
+    engine.set_head(b5, b5, b5).await.expect("back");
+    assert_eq!(engine.head().await.expect("head"), (Height(5), b5));
+    assert_eq!(engine.block_hash_at(Height(6)).await.expect("at"), None);
+    let b10 = blocks[9].block_hash;
+    engine.set_head(b10, b5, b5).await.expect("forward");
+    assert_eq!(engine.head().await.expect("head"), (Height(10), b10));
+    for (i, b) in blocks.iter().enumerate() {
+        assert_eq!(
+            engine
+                .block_hash_at(Height(i as u64 + 1))
+                .await
+                .expect("at"),
+            Some(b.block_hash)
+        );
+    }
+    // A finalized block that is not an ancestor of the head: refused, nothing changed.
+    let err = engine
+        .set_head(b5, b5, b10)
+        .await
+        .expect_err("finalized above head");
+    assert!(matches!(err, EngineError::Rejected { .. }), "{err}");
+    assert_eq!(engine.head().await.expect("head"), (Height(10), b10));
+}
+
+#[tokio::test]
+async fn losing_the_newest_blocks_on_restart_drops_exactly_n() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let blocks = extend(&engine, 20).await;
+    engine
+        .set_faults(Faults {
+            lose_newest_on_restart: 5,
+            ..Faults::default()
+        })
+        .await
+        .expect("set");
+    assert_eq!(engine.pending_lose_newest().expect("read"), 5);
+    drop(engine);
+
+    let engine = open(dir.path());
+    assert_eq!(
+        engine.head().await.expect("head"),
+        (Height(15), blocks[14].block_hash)
+    );
+    assert_eq!(engine.block_hash_at(Height(16)).await.expect("at"), None);
+    // The bodies are gone too: block 17 no longer has its parent.
+    assert_eq!(
+        engine
+            .new_payload(&blocks[16].encoded)
+            .await
+            .expect("answer"),
+        PayloadStatus::Syncing
+    );
+    // One-shot: the knob is cleared once applied.
+    assert_eq!(engine.pending_lose_newest().expect("read"), 0);
+    // The hole refills from the same blocks.
+    for b in &blocks[15..] {
+        assert!(
+            engine
+                .new_payload(&b.encoded)
+                .await
+                .expect("import")
+                .is_valid()
+        );
+    }
+    let top = blocks[19].block_hash;
+    engine.set_head(top, top, top).await.expect("set head");
+    assert_eq!(engine.head().await.expect("head"), (Height(20), top));
+    drop(engine);
+    // A further restart loses nothing.
+    let engine = open(dir.path());
+    assert_eq!(engine.head().await.expect("head"), (Height(20), top));
+}
+
+#[tokio::test]
+async fn lose_newest_from_config_applies_on_the_next_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = EmbeddedConfig::new(dir.path());
+    config.faults.lose_newest_on_restart = 3;
+    let engine = EmbeddedEngine::open(config).expect("open");
+    let blocks = extend(&engine, 4).await;
+    drop(engine);
+    let engine = open(dir.path());
+    assert_eq!(
+        engine.head().await.expect("head"),
+        (Height(1), blocks[0].block_hash)
+    );
+}
+
+#[tokio::test]
+async fn fail_knob_fails_every_call_until_cleared() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let blocks = extend(&engine, 1).await;
+    engine
+        .set_faults(Faults {
+            fail: true,
+            ..Faults::default()
+        })
+        .await
+        .expect("set");
+    let fault = |r: &EngineError| matches!(r, EngineError::Fault { .. });
+    assert!(fault(&engine.head().await.expect_err("head")));
+    assert!(fault(
+        &engine.block_hash_at(Height(1)).await.expect_err("at")
+    ));
+    assert!(fault(
+        &engine
+            .new_payload(&blocks[0].encoded)
+            .await
+            .expect_err("new")
+    ));
+    let h = blocks[0].block_hash;
+    assert!(fault(&engine.set_head(h, h, h).await.expect_err("set")));
+    assert!(fault(
+        &engine
+            .build_payload(BuildParams {
+                parent: h,
+                parent_height: Height(1),
+                timestamp: 99_999,
+                fee_recipient: [0; 20],
+            })
+            .await
+            .expect_err("build")
+    ));
+    assert!(fault(
+        &engine
+            .get_payload(PayloadId([0; 8]))
+            .await
+            .expect_err("get")
+    ));
+    engine.set_faults(Faults::default()).await.expect("clear");
+    extend(&engine, 1).await;
+}
+
+#[tokio::test]
+async fn delay_knob_slows_each_imported_block() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Arc::new(open(dir.path()));
+    let source = tempfile::tempdir().expect("tempdir");
+    let source = open(source.path());
+    let blocks = extend(&source, 3).await;
+    let delay = Duration::from_millis(200);
+    engine
+        .set_faults(Faults {
+            delay_per_block: delay,
+            ..Faults::default()
+        })
+        .await
+        .expect("set");
+    let start = Instant::now();
+    for b in &blocks {
+        assert!(
+            engine
+                .new_payload(&b.encoded)
+                .await
+                .expect("import")
+                .is_valid()
+        );
+    }
+    assert!(start.elapsed() >= delay * 3, "{:?}", start.elapsed());
+    engine.set_faults(Faults::default()).await.expect("clear");
+    let start = Instant::now();
+    extend(engine.as_ref(), 3).await;
+    assert!(start.elapsed() < delay * 3, "{:?}", start.elapsed());
+}
+
+#[tokio::test]
+async fn synthetic_transactions_fill_blocks_and_are_hashed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = EmbeddedConfig::new(dir.path());
+    config.txs_per_block = 10;
+    config.tx_bytes = 1024;
+    let engine = EmbeddedEngine::open(config).expect("open");
+    let blocks = extend(&engine, 2).await;
+    for b in &blocks {
+        assert!(b.encoded.len() > 10 * 1024, "{} bytes", b.encoded.len());
+        let p = decode_payload(&b.encoded).expect("decode");
+        assert_eq!(p.payload.payload_inner.payload_inner.transactions.len(), 10);
+        p.verify_block_hash().expect("hash covers the transactions");
+    }
+    let mut too_big = EmbeddedConfig::new(dir.path());
+    too_big.txs_per_block = 1 << 20;
+    too_big.tx_bytes = 1 << 20;
+    assert!(matches!(
+        EmbeddedEngine::open(too_big),
+        Err(EngineError::Config { .. })
+    ));
+}
+
+#[tokio::test]
+async fn equal_timestamps_are_accepted_for_sub_second_blocks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    for _ in 0..3 {
+        let (height, hash) = engine.head().await.expect("head");
+        let id = engine
+            .build_payload(BuildParams {
+                parent: hash,
+                parent_height: height,
+                timestamp: 1_000,
+                fee_recipient: [0; 20],
+            })
+            .await
+            .expect("build");
+        let built = engine.get_payload(id).await.expect("get");
+        assert!(
+            engine
+                .new_payload(&built.encoded)
+                .await
+                .expect("import")
+                .is_valid()
+        );
+        let h = built.block_hash;
+        engine.set_head(h, h, h).await.expect("set head");
+    }
+    let (height, hash) = engine.head().await.expect("head");
+    assert_eq!(height, Height(3));
+    // Going back in time is still refused.
+    let err = engine
+        .build_payload(BuildParams {
+            parent: hash,
+            parent_height: height,
+            timestamp: 999,
+            fee_recipient: [0; 20],
+        })
+        .await
+        .expect_err("older than parent");
+    assert!(matches!(err, EngineError::Rejected { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn unset_safe_and_finalized_follow_a_head_moved_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let blocks = extend(&engine, 6).await;
+    let b3 = blocks[2].block_hash;
+    engine
+        .set_head(b3, BlockHash::ZERO, BlockHash::ZERO)
+        .await
+        .expect("back");
+    let safe = engine
+        .canonical_block("test", BlockRef::Safe)
+        .expect("read")
+        .expect("safe block");
+    let finalized = engine
+        .canonical_block("test", BlockRef::Finalized)
+        .expect("read")
+        .expect("finalized block");
+    assert_eq!(safe.block_hash(), b3);
+    assert_eq!(finalized.block_hash(), b3);
+}
