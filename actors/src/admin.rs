@@ -131,3 +131,82 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 }
+
+/// Body of `POST /admin/transfer-leader`, `/admin/pause`, `/admin/resume`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminRequest {
+    /// Transfer target; the best peer when absent.
+    pub to: Option<String>,
+    /// Override a guard.
+    #[serde(default)]
+    pub force: bool,
+}
+
+fn parse_admin(body: &[u8]) -> Result<AdminRequest, Response> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(AdminRequest::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let why = format!("body: {e}; expected {{\"to\": \"node-2\", \"force\": false}}");
+        (StatusCode::BAD_REQUEST, Json(json!({ "error": why }))).into_response()
+    })
+}
+
+fn refused(why: String) -> Response {
+    (StatusCode::CONFLICT, Json(json!({ "error": why }))).into_response()
+}
+
+fn elector_down(e: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "error": format!("Elector unavailable: {e}") })),
+    )
+        .into_response()
+}
+
+/// `POST /admin/transfer-leader`: hand leadership to `to` or the best peer; a lagging,
+/// unhealthy or paused target is refused (409) unless `force`.
+pub async fn transfer_leader(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
+    let req = match parse_admin(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let msg = crate::elector::TransferLeadership {
+        to: req.to.map(haseq_messages::NodeId),
+        force: req.force,
+    };
+    match state.elector.get().send(msg).await {
+        Ok(Ok(to)) => Json(json!({ "transferring_to": to.to_string() })).into_response(),
+        Ok(Err(why)) => refused(why),
+        Err(e) => elector_down(e),
+    }
+}
+
+/// `POST /admin/pause`: stop this node from producing (persisted) until resumed; refused
+/// (409) when no other node could lead, unless `force`.
+pub async fn pause(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
+    let req = match parse_admin(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    match state
+        .elector
+        .get()
+        .send(crate::elector::Pause { force: req.force })
+        .await
+    {
+        Ok(Ok(changed)) => Json(json!({ "paused": true, "changed": changed })).into_response(),
+        Ok(Err(why)) => refused(why),
+        Err(e) => elector_down(e),
+    }
+}
+
+/// `POST /admin/resume`: let this node produce again.
+pub async fn resume(State(state): State<ApiState>) -> Response {
+    match state.elector.get().send(crate::elector::Resume).await {
+        Ok(Ok(changed)) => Json(json!({ "paused": false, "changed": changed })).into_response(),
+        Ok(Err(why)) => refused(why),
+        Err(e) => elector_down(e),
+    }
+}

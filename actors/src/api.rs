@@ -39,6 +39,12 @@ pub struct ApiState {
     pub admin_token: Option<String>,
     /// Commit latencies of the blocks this node produced.
     pub latencies: crate::stats::LatencyLog,
+    /// The Elector, for admin calls.
+    pub elector: Slot<crate::elector::Elector>,
+    /// The Elector's view: eligibility and peers.
+    pub view: tokio::sync::watch::Receiver<crate::elector::ElectorView>,
+    /// The event feed.
+    pub events: tokio::sync::broadcast::Sender<crate::events::NodeEvent>,
 }
 
 /// A configured peer as `/status` shows it.
@@ -70,6 +76,18 @@ pub struct Status {
     pub exec_on_other_chain: bool,
     /// The engine's last problem, if any.
     pub exec_error: Option<String>,
+    /// May this node lead?
+    pub eligible: bool,
+    /// Why not (null when eligible).
+    pub ineligible_reason: Option<String>,
+    /// Paused by an operator (persisted).
+    pub paused: bool,
+    /// Told to produce right now (leader with a valid lease, not paused).
+    pub producing: bool,
+    /// The highest execution height this node knows of.
+    pub best_exec_height: u64,
+    /// Each configured peer as this node last saw it.
+    pub peer_status: Vec<crate::elector::PeerView>,
     /// The configured peers.
     pub peers: Vec<PeerInfo>,
 }
@@ -93,6 +111,12 @@ pub struct BlockHeader {
 pub fn router(state: ApiState) -> Router {
     let admin = Router::new()
         .route("/admin/engine/fault", post(crate::admin::engine_fault))
+        .route(
+            "/admin/transfer-leader",
+            post(crate::admin::transfer_leader),
+        )
+        .route("/admin/pause", post(crate::admin::pause))
+        .route("/admin/resume", post(crate::admin::resume))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::admin::guard,
@@ -104,6 +128,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/block/{height}", get(block))
         .route("/stats/commit-latency", get(commit_latency))
+        .route("/events", get(events))
         .merge(admin)
         .with_state(state)
 }
@@ -163,6 +188,8 @@ async fn status(State(state): State<ApiState>) -> Response {
         Err(r) => return r,
     };
     let exec = state.exec.borrow().clone();
+    let view = state.view.borrow().clone();
+    let implied = implied_head(0, &raft);
     let head = match state.blocks.head() {
         Ok(h) => h,
         Err(e) => return unavailable(&format!("reading the applied head: {e}")),
@@ -172,14 +199,35 @@ async fn status(State(state): State<ApiState>) -> Response {
         applied_height: head.height.0,
         head_hash: head.hash.to_string(),
         exec_height: exec.exec_height,
-        // Measured against the head read just now, so a fresh block shows as lag at once.
-        exec_lag: head.height.0.saturating_sub(exec.exec_height),
+        // Against the cluster's head (a node that was down is behind on its log too), and
+        // against the head read just now, so a fresh block shows as lag at once.
+        exec_lag: head
+            .height
+            .0
+            .max(view.cluster_head)
+            .max(head.height.0 + implied)
+            .saturating_sub(exec.exec_height),
         exec_healthy: exec.healthy,
         exec_on_other_chain: exec.on_other_chain,
         exec_error: exec.error,
+        eligible: view.eligible,
+        ineligible_reason: view.ineligible_reason.clone(),
+        paused: view.me.paused,
+        producing: view.producing,
+        best_exec_height: view.best_exec_height,
+        peer_status: view.peers.clone(),
         peers: state.peers.clone(),
     })
     .into_response()
+}
+
+/// Our applied height plus the entries the leader says are committed beyond what we applied.
+fn implied_head(applied_height: u64, r: &RaftStatus) -> u64 {
+    let gap = r
+        .cluster_committed_index
+        .unwrap_or(0)
+        .saturating_sub(r.applied_index.unwrap_or(0));
+    applied_height + gap
 }
 
 async fn block(State(state): State<ApiState>, Path(height): Path<String>) -> Response {
@@ -203,6 +251,48 @@ async fn block(State(state): State<ApiState>, Path(height): Path<String>) -> Res
             .into_response(),
         Err(e) => unavailable(&format!("reading block {h}: {e}")),
     }
+}
+
+/// Server-sent events: the current state first, then every change as it happens.
+async fn events(State(state): State<ApiState>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let rx = state.events.subscribe();
+    let v = state.view.borrow().clone();
+    let raft = raft_status(&state).await.ok();
+    let first = crate::events::NodeEvent {
+        kind: "snapshot",
+        node_id: v.me.node_id.to_string(),
+        role: raft
+            .as_ref()
+            .map(|r| r.role.as_str().to_string())
+            .unwrap_or_default(),
+        term: v.me.term,
+        leader_id: raft.and_then(|r| r.leader_id).map(|l| l.to_string()),
+        eligible: v.eligible,
+        ineligible_reason: v.ineligible_reason,
+        at_unix_ms: crate::events::now_unix_ms(),
+    };
+    let head = futures::stream::once(async move { first });
+    let rest = futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) => return Some((e, rx)),
+                // A slow client missed some: go on with the newest; the next event is current.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let stream = futures::StreamExt::map(futures::StreamExt::chain(head, rest), |e| {
+        Ok::<_, std::convert::Infallible>(
+            Event::default()
+                .event(e.kind)
+                .data(serde_json::to_string(&e).unwrap_or_default()),
+        )
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 async fn commit_latency(State(state): State<ApiState>) -> Response {

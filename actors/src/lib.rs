@@ -2,6 +2,7 @@
 //!
 //! - `supervisor`: rebuilds actors that stop or panic, hands out their current address;
 //! - `raft_core`: the RaftCore actor, owner of the openraft handle and its status;
+//! - `elector`: the Elector actor, the role policy (eligibility, lease, handover);
 //! - `producer`: the Producer actor, the leader's block production loop;
 //! - `exec_replayer`: the ExecReplayer actor, keeping the engine at the applied head;
 //! - `settings`: what a node needs to start, and the timing map onto openraft;
@@ -13,10 +14,13 @@
 
 pub mod admin;
 pub mod api;
+pub mod elector;
+pub mod events;
 pub mod exec_replayer;
 pub mod http_client;
 pub mod metrics;
 pub mod node;
+pub mod peer_handler;
 pub mod producer;
 pub mod raft_core;
 pub mod settings;

@@ -116,4 +116,21 @@ fn describe_all() {
         Unit::Seconds,
         "Proposal to applied on the leader, per block"
     );
+    describe_gauge!(
+        "haseq_eligible",
+        "1 while this node may lead (caught up, healthy, not paused), else 0"
+    );
+    describe_gauge!(
+        "haseq_peer_exec_height",
+        Unit::Count,
+        "A peer's execution height as last polled (label peer)"
+    );
+    describe_counter!(
+        "haseq_leader_transfers_total",
+        "Leadership transfers this node started (admin, pause, sick or lagging engine, shutdown)"
+    );
+    describe_counter!(
+        "haseq_votes_refused_exec_lag_total",
+        "Votes and pre-votes refused because the candidate's engine lagged (label kind)"
+    );
 }

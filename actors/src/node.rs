@@ -24,7 +24,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::HaseqRaft;
 use crate::api::{ApiState, PeerInfo};
+use crate::elector::{Elector, ElectorDeps, ElectorView, vote_gate};
 use crate::exec_replayer::{ExecReplayer, ExecStatus};
+use crate::peer_handler::NodeHandler;
 use crate::producer::{Producer, ProducerDeps};
 use crate::raft_core::RaftCore;
 use crate::settings::{EngineSettings, NodeSettings, openraft_config};
@@ -32,6 +34,8 @@ use crate::supervisor::{Slot, Supervisor};
 
 /// How long shutdown waits for the node's tasks after telling them to stop.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// How long start-up waits for a first answer from a peer before serving the API.
+const PEERS_FIRST_WAIT: Duration = Duration::from_secs(1);
 /// How long shutdown waits for the actors to stop.
 const ACTOR_STOP_WAIT: Duration = Duration::from_secs(2);
 /// How long the transport waits to establish a connection to a peer.
@@ -89,6 +93,10 @@ pub struct Node {
     pub producer: Slot<Producer>,
     /// ExecReplayer's current address.
     pub replayer: Slot<ExecReplayer>,
+    /// The Elector's current address.
+    pub elector: Slot<Elector>,
+    /// The Elector's view: eligibility, peers.
+    pub view: watch::Receiver<ElectorView>,
     /// Where the node-to-node port listens.
     pub raft_addr: SocketAddr,
     /// Where the HTTP API listens.
@@ -172,8 +180,15 @@ pub async fn start_with_listeners(
         .validate()
         .map_err(|e| NodeError::Raft(format!("transport settings: {e}")))?;
     let book: Arc<HashMap<NodeId, String>> = Arc::new(settings.peers.iter().cloned().collect());
+    let net = Network::new(net_cfg.clone());
+    let (exec_tx, exec_rx) = watch::channel(ExecStatus::unknown());
+    {
+        // Every vote and pre-vote carries this node's execution height.
+        let exec_rx = exec_rx.clone();
+        net.set_exec_height(Arc::new(move || Some(exec_rx.borrow().exec_height)));
+    }
     let network = AddressBook {
-        inner: Network::new(net_cfg.clone()),
+        inner: net.clone(),
         book: book.clone(),
     };
     let raft = HaseqRaft::new(
@@ -201,7 +216,15 @@ pub async fn start_with_listeners(
                 .get_node(peer)
                 .is_some()
     });
-    let handler = Arc::new(haseq_net::RaftHandler::new(raft.clone()));
+    let (view_tx, view_rx) = watch::channel(ElectorView {
+        max_exec_lag_blocks: settings.max_exec_lag_blocks,
+        ..ElectorView::default()
+    });
+    let handler = Arc::new(NodeHandler {
+        raft: haseq_net::RaftHandler::new(raft.clone()).with_vote_gate(vote_gate(view_rx.clone())),
+        view: view_rx.clone(),
+        blocks: storage.reader.clone(),
+    });
     {
         let shutdown = shutdown.clone();
         let net_cfg = net_cfg.clone();
@@ -235,7 +258,6 @@ pub async fn start_with_listeners(
     }
 
     let supervisor = Supervisor::new(shutdown.child_token());
-    let (exec_tx, exec_rx) = watch::channel(ExecStatus::unknown());
     let replayer = {
         let (engine, blocks) = (engine.clone(), storage.reader.clone());
         supervisor.start("exec_replayer", move |exit| {
@@ -256,10 +278,30 @@ pub async fn start_with_listeners(
     };
     let producer = supervisor.start("producer", move |exit| Producer::new(deps.clone(), exit));
     let core_raft = raft.clone();
-    let core_producer = producer.clone();
-    let aggregator = settings.aggregator;
     let raft_core = supervisor.start("raft_core", move |exit| {
-        RaftCore::new(core_raft.clone(), core_producer.clone(), aggregator, exit)
+        RaftCore::new(core_raft.clone(), exit)
+    });
+    let events = crate::events::channel();
+    let elector_deps = ElectorDeps {
+        node_id: id.clone(),
+        raft: raft.clone(),
+        network: net.clone(),
+        peers: settings.peers.clone(),
+        exec: exec_rx.clone(),
+        blocks: storage.reader.clone(),
+        producer: producer.clone(),
+        view: view_tx,
+        events: events.clone(),
+        aggregator: settings.aggregator,
+        max_exec_lag_blocks: settings.max_exec_lag_blocks,
+        handoff_after: settings.handoff_after,
+        unhealthy_leader_grace: settings.unhealthy_leader_grace,
+        leader_lease_timeout: settings.timing.leader_lease_timeout,
+        send_timeout: settings.timing.send_timeout,
+        pause_file: settings.raft_dir.join("paused"),
+    };
+    let elector = supervisor.start("elector", move |exit| {
+        Elector::new(elector_deps.clone(), exit)
     });
 
     metrics::gauge!("haseq_up").set(1.0);
@@ -278,6 +320,11 @@ pub async fn start_with_listeners(
         });
     }
 
+    // Don't report status before the node has heard from a peer (bounded): a node that was
+    // down would otherwise look caught up against its own stale head for a moment.
+    let mut heard = view_rx.clone();
+    let _ = tokio::time::timeout(PEERS_FIRST_WAIT, heard.wait_for(|v| v.peers_heard)).await;
+
     let peers = settings
         .peers
         .iter()
@@ -295,6 +342,9 @@ pub async fn start_with_listeners(
         embedded: embedded.clone(),
         admin_token: settings.admin_token.clone(),
         latencies,
+        elector: elector.clone(),
+        view: view_rx.clone(),
+        events: events.clone(),
     });
     let blocks = storage.reader;
     {
@@ -319,6 +369,8 @@ pub async fn start_with_listeners(
         embedded,
         producer,
         replayer,
+        elector,
+        view: view_rx,
         raft_addr,
         api_addr,
         supervisor,
@@ -367,6 +419,40 @@ fn local_addr(l: &TcpListener, key: &'static str) -> Result<SocketAddr, NodeErro
 }
 
 impl Node {
+    /// Graceful hand-over before a shutdown: stop producing and, on a leader, transfer
+    /// leadership to the most caught-up eligible peer and wait (bounded by `deadline`) until it
+    /// leads. Returns the new leader when the hand-over was seen to complete.
+    pub async fn handover(&self, deadline: Duration) -> Option<NodeId> {
+        let to = match self.elector.get().send(crate::elector::Handover).await {
+            Ok(Some(to)) => to,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "Elector unavailable; shutting down without hand-over");
+                return None;
+            }
+        };
+        let mut rx = self.raft.metrics();
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            {
+                let m = rx.borrow_watched();
+                if m.current_leader.as_ref() == Some(&to)
+                    && m.state != openraft::ServerState::Leader
+                {
+                    tracing::info!(to = %to, "leadership handed over");
+                    return Some(to);
+                }
+            }
+            match tokio::time::timeout_at(until, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    tracing::warn!(to = %to, "hand-over not seen within {deadline:?}; shutting down anyway");
+                    return None;
+                }
+            }
+        }
+    }
+
     /// Stop the node: tell every part to stop, then wait for them, bounded.
     pub async fn shutdown(self) {
         // Actors first: the Producer stops proposing and ExecReplayer lets go of the engine.

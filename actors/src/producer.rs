@@ -17,7 +17,6 @@ use actix::{Actor, Context, Handler, Message};
 use haseq_engine::{BuildParams, ExecutionEngine};
 use haseq_messages::{ApplyOutcome, Block, BlockHash, Command, Height, NodeId};
 use haseq_storage::BlockReader;
-use openraft::async_runtime::WatchReceiver;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -100,14 +99,6 @@ impl Producer {
 
 impl Actor for Producer {
     type Context = Context<Self>;
-
-    fn started(&mut self, _ctx: &mut Context<Self>) {
-        // A rebuilt Producer does not know whether it should be producing: ask Raft.
-        let m = self.deps.raft.metrics().borrow_watched().clone();
-        if m.state == openraft::ServerState::Leader && self.deps.aggregator {
-            self.start(m.current_term);
-        }
-    }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         self.stop(StopReason::Shutdown);

@@ -3,9 +3,8 @@
 //! Owns: a clone of the `Raft` handle (openraft's own tasks run on the tokio runtime and
 //! outlive this actor, so a rebuilt RaftCore picks up exactly where the old one was).
 //! Receives: `GetStatus`, `CrashForTest`; a stream of openraft metrics.
-//! Sends: `StartProducing` / `StopProducing{LostLeadership}` to the Producer when this node
-//! gains or loses leadership; publishes the role, term, leader and indexes as Prometheus
-//! metrics and logs every role and leader change.
+//! Sends: nothing; publishes the role, term, leader and indexes as Prometheus metrics and logs
+//! every role and leader change. (Production is steered by the Elector.)
 
 use actix::{Actor, AsyncContext, Context, Handler, Message, StreamHandler};
 use haseq_messages::NodeId;
@@ -14,8 +13,7 @@ use openraft::{RaftMetrics, ServerState};
 use serde::Serialize;
 
 use crate::HaseqRaft;
-use crate::producer::{Producer, StartProducing, StopProducing, StopReason};
-use crate::supervisor::{ExitGuard, Slot};
+use crate::supervisor::ExitGuard;
 
 /// A node's role as `/status` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -133,40 +131,17 @@ pub struct CrashForTest;
 pub struct RaftCore {
     raft: HaseqRaft,
     status: RaftStatus,
-    producer: Slot<Producer>,
-    aggregator: bool,
     _exit: ExitGuard,
 }
 
 impl RaftCore {
     /// A RaftCore over `raft`. Its status starts from openraft's current metrics.
-    /// `aggregator: false` keeps the Producer idle even while this node leads.
-    pub fn new(
-        raft: HaseqRaft,
-        producer: Slot<Producer>,
-        aggregator: bool,
-        exit: ExitGuard,
-    ) -> RaftCore {
+    pub fn new(raft: HaseqRaft, exit: ExitGuard) -> RaftCore {
         let status = RaftStatus::from_metrics(&raft.metrics().borrow_watched());
         RaftCore {
             raft,
             status,
-            producer,
-            aggregator,
             _exit: exit,
-        }
-    }
-
-    /// Tell the Producer what the role means for production. Idempotent on its side.
-    fn steer_producer(&self) {
-        if self.status.role == Role::Leader && self.aggregator {
-            self.producer.get().do_send(StartProducing {
-                term: self.status.term,
-            });
-        } else {
-            self.producer.get().do_send(StopProducing {
-                reason: StopReason::LostLeadership,
-            });
         }
     }
 
@@ -199,12 +174,8 @@ impl RaftCore {
                 metrics::counter!("haseq_leader_changes_total").increment(1);
             }
         }
-        let steer = next.role != prev.role || next.term != prev.term;
         publish_gauges(&next);
         self.status = next;
-        if steer {
-            self.steer_producer();
-        }
     }
 }
 
@@ -231,8 +202,6 @@ impl Actor for RaftCore {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         publish_gauges(&self.status);
-        // A rebuilt RaftCore re-states the role: a leader keeps producing.
-        self.steer_producer();
         // openraft publishes its metrics on a watch channel; turn it into a stream of
         // snapshots. `changed()` is cancel-safe, and a rebuilt actor subscribes anew.
         let rx = self.raft.metrics();

@@ -65,6 +65,12 @@ pub struct NodeSettings {
     pub block_time: Duration,
     /// The execution engine this node drives (`engine.*`).
     pub engine: EngineSettings,
+    /// `raft.max_exec_lag_blocks`: the most blocks a node's engine may lag and still lead.
+    pub max_exec_lag_blocks: u64,
+    /// `raft.handoff_after`: a leader whose engine stays behind this long hands over.
+    pub handoff_after: Duration,
+    /// `raft.unhealthy_leader_grace`: a leader whose engine stays sick this long hands over.
+    pub unhealthy_leader_grace: Duration,
 }
 
 /// Which execution engine a node drives.

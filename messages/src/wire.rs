@@ -14,7 +14,7 @@ use openraft::raft::{
 use openraft::type_config::alias::{SnapshotMetaOf, VoteOf};
 use serde::{Deserialize, Serialize};
 
-use crate::{NodeId, TC};
+use crate::{Height, NodeId, TC};
 
 /// Protocol version; a peer speaking another version is refused at the handshake.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -142,6 +142,40 @@ pub enum RpcRequest {
     },
     /// The leader hands leadership to the receiver.
     TransferLeader(TransferLeaderRequest<TC>),
+    /// What is your execution height, health, eligibility? (Elector polling, P2P.)
+    PeerStatus,
+    /// Committed blocks from `from` upwards, at most `max` (Syncer, P2P).
+    FetchBlocks {
+        /// First height wanted.
+        from: Height,
+        /// At most this many blocks.
+        max: u32,
+    },
+}
+
+/// A node's view of itself, as its peers poll it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PeerState {
+    /// The node's id.
+    pub node_id: NodeId,
+    /// Its Raft term.
+    pub term: u64,
+    /// Whether it is the Raft leader.
+    pub is_leader: bool,
+    /// Its applied head height.
+    pub applied_height: u64,
+    /// Term of its last Raft log entry (with the index: who can win an election).
+    pub last_log_term: u64,
+    /// Index of its last Raft log entry.
+    pub last_log_index: u64,
+    /// Its execution engine's head height.
+    pub exec_height: u64,
+    /// Its engine answers and is on the committed chain.
+    pub healthy: bool,
+    /// An operator paused it.
+    pub paused: bool,
+    /// It may lead (caught up, healthy, not paused).
+    pub eligible: bool,
 }
 
 impl RpcRequest {
@@ -153,6 +187,8 @@ impl RpcRequest {
             RpcRequest::PreVote { .. } => "pre_vote",
             RpcRequest::InstallSnapshot { .. } => "install_snapshot",
             RpcRequest::TransferLeader(_) => "transfer_leader",
+            RpcRequest::PeerStatus => "peer_status",
+            RpcRequest::FetchBlocks { .. } => "fetch_blocks",
         }
     }
 }
@@ -168,6 +204,11 @@ pub enum RpcResponse {
     Snapshot(SnapshotResponse<TC>),
     /// TransferLeader was handed to Raft.
     TransferLeader,
+    /// Answer to PeerStatus.
+    PeerStatus(PeerState),
+    /// Answer to FetchBlocks: consecutive blocks from the requested height (fewer, or none,
+    /// when the peer has fewer).
+    Blocks(Vec<crate::Block>),
     /// The receiver could not serve the call (shutting down, not initialised, bad request).
     Error(RemoteError),
 }

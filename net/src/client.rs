@@ -228,6 +228,8 @@ fn response_kind(r: &RpcResponse) -> &'static str {
         RpcResponse::Vote(_) => "vote",
         RpcResponse::Snapshot(_) => "snapshot",
         RpcResponse::TransferLeader => "transfer_leader",
+        RpcResponse::PeerStatus(_) => "peer_status",
+        RpcResponse::Blocks(_) => "blocks",
         RpcResponse::Error(_) => "error",
     }
 }

@@ -129,6 +129,13 @@ where
                 Ok(Err(refused)) => RpcResponse::Error(RemoteError::Refused(refused.to_string())),
                 Err(fatal) => RpcResponse::Error(RemoteError::Unavailable(fatal.to_string())),
             },
+            // Not Raft's: the node's own handler answers these before they reach here.
+            other @ (RpcRequest::PeerStatus | RpcRequest::FetchBlocks { .. }) => {
+                RpcResponse::Error(RemoteError::Refused(format!(
+                    "{} is not a Raft call",
+                    other.kind()
+                )))
+            }
         }
     }
 }
