@@ -97,6 +97,8 @@ pub struct Node {
     pub elector: Slot<Elector>,
     /// The Elector's view: eligibility, peers.
     pub view: watch::Receiver<ElectorView>,
+    /// Cut links to peers (fault injection for tests and drills).
+    pub link_cuts: haseq_net::LinkCuts,
     /// Where the node-to-node port listens.
     pub raft_addr: SocketAddr,
     /// Where the HTTP API listens.
@@ -224,6 +226,7 @@ pub async fn start_with_listeners(
         raft: haseq_net::RaftHandler::new(raft.clone()).with_vote_gate(vote_gate(view_rx.clone())),
         view: view_rx.clone(),
         blocks: storage.reader.clone(),
+        cuts: net.link_cuts(),
     });
     {
         let shutdown = shutdown.clone();
@@ -371,6 +374,7 @@ pub async fn start_with_listeners(
         replayer,
         elector,
         view: view_rx,
+        link_cuts: net.link_cuts(),
         raft_addr,
         api_addr,
         supervisor,

@@ -19,10 +19,17 @@ pub struct NodeHandler {
     pub view: watch::Receiver<ElectorView>,
     /// Committed blocks, for fetches.
     pub blocks: BlockReader,
+    /// Peers whose links are cut (fault injection): their calls are dropped.
+    pub cuts: haseq_net::LinkCuts,
 }
 
 impl haseq_net::RpcHandler for NodeHandler {
     async fn handle(&self, from: NodeId, req: RpcRequest) -> RpcResponse {
+        if self.cuts.is_cut(&from) {
+            return RpcResponse::Error(RemoteError::Unavailable(
+                "link cut (fault injection)".into(),
+            ));
+        }
         match req {
             RpcRequest::PeerStatus => RpcResponse::PeerStatus(self.view.borrow().me.clone()),
             RpcRequest::FetchBlocks { from: start, max } => {

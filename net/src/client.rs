@@ -34,6 +34,7 @@ struct Shared {
     cfg: NetConfig,
     pool: Pool,
     exec_height: RwLock<Option<ExecHeightFn>>,
+    cut: LinkCuts,
 }
 
 /// The client side of the transport: a pool of authenticated connections, one per peer,
@@ -53,6 +54,7 @@ impl Network {
                 pool: Pool::new(cfg.clone()),
                 cfg,
                 exec_height: RwLock::new(None),
+                cut: LinkCuts::default(),
             }),
         }
     }
@@ -80,6 +82,13 @@ impl Network {
     }
 
     /// Close and forget the connections to `target` (say, once it left the cluster).
+    /// The set of peers this node's links to are cut (fault injection): calls to them fail at
+    /// once as unreachable; the node's own handler drops calls from them.
+    pub fn link_cuts(&self) -> LinkCuts {
+        self.shared.cut.clone()
+    }
+
+    /// Close the connections to `target`.
     pub fn forget(&self, target: &NodeId) {
         self.shared.pool.forget(target);
     }
@@ -133,7 +142,11 @@ impl PeerClient {
         let kind = req.kind();
         metrics::rpc_sent(kind);
         let started = Instant::now();
-        let result = self.call_once_or_twice(&req, started, budget).await;
+        let result = if self.shared.cut.is_cut(&self.target) {
+            Err(NetErrorKind::Connect("link cut (fault injection)".into()))
+        } else {
+            self.call_once_or_twice(&req, started, budget).await
+        };
         let result = match result {
             Ok(RpcResponse::Error(e)) => Err(NetErrorKind::Remote(e)),
             other => other,
@@ -333,5 +346,30 @@ impl RaftNetworkV2<TC> for PeerClient {
             },
         )
         .await
+    }
+}
+
+/// Peers whose links are cut, for fault-injection tests and drills: a one-way or two-way
+/// partition on a live node without touching the OS network. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct LinkCuts(Arc<RwLock<std::collections::HashSet<NodeId>>>);
+
+impl LinkCuts {
+    /// Cut (or restore) the link to `peer`.
+    pub fn set(&self, peer: &NodeId, cut: bool) {
+        let mut s = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if cut {
+            s.insert(peer.clone());
+        } else {
+            s.remove(peer);
+        }
+    }
+
+    /// Whether the link to `peer` is cut.
+    pub fn is_cut(&self, peer: &NodeId) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(peer)
     }
 }

@@ -31,7 +31,7 @@ mod pool;
 mod raft_handler;
 mod server;
 
-pub use client::{ExecHeightFn, Network, PeerClient};
+pub use client::{ExecHeightFn, LinkCuts, Network, PeerClient};
 pub use config::{NetConfig, NetConfigError};
 pub use error::{NetError, NetErrorKind};
 pub use frame::FrameError;
