@@ -4,6 +4,7 @@
 //! - `raft_core`: the RaftCore actor, owner of the openraft handle and its status;
 //! - `elector`: the Elector actor, the role policy (eligibility, lease, handover);
 //! - `producer`: the Producer actor, the leader's block production loop;
+//! - `syncer`: the Syncer actor, fetching blocks the store lacks from peers;
 //! - `exec_replayer`: the ExecReplayer actor, keeping the engine at the applied head;
 //! - `settings`: what a node needs to start, and the timing map onto openraft;
 //! - `node`: assembles storage, transport, Raft, actors and the HTTP API;
@@ -26,6 +27,7 @@ pub mod raft_core;
 pub mod settings;
 pub mod stats;
 pub mod supervisor;
+pub mod syncer;
 
 /// The node's openraft handle: haseq's types over the LMDB state machine.
 pub type HaseqRaft = openraft::Raft<haseq_messages::TC, haseq_storage::StateMachineStore>;

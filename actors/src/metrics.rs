@@ -133,4 +133,8 @@ fn describe_all() {
         "haseq_votes_refused_exec_lag_total",
         "Votes and pre-votes refused because the candidate's engine lagged (label kind)"
     );
+    describe_counter!(
+        "haseq_blocks_fetched_total",
+        "Committed blocks fetched from peers into the block store"
+    );
 }

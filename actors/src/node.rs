@@ -31,6 +31,7 @@ use crate::producer::{Producer, ProducerDeps};
 use crate::raft_core::RaftCore;
 use crate::settings::{EngineSettings, NodeSettings, openraft_config};
 use crate::supervisor::{Slot, Supervisor};
+use crate::syncer::{Syncer, SyncerDeps};
 
 /// How long shutdown waits for the node's tasks after telling them to stop.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
@@ -95,6 +96,8 @@ pub struct Node {
     pub replayer: Slot<ExecReplayer>,
     /// The Elector's current address.
     pub elector: Slot<Elector>,
+    /// The Syncer's current address.
+    pub syncer: Slot<Syncer>,
     /// The Elector's view: eligibility, peers.
     pub view: watch::Receiver<ElectorView>,
     /// Cut links to peers (fault injection for tests and drills).
@@ -193,6 +196,7 @@ pub async fn start_with_listeners(
         inner: net.clone(),
         book: book.clone(),
     };
+    let backfill = storage.backfill();
     let raft = HaseqRaft::new(
         id.clone(),
         Arc::new(config),
@@ -306,6 +310,14 @@ pub async fn start_with_listeners(
     let elector = supervisor.start("elector", move |exit| {
         Elector::new(elector_deps.clone(), exit)
     });
+    let syncer_deps = SyncerDeps {
+        blocks: storage.reader.clone(),
+        backfill: backfill.clone(),
+        exec: exec_rx.clone(),
+        network: net.clone(),
+        peers: settings.peers.clone(),
+    };
+    let syncer = supervisor.start("syncer", move |exit| Syncer::new(syncer_deps.clone(), exit));
 
     metrics::gauge!("haseq_up").set(1.0);
     let upkeep = prometheus.clone();
@@ -373,6 +385,7 @@ pub async fn start_with_listeners(
         producer,
         replayer,
         elector,
+        syncer,
         view: view_rx,
         link_cuts: net.link_cuts(),
         raft_addr,
