@@ -29,7 +29,7 @@ cargo build --release --bin haseqd
 
 acceptance=../shared/acceptance/check.py
 if [ -f "$acceptance" ]; then
-  for what in ${HASEQ_ACCEPTANCE:-foundation}; do
+  for what in ${HASEQ_ACCEPTANCE:-foundation blocks leadership}; do
     step "acceptance: $what"
     python3 "$acceptance" "$what"
   done
