@@ -17,6 +17,8 @@ use serde_json::json;
 use crate::raft_core::{GetStatus, RaftCore, RaftStatus, Role};
 use crate::supervisor::Slot;
 
+/// A follower that has not heard from its leader for this long is not ready.
+const LEADER_SILENT_MS_MAX: u64 = 2_000;
 /// How long an API call waits for an actor's answer.
 const ACTOR_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -154,16 +156,33 @@ async fn health() -> Response {
     axum::Json(json!({ "status": "ok" })).into_response()
 }
 
-/// Ready when a leader is known and this node has applied everything it knows committed.
+/// Ready when a leader is known and recently heard from, this node has applied everything it
+/// knows committed, and its engine is within `max_exec_lag_blocks` of the cluster's head.
 async fn ready(State(state): State<ApiState>) -> Response {
     let s = match raft_status(&state).await {
         Ok(s) => s,
         Err(r) => return r,
     };
+    let view = state.view.borrow().clone();
+    // The leader as a peer: when did we last hear from it? (A node cut off from the cluster
+    // keeps the last leader it knew; that leader's silence is what tells.)
+    let leader_silent_ms = s.leader_id.as_ref().and_then(|l| {
+        let p = view.peers.iter().find(|p| &p.id == l)?;
+        Some(p.seen_ms_ago.unwrap_or(u64::MAX))
+    });
     let why_not = if s.role == Role::Shutdown {
         Some("raft is shut down".to_string())
     } else if s.leader_id.is_none() {
         Some("no leader known".to_string())
+    } else if s.role == Role::Leader && !view.producing && s.millis_since_quorum_ack.is_none() {
+        Some("leader without a quorum acknowledgement".to_string())
+    } else if let Some(ms) = leader_silent_ms.filter(|ms| *ms > LEADER_SILENT_MS_MAX) {
+        Some(format!("leader not heard from for {ms} ms"))
+    } else if view.exec_lag > view.max_exec_lag_blocks {
+        Some(format!(
+            "execution engine {} blocks behind (max_exec_lag_blocks {})",
+            view.exec_lag, view.max_exec_lag_blocks
+        ))
     } else if s.applied_index < s.committed_index {
         Some(format!(
             "applied index {:?} behind committed index {:?}",
