@@ -143,14 +143,16 @@ pub struct AdminRequest {
     pub force: bool,
 }
 
-fn parse_admin(body: &[u8]) -> Result<AdminRequest, Response> {
+fn parse_admin(body: &[u8]) -> Result<AdminRequest, String> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(AdminRequest::default());
     }
-    serde_json::from_slice(body).map_err(|e| {
-        let why = format!("body: {e}; expected {{\"to\": \"node-2\", \"force\": false}}");
-        (StatusCode::BAD_REQUEST, Json(json!({ "error": why }))).into_response()
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| format!("body: {e}; expected {{\"to\": \"node-2\", \"force\": false}}"))
+}
+
+fn bad_request(why: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": why }))).into_response()
 }
 
 fn refused(why: String) -> Response {
@@ -170,7 +172,7 @@ fn elector_down(e: impl std::fmt::Display) -> Response {
 pub async fn transfer_leader(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
     let req = match parse_admin(&body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(why) => return bad_request(why),
     };
     let msg = crate::elector::TransferLeadership {
         to: req.to.map(haseq_messages::NodeId),
@@ -188,7 +190,7 @@ pub async fn transfer_leader(State(state): State<ApiState>, body: axum::body::By
 pub async fn pause(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
     let req = match parse_admin(&body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(why) => return bad_request(why),
     };
     match state
         .elector

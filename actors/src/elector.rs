@@ -376,7 +376,7 @@ impl Elector {
             let lease_ok = m
                 .last_quorum_acked
                 .as_ref()
-                .is_some_and(|t| t.clone().into_inner().elapsed() < self.d.leader_lease_timeout);
+                .is_some_and(|t| (*t).into_inner().elapsed() < self.d.leader_lease_timeout);
             desired = self.d.aggregator && !self.paused && !self.handing_over && lease_ok;
             let may_transfer = self
                 .last_transfer

@@ -102,6 +102,8 @@ impl RpcHandler for FakeHandler {
                 RpcResponse::Snapshot(SnapshotResponse::new(vote))
             }
             RpcRequest::TransferLeader(_) => RpcResponse::TransferLeader,
+            RpcRequest::PeerStatus => RpcResponse::PeerStatus(Default::default()),
+            RpcRequest::FetchBlocks { .. } => RpcResponse::Blocks(Vec::new()),
         }
     }
 }
