@@ -8,19 +8,16 @@
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tokio::process::{Child, Command};
 
+use crate::local_cluster::{self, LocalNode};
 use haseq_actors::http_client as http;
 
 /// How often the table is refreshed.
 const REFRESH: Duration = Duration::from_millis(500);
-/// How long a node may take to exit after SIGTERM before it is killed.
-const STOP_WAIT: Duration = Duration::from_secs(10);
 /// Deadline for one `/status` call.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(400);
 
@@ -44,15 +41,6 @@ pub(crate) struct DevnetArgs {
     pub(crate) exit_after: Option<Duration>,
 }
 
-struct DevNode {
-    id: String,
-    raft: String,
-    api: String,
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
 /// Run the devnet until Ctrl-C, SIGTERM or `--exit-after`.
 ///
 /// # Errors
@@ -71,58 +59,13 @@ pub(crate) async fn run(args: DevnetArgs) -> anyhow::Result<()> {
         }
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let secret_file = dir.join("cluster.secret");
-    if !secret_file.exists() {
-        let secret: [u8; 32] = rand::random();
-        std::fs::write(&secret_file, hex::encode(secret) + "\n")
-            .with_context(|| format!("writing {}", secret_file.display()))?;
-    }
-
-    let mut nodes = Vec::with_capacity(args.nodes);
-    for i in 1..=args.nodes {
-        let (raft_port, api_port) = match args.base_port {
-            Some(b) => {
-                let base = b as usize + 2 * (i - 1);
-                anyhow::ensure!(
-                    base < u16::MAX as usize,
-                    "--base-port {b}: ports run past 65535"
-                );
-                (base as u16, (base + 1) as u16)
-            }
-            None => (free_port()?, free_port()?),
-        };
-        let id = format!("node-{i}");
-        let node_dir = dir.join(&id);
-        std::fs::create_dir_all(&node_dir)?;
-        nodes.push(DevNode {
-            raft: format!("127.0.0.1:{raft_port}"),
-            api: format!("127.0.0.1:{api_port}"),
-            config: node_dir.join("node.yaml"),
-            log: node_dir.join("haseqd.log"),
-            id,
-            child: None,
-        });
-    }
-    for n in &nodes {
-        let peers: Vec<String> = nodes
-            .iter()
-            .filter(|p| p.id != n.id)
-            .map(|p| format!("    {}@{}", p.id, p.raft))
-            .collect();
-        let text = node_config(
-            n,
-            &peers.join(",\n"),
-            &dir.join(&n.id).join("raft"),
-            &secret_file,
-            args.block_time,
-        );
-        std::fs::write(&n.config, text)
-            .with_context(|| format!("writing {}", n.config.display()))?;
-    }
+    let secret_file = local_cluster::ensure_secret(&dir)?;
+    let mut nodes = local_cluster::layout(&dir, args.nodes, args.base_port)?;
+    local_cluster::write_configs(&dir, &nodes, &secret_file, args.block_time, "")?;
 
     let exe = std::env::current_exe().context("locating the haseqd executable")?;
     for n in &mut nodes {
-        n.child = Some(spawn(&exe, n)?);
+        n.child = Some(local_cluster::spawn(&exe, n)?);
     }
     println!(
         "haseq devnet: {} nodes, data in {}",
@@ -141,58 +84,12 @@ pub(crate) async fn run(args: DevnetArgs) -> anyhow::Result<()> {
     println!("Ctrl-C stops every node.\n");
 
     let result = watch(&mut nodes, args.exit_after).await;
-    stop_all(&mut nodes).await;
+    local_cluster::stop_all(&mut nodes).await;
     println!("devnet stopped");
     result
 }
 
-fn node_config(
-    n: &DevNode,
-    peers: &str,
-    raft_dir: &Path,
-    secret: &Path,
-    block_time: Duration,
-) -> String {
-    format!(
-        "node:\n  aggregator: true\n  block_time: \"{bt}\"\nraft:\n  enable: true\n  node_id: \"{id}\"\n  \
-         raft_addr: \"{raft}\"\n  raft_dir: \"{dir}\"\n  peers: >-\n{peers}\n  \
-         heartbeat_timeout: \"92ms\"\n  election_timeout: \"368ms\"\n  \
-         leader_lease_timeout: \"46ms\"\n  send_timeout: \"50ms\"\n  trailing_logs: 18000\n  \
-         snapshot_threshold: 5000\n  snap_count: 3\n  secret_file: \"{secret}\"\n\
-         api:\n  addr: \"{api}\"\n",
-        id = n.id,
-        raft = n.raft,
-        dir = raft_dir.display(),
-        secret = secret.display(),
-        api = n.api,
-        bt = humantime::format_duration(block_time),
-    )
-}
-
-fn spawn(exe: &Path, n: &DevNode) -> anyhow::Result<Child> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&n.log)?;
-    let child = Command::new(exe)
-        .arg("run")
-        .arg("--config")
-        .arg(&n.config)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", n.id))?;
-    Ok(child)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-async fn watch(nodes: &mut [DevNode], exit_after: Option<Duration>) -> anyhow::Result<()> {
+async fn watch(nodes: &mut [LocalNode], exit_after: Option<Duration>) -> anyhow::Result<()> {
     let started = Instant::now();
     let tty = std::io::stdout().is_terminal();
     let mut last_table = String::new();
@@ -218,7 +115,7 @@ async fn watch(nodes: &mut [DevNode], exit_after: Option<Duration>) -> anyhow::R
     }
 }
 
-async fn render(nodes: &mut [DevNode]) -> String {
+async fn render(nodes: &mut [LocalNode]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -270,27 +167,4 @@ async fn render(nodes: &mut [DevNode]) -> String {
         );
     }
     out
-}
-
-async fn stop_all(nodes: &mut [DevNode]) {
-    for n in nodes.iter_mut() {
-        if let Some(pid) = n.child.as_ref().and_then(|c| c.id()) {
-            // SIGTERM lets a leader hand over before it exits.
-            // SAFETY: kill(2) with a pid we spawned and still own; no memory is touched.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGTERM);
-            }
-        }
-    }
-    for n in nodes.iter_mut() {
-        if let Some(mut c) = n.child.take() {
-            match tokio::time::timeout(STOP_WAIT, c.wait()).await {
-                Ok(_) => {}
-                Err(_) => {
-                    eprintln!("{} did not stop within {STOP_WAIT:?}; killing it", n.id);
-                    let _ = c.kill().await;
-                }
-            }
-        }
-    }
 }

@@ -9,6 +9,7 @@
 mod bench;
 mod ctl;
 mod devnet;
+mod local_cluster;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,6 +76,9 @@ enum EngineCmd {
         tx_bytes: usize,
     },
 }
+
+/// How long SIGTERM on a leader waits for its successor to take over.
+const HANDOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn parse_set(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
@@ -220,6 +224,8 @@ fn run(path: PathBuf, set: Vec<(String, String)>) -> ExitCode {
         };
         wait_for_signal().await;
         tracing::info!("shutting down");
+        // A leader hands over first, so the cluster barely notices (bounded wait).
+        node.handover(HANDOVER_WAIT).await;
         node.shutdown().await;
         ExitCode::SUCCESS
     })
@@ -279,6 +285,9 @@ fn settings(cfg: &Config) -> Result<NodeSettings, String> {
         aggregator: cfg.node.aggregator,
         block_time: cfg.node.block_time,
         engine: engine_settings(cfg),
+        max_exec_lag_blocks: r.max_exec_lag_blocks,
+        handoff_after: r.handoff_after,
+        unhealthy_leader_grace: r.unhealthy_leader_grace,
     })
 }
 
