@@ -8,6 +8,8 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod leadership;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,6 +113,9 @@ impl Cluster {
                 // turns it on.
                 aggregator: false,
                 block_time: Duration::from_millis(100),
+                max_exec_lag_blocks: 10,
+                handoff_after: Duration::from_secs(5),
+                unhealthy_leader_grace: Duration::from_secs(2),
                 engine: EngineSettings::Embedded {
                     data_dir: dir.path().join(id.as_str()).join("engine"),
                     txs_per_block: 2,
@@ -272,8 +277,133 @@ impl Cluster {
             }
             prev_hash = Some(b.hash);
         }
+        self.check_engine_heads();
         heads.iter().map(|(_, h)| *h).min().unwrap_or(0)
     }
+
+    /// S3 of docs/DESIGN.md on every running node with an embedded engine: the engine's
+    /// canonical head is a committed block, the block store's block at that height (its own
+    /// store, or another running node's when its own lacks it), or the engine's genesis at
+    /// height 0 (which the state machine calls `BlockHash::ZERO`).
+    pub fn check_engine_heads(&self) {
+        for (i, m) in self.members.iter().enumerate() {
+            let Some(n) = &m.node else { continue };
+            let Some(engine) = &n.embedded else { continue };
+            if engine.faults().fail {
+                // A failing engine answers nothing; its head is checked once it is cleared.
+                continue;
+            }
+            let (h, hash) = self.engine_head(i).expect("node has an embedded engine");
+            if h == 0 {
+                assert_eq!(
+                    hash,
+                    engine.genesis_hash(),
+                    "S3: {} engine head at height 0 is not its genesis",
+                    m.id
+                );
+                continue;
+            }
+            let committed = std::iter::once(i)
+                .chain((0..self.members.len()).filter(|&j| j != i))
+                .filter_map(|j| self.members[j].node.as_ref())
+                .find_map(|other| {
+                    other
+                        .blocks
+                        .block(haseq_messages::Height(h))
+                        .expect("read block")
+                });
+            let committed = committed.unwrap_or_else(|| {
+                panic!(
+                    "S3: {} engine head {h} {hash} is above every running node's committed chain",
+                    m.id
+                )
+            });
+            assert_eq!(
+                hash, committed.hash,
+                "S3: {} engine head at height {h} is not the committed block",
+                m.id
+            );
+        }
+    }
+
+    /// Node `i`'s embedded engine head `(height, hash)`, read from the engine itself; `None`
+    /// when the node is down or drives no embedded engine.
+    pub fn engine_head(&self, i: usize) -> Option<(u64, haseq_messages::BlockHash)> {
+        use futures::FutureExt as _;
+        use haseq_engine::ExecutionEngine as _;
+        let engine = self.members[i].node.as_ref()?.embedded.as_ref()?;
+        // The embedded engine answers `head` from a read transaction, without awaiting.
+        let (h, hash) = engine
+            .head()
+            .now_or_never()
+            .expect("the embedded engine's head() completes at once")
+            .unwrap_or_else(|e| panic!("{} engine head: {e}", self.members[i].id));
+        Some((h.0, hash))
+    }
+
+    /// Node `i`'s applied height (its block store's head).
+    pub fn applied_height(&self, i: usize) -> u64 {
+        self.node(i).blocks.head().expect("read head").height.0
+    }
+
+    /// The highest applied height among running nodes.
+    pub fn top_applied(&self) -> u64 {
+        (0..self.members.len())
+            .filter(|&i| self.members[i].node.is_some())
+            .map(|i| self.applied_height(i))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The execution status node `i`'s ExecReplayer last published.
+    pub fn exec_status(&self, i: usize) -> haseq_actors::exec_replayer::ExecStatus {
+        self.node(i).exec.borrow().clone()
+    }
+
+    /// Wait until every running node has applied at least `height` and its engine's head is at
+    /// or above it (every engine replayed it). Returns the lowest engine height then.
+    pub async fn wait_engines_reach(&self, height: u64, deadline: Duration) -> u64 {
+        wait_until(
+            deadline,
+            &format!("every running engine at height >= {height}"),
+            || async {
+                let mut low = u64::MAX;
+                let mut seen = Vec::new();
+                for (i, m) in self.members.iter().enumerate() {
+                    if m.node.is_none() {
+                        continue;
+                    }
+                    let eh = self.engine_head(i).map(|(h, _)| h).unwrap_or(0);
+                    let ah = self.applied_height(i);
+                    seen.push(format!("{}: applied {ah} engine {eh}", m.id));
+                    low = low.min(eh.min(ah));
+                }
+                if low != u64::MAX && low >= height {
+                    Ok(low)
+                } else {
+                    Err(seen.join(", "))
+                }
+            },
+        )
+        .await
+    }
+}
+
+/// Turn block production on (`node.aggregator`) at `block_time`: use inside the `tune` of
+/// [`Cluster::start_configured`]. The harness default leaves production off.
+pub fn enable_production(s: &mut NodeSettings, block_time: Duration) {
+    s.aggregator = true;
+    s.block_time = block_time;
+}
+
+/// The seed of a randomised test: `HASEQ_TEST_SEED` or a drawn one, printed first.
+pub fn test_seed() -> u64 {
+    let seed = std::env::var("HASEQ_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    println!("HASEQ_TEST_SEED={seed}");
+    seed
 }
 
 /// Poll `cond` until it gives `Ok` or `deadline` passes; then panic with `what` and the last
