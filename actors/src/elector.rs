@@ -13,7 +13,7 @@
 //! - eligible while exec lag <= `max_exec_lag_blocks`, the engine is healthy and on the
 //!   committed chain, and the node is not paused; an ineligible node turns its election timer
 //!   off, and voters refuse candidates that lag the best execution height they know;
-//! - when no node is eligible for [`RELAX_AFTER`], the most caught-up node becomes eligible, so
+//! - when the cluster has no live leader for [`RELAX_AFTER`], the most caught-up node becomes eligible, so
 //!   a cluster whose engines all lag still elects;
 //! - a leader produces only while its lease holds (last quorum ack younger than
 //!   `leader_lease_timeout`), it is not paused, and it is not handing over;
@@ -48,7 +48,7 @@ pub const TICK: Duration = Duration::from_millis(20);
 pub const PEER_POLL: Duration = Duration::from_millis(100);
 /// A peer's status older than this no longer counts.
 pub const PEER_STALE: Duration = Duration::from_secs(1);
-/// With no eligible node for this long, the most caught-up node becomes eligible.
+/// With no live leader for this long, the most caught-up node becomes eligible.
 pub const RELAX_AFTER: Duration = Duration::from_secs(2);
 /// The least time between two leadership transfers this node starts.
 pub const TRANSFER_SPACING: Duration = Duration::from_secs(1);
@@ -190,7 +190,8 @@ pub struct Elector {
     paused: bool,
     handing_over: bool,
     elect_enabled: Option<bool>,
-    no_eligible_since: Option<Instant>,
+    /// Since when no live leader is known (see `tick`).
+    leaderless_since: Option<Instant>,
     unhealthy_since: Option<Instant>,
     behind_since: Option<Instant>,
     last_transfer: Option<Instant>,
@@ -222,7 +223,7 @@ impl Elector {
             paused,
             handing_over: false,
             elect_enabled: None,
-            no_eligible_since: None,
+            leaderless_since: None,
             unhealthy_since: None,
             behind_since: None,
             last_transfer: None,
@@ -318,37 +319,49 @@ impl Elector {
             .max()
             .unwrap_or(0);
 
-        // No deadlock: nobody eligible for a while -> the most caught-up healthy node leads.
-        let anyone = strict || self.fresh_peers().any(|(_, s)| s.eligible);
+        // No deadlock: when the cluster has had no live leader for RELAX_AFTER, whatever the
+        // reason (no node eligible; or the eligible ones cannot win because a voter with a
+        // longer Raft log refuses them), the most caught-up node becomes eligible and the vote
+        // gate is lifted. A leader is live if it is us, or a fresh peer that says it leads.
+        let leader_alive = is_leader
+            || self
+                .fresh_peers()
+                .any(|(_, s)| s.is_leader && s.term >= m.current_term);
+        let anyone = leader_alive;
         let now = Instant::now();
         if anyone {
-            self.no_eligible_since = None;
+            self.leaderless_since = None;
         } else {
-            self.no_eligible_since.get_or_insert(now);
+            self.leaderless_since.get_or_insert(now);
         }
         // "Most caught up" puts the Raft log first: only a node with the longest log can win.
+        // A healthy engine ranks first; with every engine sick, a leader is still elected (so
+        // production resumes the moment an engine recovers).
+        let healthy = exec.healthy && !exec.on_other_chain;
         let mine = (
+            healthy,
             last_log,
             exec.exec_height,
             std::cmp::Reverse(&self.d.node_id),
         );
         let most_caught_up = self
             .fresh_peers()
-            .filter(|(_, s)| s.healthy && !s.paused)
+            .filter(|(_, s)| !s.paused)
             .all(|(id, s)| {
-                (
+                let theirs = (
+                    s.healthy,
                     (s.last_log_term, s.last_log_index),
                     s.exec_height,
                     std::cmp::Reverse(id),
-                ) < mine
+                );
+                theirs < mine
             });
         let relaxed = !strict
             && !self.paused
-            && exec.healthy
             && !exec.on_other_chain
             && most_caught_up
             && self
-                .no_eligible_since
+                .leaderless_since
                 .is_some_and(|t| t.elapsed() >= RELAX_AFTER);
         let eligible = strict || relaxed;
         if self.elect_enabled != Some(eligible) {
@@ -357,7 +370,7 @@ impl Elector {
             if eligible && relaxed {
                 tracing::warn!(
                     exec_height = exec.exec_height,
-                    "no node eligible for {RELAX_AFTER:?}: eligible as the most caught-up node"
+                    "no live leader for {RELAX_AFTER:?}: eligible as the most caught-up node"
                 );
             } else if eligible {
                 tracing::info!("eligible to lead");
@@ -395,6 +408,10 @@ impl Elector {
             if may_transfer && !self.handing_over {
                 let why = if self.paused {
                     Some("paused")
+                } else if !strict && lag > self.d.max_exec_lag_blocks {
+                    // Led only because no one else could win (relaxed, or before the others'
+                    // logs caught up): hand over as soon as an eligible peer exists.
+                    Some("engine lags past max_exec_lag_blocks")
                 } else if self
                     .unhealthy_since
                     .is_some_and(|t| t.elapsed() >= self.d.unhealthy_leader_grace)
@@ -470,11 +487,11 @@ impl Elector {
             })
             .collect();
         let ineligible_reason = if eligible { None } else { reason.clone() };
-        // The vote gate holds while some node is eligible, or only briefly none is; past
-        // RELAX_AFTER it is lifted so that the most caught-up node can win (no deadlock).
+        // The vote gate holds while a leader is live, or only briefly none is; past RELAX_AFTER
+        // without one it is lifted so that the most caught-up node can win (no deadlock).
         let gate_active = anyone
             || self
-                .no_eligible_since
+                .leaderless_since
                 .is_some_and(|t| t.elapsed() < RELAX_AFTER);
         self.d.view.send_replace(ElectorView {
             me,

@@ -27,6 +27,8 @@ use crate::supervisor::ExitGuard;
 
 /// The most blocks imported before the head is moved and read back.
 pub const REPLAY_BATCH_BLOCKS_MAX: u64 = 256;
+/// The longest a batch runs before the head is moved and published (a slow engine).
+pub const REPLAY_BATCH_TIME_MAX: Duration = Duration::from_millis(200);
 /// Wait after an engine error before trying again; doubled up to [`RETRY_DELAY_MAX`].
 const RETRY_DELAY_MIN: Duration = Duration::from_millis(50);
 /// The longest wait between attempts on a failing engine.
@@ -292,9 +294,13 @@ async fn step(
             Ok(Step::Idle)
         }
         Some(_) => {
-            // Behind: import the next batch from the block store, then move the head.
+            // Behind: say where the engine is (a slow batch must not leave the status unknown),
+            // import the next batch from the block store, then move the head.
+            publish(eh.0, ehash, false, None);
             let to = applied.height.0.min(eh.0 + REPLAY_BATCH_BLOCKS_MAX);
+            let batch_start = std::time::Instant::now();
             let mut last = None;
+            let mut last_height = eh.0;
             for h in eh.0 + 1..=to {
                 let Some(b) = blocks
                     .block(Height(h))
@@ -322,12 +328,16 @@ async fn step(
                     }
                 }
                 last = Some(b.hash);
+                last_height = h;
+                if batch_start.elapsed() >= REPLAY_BATCH_TIME_MAX {
+                    break;
+                }
             }
             if let Some(head) = last {
                 engine
                     .set_head(head, head, head)
                     .await
-                    .map_err(|e| format!("setting head to {to}: {e}"))?;
+                    .map_err(|e| format!("setting head to {last_height}: {e}"))?;
             }
             let (nh, nhash) = engine
                 .head()

@@ -156,6 +156,18 @@ fn now_secs() -> u64 {
 /// One production session: runs until cancelled or until Raft says we no longer lead.
 async fn produce(d: ProducerDeps, term: u64, cancel: CancellationToken) {
     let mut exec = d.exec.clone();
+    // A new leader's log may end with blocks of earlier terms that are committed (with its
+    // first entry) but not applied yet: building before they are applied builds on a head
+    // that is about to be superseded, and the proposal is rejected as stale. Wait until
+    // everything committed so far is applied (ReadIndex confirms leadership with a quorum).
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        r = d.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex) => {
+            if let Err(e) = r {
+                tracing::info!(term, error = %e, "cannot confirm leadership before producing");
+            }
+        }
+    }
     let mut next = tokio::time::Instant::now();
     let mut last_block_at: Option<Instant> = None;
     loop {

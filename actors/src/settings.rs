@@ -137,6 +137,9 @@ pub fn openraft_config(
         max_in_snapshot_log_to_keep: trailing_logs,
         replication_lag_threshold: trailing_logs.max(1),
         enable_pre_vote: Some(true),
+        // A leader of before a restart must win an election like anyone else: restoring it
+        // would bypass the eligibility gate (its engine may be far behind).
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     cfg.validate()
