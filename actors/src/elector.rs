@@ -50,6 +50,8 @@ pub const PEER_POLL: Duration = Duration::from_millis(100);
 pub const PEER_STALE: Duration = Duration::from_secs(1);
 /// With no live leader for this long, the most caught-up node becomes eligible.
 pub const RELAX_AFTER: Duration = Duration::from_secs(2);
+/// A transfer target must have answered a status poll within this long.
+pub const TRANSFER_TARGET_FRESH: Duration = Duration::from_millis(350);
 /// The least time between two leadership transfers this node starts.
 pub const TRANSFER_SPACING: Duration = Duration::from_secs(1);
 
@@ -242,8 +244,20 @@ impl Elector {
 
     /// The most caught-up eligible, healthy, unpaused fresh peer.
     fn best_peer(&self) -> Option<NodeId> {
+        // A transfer target must have answered within the last few polls: a peer that died a
+        // moment ago still counts as fresh for the eligibility rules, but handing it the
+        // leadership would leave the cluster leaderless for an election.
+        let answered_recently = |id: &NodeId| {
+            self.peers.get(id).is_some_and(|p| {
+                // The last poll must have succeeded (a failure leaves the old state in place).
+                p.error.is_none()
+                    && p.state
+                        .as_ref()
+                        .is_some_and(|(_, at)| at.elapsed() < TRANSFER_TARGET_FRESH)
+            })
+        };
         self.fresh_peers()
-            .filter(|(_, s)| s.eligible && s.healthy && !s.paused)
+            .filter(|(id, s)| s.eligible && s.healthy && !s.paused && answered_recently(id))
             .max_by(|a, b| {
                 a.1.exec_height
                     .cmp(&b.1.exec_height)
