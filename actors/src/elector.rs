@@ -777,6 +777,8 @@ pub fn cluster_head(
 /// execution height this node knows (its own or a fresh peer's). A candidate that reports no
 /// height is judged by its Raft log alone.
 pub fn vote_gate(view: watch::Receiver<ElectorView>) -> haseq_net::VoteGate {
+    // The highest term a refusal was logged for: one warning per term, not per retry.
+    let logged_term = Arc::new(std::sync::atomic::AtomicU64::new(0));
     Arc::new(move |c: &haseq_net::VoteCandidate<'_>| {
         let v = view.borrow();
         let Some(h) = c.exec_height else { return true };
@@ -787,6 +789,14 @@ pub fn vote_gate(view: watch::Receiver<ElectorView>) -> haseq_net::VoteGate {
         if !ok {
             let kind = if c.pre_vote { "pre_vote" } else { "vote" };
             metrics::counter!("haseq_votes_refused_exec_lag_total", "kind" => kind).increment(1);
+            let term = c.req.vote.leader_id().term;
+            if logged_term.fetch_max(term, std::sync::atomic::Ordering::Relaxed) < term {
+                tracing::warn!(
+                    candidate = %c.from, term, exec_height = h, best_exec_height = v.best_exec_height,
+                    max_exec_lag_blocks = v.max_exec_lag_blocks,
+                    "refusing a lagging candidate's {kind} (logged once per term)"
+                );
+            }
         }
         ok
     })

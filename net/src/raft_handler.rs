@@ -72,7 +72,9 @@ where
         }
         let vote = self.raft.metrics().borrow_watched().vote.clone();
         let last_log = self.raft.data_metrics().borrow_watched().last_log;
-        tracing::info!(
+        // Per request at debug: the gate itself logs once per term (a refused candidate
+        // retries every few hundred milliseconds).
+        tracing::debug!(
             candidate = %candidate.from, exec_height = ?candidate.exec_height,
             pre_vote = candidate.pre_vote, "vote refused by the gate"
         );
