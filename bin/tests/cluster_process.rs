@@ -7,223 +7,30 @@
 //! config files, environment, signals and HTTP API, as an operator would. The failover time
 //! (kill to a new leader every live node agrees on) is printed as min / median / max.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use haseq_actors::http_client;
 
-const SECRET_HEX: &str = "6861736571206d756c74692d70726f636573732074657374207365637265742121";
+mod procs;
+
+use procs::{Procs as Cluster, SECRET_HEX};
+
 const KILLS: usize = 20;
 
-struct Proc {
-    id: String,
-    raft_port: u16,
-    api_port: u16,
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-/// Stops every process it started, whatever happens to the test.
-struct Cluster {
-    dir: tempfile::TempDir,
-    secret: PathBuf,
-    nodes: Vec<Proc>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn guide_config(n: &Proc, peers: &str, raft_dir: &Path) -> String {
-    format!(
-        r#"# evnode.yaml - paste this raft section into every node's config
-node:
-  aggregator: true
-raft:
-  enable: true
-  node_id: "{id}" # unique per node
-  raft_addr: "127.0.0.1:{rp}"
-  raft_dir: "{dir}" # must be persistent
-  # Remote peers list - different on every node
-  peers: >-
-{peers}
-  # Timing - tuned for RTT_MAX <= 25ms
-  heartbeat_timeout: "92ms"
-  election_timeout: "368ms"
-  leader_lease_timeout: "46ms"
-  send_timeout: "50ms"
-  # Log retention
-  trailing_logs: 18000
-  snapshot_threshold: 5000
-  snap_count: 3
-api:
-  addr: "127.0.0.1:{ap}"
-"#,
-        id = n.id,
-        rp = n.raft_port,
-        ap = n.api_port,
-        dir = raft_dir.display(),
-    )
-}
-
-impl Cluster {
-    fn new(size: usize) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("cluster.secret");
-        std::fs::write(&secret, format!("{SECRET_HEX}\n")).unwrap();
-        let mut nodes: Vec<Proc> = (1..=size)
-            .map(|i| Proc {
-                id: format!("node-{i}"),
-                raft_port: free_port(),
-                api_port: free_port(),
-                config: dir.path().join(format!("node-{i}.yaml")),
-                log: dir.path().join(format!("node-{i}.log")),
-                child: None,
-            })
-            .collect();
-        let all: Vec<(String, u16)> = nodes.iter().map(|n| (n.id.clone(), n.raft_port)).collect();
-        for n in &mut nodes {
-            let peers: Vec<String> = all
-                .iter()
-                .filter(|(id, _)| *id != n.id)
-                .map(|(id, p)| format!("    {id}@127.0.0.1:{p}"))
-                .collect();
-            let text = guide_config(n, &peers.join(",\n"), &dir.path().join(&n.id));
-            std::fs::write(&n.config, text).unwrap();
-        }
-        Cluster { dir, secret, nodes }
-    }
-
-    fn start(&mut self, i: usize) {
-        let n = &mut self.nodes[i];
-        assert!(n.child.is_none());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&n.log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_haseqd"))
-            .args(["run", "--config"])
-            .arg(&n.config)
-            .env("HASEQ_RAFT__SECRET_FILE", &self.secret)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        n.child = Some(child);
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.nodes[i].child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    fn api(&self, i: usize) -> String {
-        format!("127.0.0.1:{}", self.nodes[i].api_port)
-    }
-
-    fn status(&self, i: usize) -> Option<serde_json::Value> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let r = rt
-            .block_on(http_client::request(
-                &self.api(i),
-                "GET",
-                "/status",
-                None,
-                Duration::from_millis(500),
-            ))
-            .ok()?;
-        (r.status == 200)
-            .then(|| serde_json::from_str(&r.body).ok())
-            .flatten()
-    }
-
-    /// The index of the one node every running node agrees leads, with its term.
-    fn leader(&self) -> Option<(usize, u64)> {
-        let running: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].child.is_some())
-            .collect();
-        let st: Vec<(usize, serde_json::Value)> = running
-            .iter()
-            .filter_map(|&i| self.status(i).map(|s| (i, s)))
-            .collect();
-        if st.len() != running.len() {
-            return None;
-        }
-        let leaders: Vec<&(usize, serde_json::Value)> =
-            st.iter().filter(|(_, s)| s["role"] == "leader").collect();
-        let [(li, ls)] = leaders.as_slice() else {
-            return None;
-        };
-        let id = &self.nodes[*li].id;
-        st.iter()
-            .all(|(_, s)| s["leader_id"] == id.as_str())
-            .then(|| (*li, ls["term"].as_u64().unwrap_or(0)))
-    }
-
-    fn tail_logs(&self) -> String {
-        let mut out = String::new();
-        for n in &self.nodes {
-            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(10).collect();
-            out += &format!(
-                "--- {}:\n{}\n",
-                n.id,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        out
-    }
-}
-
-fn wait<T>(deadline: Duration, what: &str, c: &Cluster, mut f: impl FnMut() -> Option<T>) -> T {
-    let t = Instant::now();
-    for _ in 0..100_000 {
-        if let Some(v) = f() {
-            return v;
-        }
-        if t.elapsed() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!(
-        "timed out after {deadline:?} waiting for {what}\n{}",
-        c.tail_logs()
-    );
+/// Three nodes with the guide's recommended block (plus a 1 s block time, the default).
+fn guide_cluster() -> Cluster {
+    Cluster::new(3, "1s", "")
 }
 
 #[test]
 fn three_processes_fail_over_twenty_times() {
-    let mut c = Cluster::new(3);
+    let mut c = guide_cluster();
     for i in 0..3 {
         c.start(i);
     }
     let t0 = Instant::now();
-    let (mut leader, mut term) = wait(Duration::from_secs(15), "a first leader", &c, || c.leader());
+    let (mut leader, mut term) = c.wait(Duration::from_secs(15), "a first leader", || c.leader());
     eprintln!(
         "first election after {:?}: {} term {term}",
         t0.elapsed(),
@@ -236,10 +43,9 @@ fn three_processes_fail_over_twenty_times() {
     for round in 0..KILLS {
         let t = Instant::now();
         c.kill(leader);
-        let (new, new_term) = wait(
+        let (new, new_term) = c.wait(
             Duration::from_secs(10),
             "a new leader after SIGKILL",
-            &c,
             || c.leader(),
         );
         let gap = t.elapsed();
@@ -253,10 +59,9 @@ fn three_processes_fail_over_twenty_times() {
         // The killed node comes back with its log and follows the new leader.
         c.start(leader);
         let new_id = c.nodes[new].id.clone();
-        wait(
+        c.wait(
             Duration::from_secs(10),
             "the restarted node to follow",
-            &c,
             || {
                 let s = c.status(leader)?;
                 (s["role"] == "follower" && s["leader_id"] == new_id.as_str()).then_some(())
@@ -285,7 +90,7 @@ fn three_processes_fail_over_twenty_times() {
 
 #[test]
 fn bad_configurations_exit_2_naming_the_key() {
-    let c = Cluster::new(3);
+    let c = guide_cluster();
     let good = std::fs::read_to_string(&c.nodes[0].config).unwrap();
     let own = format!("    node-1@127.0.0.1:{},\n", c.nodes[0].raft_port);
     let cases: Vec<(&str, String, &str)> = vec![
@@ -395,11 +200,11 @@ fn forge_vote(addr: &str, target: &str, as_id: &str, secret: &[u8]) -> Result<()
 
 #[test]
 fn peers_without_the_cluster_secret_or_membership_are_refused() {
-    let mut c = Cluster::new(3);
+    let mut c = guide_cluster();
     for i in 0..3 {
         c.start(i);
     }
-    let (leader, term) = wait(Duration::from_secs(15), "a first leader", &c, || c.leader());
+    let (leader, term) = c.wait(Duration::from_secs(15), "a first leader", || c.leader());
     let target = c.nodes[leader].id.clone();
     let addr = format!("127.0.0.1:{}", c.nodes[leader].raft_port);
 
