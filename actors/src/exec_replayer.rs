@@ -299,8 +299,6 @@ async fn step(
             publish(eh.0, ehash, false, None);
             let to = applied.height.0.min(eh.0 + REPLAY_BATCH_BLOCKS_MAX);
             let batch_start = std::time::Instant::now();
-            let mut last = None;
-            let mut last_height = eh.0;
             for h in eh.0 + 1..=to {
                 let Some(b) = blocks
                     .block(Height(h))
@@ -314,30 +312,29 @@ async fn step(
                     );
                     return Ok(Step::Idle);
                 };
-                match engine
-                    .new_payload(&b.payload)
-                    .await
-                    .map_err(|e| format!("importing block {h}: {e}"))?
-                {
-                    haseq_engine::PayloadStatus::Valid | haseq_engine::PayloadStatus::Syncing => {}
-                    haseq_engine::PayloadStatus::Invalid { reason } => {
-                        return Err(format!(
-                            "engine refused committed block {h} {}: {reason}",
-                            b.hash
-                        ));
-                    }
+                // The batch's last block (its end, or the time bound reached) is imported and
+                // made the head in one call: one engine write per block in steady state.
+                let last = h == to || batch_start.elapsed() >= REPLAY_BATCH_TIME_MAX;
+                let status = if last {
+                    engine
+                        .import_and_set_head(&b.payload, b.hash)
+                        .await
+                        .map_err(|e| format!("importing block {h} as the head: {e}"))?
+                } else {
+                    engine
+                        .new_payload(&b.payload)
+                        .await
+                        .map_err(|e| format!("importing block {h}: {e}"))?
+                };
+                if let haseq_engine::PayloadStatus::Invalid { reason } = status {
+                    return Err(format!(
+                        "engine refused committed block {h} {}: {reason}",
+                        b.hash
+                    ));
                 }
-                last = Some(b.hash);
-                last_height = h;
-                if batch_start.elapsed() >= REPLAY_BATCH_TIME_MAX {
+                if last {
                     break;
                 }
-            }
-            if let Some(head) = last {
-                engine
-                    .set_head(head, head, head)
-                    .await
-                    .map_err(|e| format!("setting head to {last_height}: {e}"))?;
             }
             let (nh, nhash) = engine
                 .head()

@@ -171,9 +171,15 @@ async fn produce(d: ProducerDeps, term: u64, cancel: CancellationToken) {
     let mut next = tokio::time::Instant::now();
     let mut last_block_at: Option<Instant> = None;
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep_until(next) => {}
+        // A deadline already reached is not slept on: tokio's timer rounds up to its next
+        // millisecond tick, which would add up to a millisecond to every block at block_time 0.
+        if next > tokio::time::Instant::now() {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(next) => {}
+            }
+        } else if cancel.is_cancelled() {
+            return;
         }
         // Never burst to catch up after a stall: the next slot is one block_time from now.
         next = (next + d.block_time).max(tokio::time::Instant::now());

@@ -57,6 +57,27 @@ pub trait ExecutionEngine: Send + Sync {
         finalized: BlockHash,
     ) -> EngineFuture<'_, ()>;
 
+    /// Imports one payload and makes it canonical with head = safe = finalized: `newPayload`
+    /// then `forkchoiceUpdated`, as one step where the engine can do it in one (the embedded
+    /// engine writes both in one transaction). `head` is the payload's block hash. Returns the
+    /// import's status; the head moves only when it is not `Invalid`.
+    ///
+    /// # Errors
+    /// As [`ExecutionEngine::new_payload`] and [`ExecutionEngine::set_head`].
+    fn import_and_set_head<'a>(
+        &'a self,
+        encoded: &'a [u8],
+        head: BlockHash,
+    ) -> EngineFuture<'a, PayloadStatus> {
+        Box::pin(async move {
+            let status = self.new_payload(encoded).await?;
+            if !matches!(status, PayloadStatus::Invalid { .. }) {
+                self.set_head(head, head, head).await?;
+            }
+            Ok(status)
+        })
+    }
+
     /// The engine's canonical head, read back from the engine.
     ///
     /// # Errors

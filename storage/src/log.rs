@@ -1,14 +1,16 @@
 //! The Raft log and Raft's own durable state (vote, committed, last purged): [`LogStore`].
 //!
-//! Every write goes through the writer thread (one write transaction, one fsync). An `append`
-//! returns once its transaction has committed, so its entries are readable by every reader
-//! handle when it returns, and the `IOFlushed` callback fires then, after the commit.
+//! Every write goes through the writer thread, one write transaction each. An `append` queues
+//! its transaction and returns: its entries are readable at once by every reader handle (from
+//! the in-memory tail until their transaction has committed), and the `IOFlushed` callback
+//! fires from the writer once the transaction is durable (a full LMDB commit). The leader thus
+//! replicates an entry while its own flush is under way, instead of after it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::Stream;
@@ -24,7 +26,7 @@ use crate::env::{self, Dbs, LmdbEnv};
 use crate::error::StorageError;
 use crate::metrics::LOG_APPEND_SECONDS;
 use crate::records::{decode_rec, encode_rec, meta_key};
-use crate::writer::Writer;
+use crate::writer::{Durability, Writer};
 
 /// Most entries one `limited_get_log_entries` call returns, and the chunk size of
 /// `entries_stream`, so that replication and re-apply never load an unbounded range at once.
@@ -36,6 +38,13 @@ pub struct LogStore {
     writer: Arc<Writer>,
     env: LmdbEnv,
     dbs: Dbs,
+    /// The newest committed log id openraft saved in this process (`None`: none saved yet).
+    /// It reaches the disk with the next write transaction (see `save_committed`).
+    committed: Arc<Mutex<Option<Option<LogIdOf<TC>>>>>,
+    /// The tail: entries appended whose transaction has not committed yet, by index. Readers
+    /// see them at once (openraft replicates an entry as soon as `append` returns); each
+    /// leaves the tail once its transaction has committed.
+    tail: Arc<Mutex<BTreeMap<u64, EntryOf<TC>>>>,
 }
 
 impl Debug for LogStore {
@@ -123,7 +132,13 @@ fn put_meta(
 
 impl LogStore {
     pub(crate) fn new(writer: Arc<Writer>, env: LmdbEnv, dbs: Dbs) -> Self {
-        LogStore { writer, env, dbs }
+        LogStore {
+            writer,
+            env,
+            dbs,
+            committed: Arc::default(),
+            tail: Arc::default(),
+        }
     }
 
     /// A backfill handle sharing this store's writer.
@@ -142,8 +157,41 @@ impl LogStore {
         f(&rtxn)
     }
 
-    /// Reads the entries in `range` in one read transaction, refusing a hole inside it.
+    /// Reads the entries in `range`: the tail's, then the rest from one read transaction;
+    /// refuses a hole inside the range.
     fn read_range(
+        &self,
+        range: (Bound<u64>, Bound<u64>),
+    ) -> Result<Vec<EntryOf<TC>>, StorageError> {
+        // The tail first: an entry leaves it only after its transaction committed, so one
+        // missing from this copy is in the read transaction opened after it.
+        let tail: Vec<EntryOf<TC>> = lock(&self.tail)
+            .range(range)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let mut out = self.read_stored(range)?;
+        for e in tail {
+            match out.last() {
+                Some(last) if last.index() >= e.index() => {
+                    // Committed meanwhile: the stored copy is the same entry.
+                    if let Ok(pos) = out.binary_search_by_key(&e.index(), |x| x.index()) {
+                        out[pos] = e;
+                    }
+                }
+                Some(last) if last.index() + 1 != e.index() => {
+                    return Err(StorageError::LogHole {
+                        expected: last.index() + 1,
+                        got: e.index(),
+                    });
+                }
+                _ => out.push(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads the stored entries in `range` in one read transaction, refusing a hole inside it.
+    fn read_stored(
         &self,
         range: (Bound<u64>, Bound<u64>),
     ) -> Result<Vec<EntryOf<TC>>, StorageError> {
@@ -182,9 +230,11 @@ impl LogStore {
     /// # Errors
     /// On an LMDB failure or a corrupt record.
     pub fn log_state(&self) -> Result<LogState<TC>, StorageError> {
+        let tail_last = lock(&self.tail).values().next_back().map(|e| e.log_id());
         self.read(|txn| {
             let last_purged_log_id = read_last_purged(txn, &self.dbs)?;
-            let last_log_id = read_last_entry_id(txn, &self.dbs)?.or(last_purged_log_id);
+            let stored_last = read_last_entry_id(txn, &self.dbs)?;
+            let last_log_id = tail_last.or(stored_last).or(last_purged_log_id);
             Ok(LogState {
                 last_purged_log_id,
                 last_log_id,
@@ -211,50 +261,111 @@ impl LogStore {
         self.read(|txn| read_vote(txn, &self.dbs))
     }
 
-    /// The saved committed log id.
+    /// The saved committed log id: the newest one saved in this process, else the one on disk.
     ///
     /// # Errors
     /// On an LMDB failure or a corrupt record.
     pub fn committed(&self) -> Result<Option<LogIdOf<TC>>, StorageError> {
-        self.read(|txn| read_committed(txn, &self.dbs))
+        let saved = *lock(&self.committed);
+        match saved {
+            Some(c) => Ok(c),
+            None => self.read(|txn| read_committed(txn, &self.dbs)),
+        }
     }
 
-    async fn do_append(&self, entries: Vec<EntryOf<TC>>) -> Result<(), StorageError> {
+    /// Appends `entries`: they are readable when this returns (from the tail until their
+    /// transaction has committed), and `durable` is called from the writer thread once that
+    /// transaction is durable, or with the error that stopped it.
+    async fn do_append(
+        &self,
+        entries: Vec<EntryOf<TC>>,
+        durable: impl FnOnce(Result<(), String>) + Send + 'static,
+    ) -> Result<(), StorageError> {
         let Some(first) = entries.first().map(|e| e.index()) else {
+            durable(Ok(()));
             return Ok(());
         };
+        let refuse = |e: StorageError, durable: Box<dyn FnOnce(Result<(), String>) + Send>| {
+            durable(Err(e.to_string()));
+            Err(e)
+        };
+        let durable: Box<dyn FnOnce(Result<(), String>) + Send> = Box::new(durable);
+        // No hole, ever: openraft only looks at the last log id, so a gap would go unnoticed
+        // until an entry in it is read back. Checked here against the tail (so the caller
+        // hears of it at once) and again in the transaction against what is on disk.
+        let tail_next = lock(&self.tail).keys().next_back().map(|i| i + 1);
+        let expected = match tail_next {
+            Some(n) => Some(n),
+            None => self.read(|txn| next_index(txn, &self.dbs))?,
+        };
+        if let Some(expected) = expected
+            && first != expected
+        {
+            return refuse(
+                StorageError::LogNotContiguous {
+                    expected,
+                    got: first,
+                },
+                durable,
+            );
+        }
         let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
             let expected = first + i as u64;
             if e.index() != expected {
+                return refuse(
+                    StorageError::LogNotContiguous {
+                        expected,
+                        got: e.index(),
+                    },
+                    durable,
+                );
+            }
+            match encode_rec("log entry", e) {
+                Ok(bytes) => batch.push((e.index(), bytes)),
+                Err(err) => return refuse(err, durable),
+            }
+        }
+        let ids: Vec<LogIdOf<TC>> = entries.iter().map(|e| e.log_id()).collect();
+        lock(&self.tail).extend(entries.into_iter().map(|e| (e.index(), e)));
+        let tail = self.tail.clone();
+        let done = move |res: Result<(), StorageError>| {
+            // Committed (or refused): the tail need not hold them any longer. A reader takes
+            // the tail before its read transaction, so it finds them in one or the other.
+            let mut t = lock(&tail);
+            for id in &ids {
+                if t.get(&id.index).is_some_and(|e| e.log_id() == *id) {
+                    t.remove(&id.index);
+                }
+            }
+            drop(t);
+            durable(res.map_err(|e| e.to_string()));
+        };
+        let job = move |wtxn: &mut RwTxn<'_>, dbs: &Dbs| {
+            if let Some(expected) = next_index(wtxn, dbs)?
+                && first != expected
+            {
                 return Err(StorageError::LogNotContiguous {
                     expected,
-                    got: e.index(),
+                    got: first,
                 });
             }
-            batch.push((e.index(), encode_rec("log entry", e)?));
-        }
+            for (index, bytes) in &batch {
+                dbs.log
+                    .put(wtxn, index, bytes)
+                    .map_err(StorageError::lmdb("log: put entry"))?;
+            }
+            Ok(())
+        };
         self.writer
-            .write("log: append", move |wtxn, dbs| {
-                // No hole, ever: openraft only looks at the last log id, so a gap would go
-                // unnoticed until an entry in it is read back.
-                if let Some(expected) = next_index(wtxn, dbs)?
-                    && first != expected
-                {
-                    return Err(StorageError::LogNotContiguous {
-                        expected,
-                        got: first,
-                    });
-                }
-                for (index, bytes) in &batch {
-                    dbs.log
-                        .put(wtxn, index, bytes)
-                        .map_err(StorageError::lmdb("log: put entry"))?;
-                }
-                Ok(())
-            })
+            .submit("log: append", Durability::Full, job, done)
             .await
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain data (a map, a pointer): a panic while it was held leaves it consistent.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl RaftLogReader<TC> for LogStore {
@@ -349,13 +460,17 @@ impl RaftLogStorage<TC> for LogStore {
         Ok(())
     }
 
+    /// Not a transaction of its own: the pointer rides in the next write transaction (the
+    /// apply of these very entries follows at once), so committing costs no extra flush.
+    /// openraft treats the saved pointer as a hint (it re-applies up to it on start-up and
+    /// learns the rest from the leader); what reached the disk only ever grows, since writes
+    /// commit in order.
     async fn save_committed(&mut self, committed: Option<LogIdOf<TC>>) -> Result<(), io::Error> {
         let bytes = encode_rec("committed log id", &committed)?;
-        self.writer
-            .write("meta: save committed", move |wtxn, dbs| {
-                put_meta(wtxn, dbs, meta_key::COMMITTED, &bytes)
-            })
-            .await?;
+        *lock(&self.committed) = Some(committed);
+        self.writer.defer("meta: save committed", move |wtxn, dbs| {
+            put_meta(wtxn, dbs, meta_key::COMMITTED, &bytes)
+        });
         Ok(())
     }
 
@@ -371,19 +486,19 @@ impl RaftLogStorage<TC> for LogStore {
         let started = Instant::now();
         let entries: Vec<EntryOf<TC>> = entries.into_iter().collect();
         let n = entries.len();
-        match self.do_append(entries).await {
+        // Returns once the entries are readable; `callback` fires from the writer thread once
+        // they are durable (or with the error that stops them being so).
+        let durable = move |res: Result<(), String>| match res {
             Ok(()) => {
                 metrics::histogram!(LOG_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
-                // Committed (fsynced) by the writer before `do_append` returned.
                 callback.io_completed(Ok(()));
-                Ok(())
             }
             Err(e) => {
                 tracing::error!(error = %e, entries = n, "log append failed");
-                callback.io_completed(Err(io::Error::other(e.to_string())));
-                Err(e.into())
+                callback.io_completed(Err(io::Error::other(e)));
             }
-        }
+        };
+        Ok(self.do_append(entries, durable).await?)
     }
 
     /// Keeps `last_log_id` and deletes every later entry; `None` deletes them all.
@@ -392,6 +507,9 @@ impl RaftLogStorage<TC> for LogStore {
             Some(id) => Bound::Excluded(id.index),
             None => Bound::Unbounded,
         };
+        // Entries still in the tail go at once; their queued transactions commit before this
+        // one, which deletes them from disk.
+        lock(&self.tail).retain(|i, _| last_log_id.as_ref().is_some_and(|id| *i <= id.index));
         self.writer
             .write("log: truncate", move |wtxn, dbs| {
                 let range = (from, Bound::Unbounded);

@@ -25,13 +25,13 @@ use crate::error::StorageError;
 use crate::metrics::{APPLIED_HEIGHT, PROPOSALS_REJECTED_TOTAL, SNAPSHOT_INSTALLS_TOTAL};
 use crate::records::{Head, SnapshotFile, encode_rec, sm_key};
 use crate::snapshot::{self, SnapshotBuilder, SnapshotDir};
-use crate::writer::Writer;
+use crate::writer::{Durability, Writer};
 
 /// Most entries applied in one write transaction. Bounds the transaction's size and how long
 /// the first entry's client waits for the batch's commit.
 pub const APPLY_BATCH_ENTRIES_MAX: usize = 1024;
 
-/// What the rest of the node sees of the state machine after each durable change.
+/// What the rest of the node sees of the state machine after each committed change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppliedState {
     /// The last applied log id.
@@ -147,8 +147,8 @@ impl StateMachineStore {
         }
     }
 
-    /// Watch the applied state: a new value is published after each durable apply batch and
-    /// snapshot install (never before the commit).
+    /// Watch the applied state: a new value is published after each apply batch and snapshot
+    /// install has committed (never before).
     pub fn subscribe(&self) -> watch::Receiver<AppliedState> {
         self.applied_tx.subscribe()
     }
@@ -184,9 +184,11 @@ impl StateMachineStore {
 
     /// Applies `entries` in one write transaction; returns each entry's outcome once committed.
     async fn apply_batch(&self, entries: Vec<EntryOf<TC>>) -> Result<BatchResult, StorageError> {
+        // Data-only durability: a power loss may undo the last applies (never corrupt them);
+        // openraft re-applies them from the durable log. See `writer`.
         let res = self
             .writer
-            .write("sm: apply", move |wtxn, dbs| {
+            .write_with("sm: apply", Durability::DataOnly, move |wtxn, dbs| {
                 let mut applied = read_applied(wtxn, dbs)?;
                 let mut membership: Option<StoredMembershipOf<TC>> = None;
                 let mut head = read_head(wtxn, dbs)?;

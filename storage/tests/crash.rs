@@ -2,7 +2,9 @@
 //!
 //! Goal: whatever moment the process dies, the reopened log is contiguous with no torn entry,
 //! every append the store acknowledged as durable is there, and the vote, the committed id and
-//! the purge pointer never go backwards.
+//! the purge pointer never go backwards. The committed id is advisory and rides in the next
+//! write transaction (see `LogStore::save_committed`): the one that must survive is the newest
+//! saved before a write that was then acknowledged.
 //! Method: this test binary re-executes itself (`--exact <this test>`) with
 //! `HASEQ_CRASH_CHILD_DIR` set; the child appends batches of entries (some large, spanning
 //! many pages), raises its vote, saves committed ids and now and then purges, printing each
@@ -111,12 +113,20 @@ fn child(dir: &Path) {
 
         let started = Instant::now();
         let mut round = 0u64;
+        // A committed id saved but not yet carried by an acknowledged write.
+        let mut riding: Option<u64> = None;
+        let carried = |riding: &mut Option<u64>| {
+            if let Some(c) = riding.take() {
+                say(&format!("COMMITTED {c}"));
+            }
+        };
         while started.elapsed() < CHILD_RUN_MAX {
             if round.is_multiple_of(4) {
                 term += 1;
                 let vote = VoteOf::<TC>::new(term, NodeId::from(1u64));
                 log.save_vote(&vote).await.expect("child: save vote");
                 say(&format!("VOTE {term}"));
+                carried(&mut riding);
             }
             let n = rng.random_range(1..=BATCH_ENTRIES_MAX);
             let entries: Vec<EntryOf<TC>> =
@@ -130,12 +140,13 @@ fn child(dir: &Path) {
                 .expect("child: append not durable");
             next += n;
             say(&format!("DURABLE {}", next - 1));
+            carried(&mut riding);
 
             let committed = next - 1 - rng.random_range(0..n);
             log.save_committed(Some(log_id(term, committed)))
                 .await
                 .expect("child: save committed");
-            say(&format!("COMMITTED {committed}"));
+            riding = Some(committed);
 
             if rng.random_ratio(1, 8) && committed > purged + 10 {
                 let upto = committed - 5;
@@ -143,6 +154,7 @@ fn child(dir: &Path) {
                 log.purge(id).await.expect("child: purge");
                 purged = upto;
                 say(&format!("PURGED {upto}"));
+                carried(&mut riding);
             }
             round += 1;
         }

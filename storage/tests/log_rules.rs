@@ -1,8 +1,9 @@
 //! Log store rules the openraft suite does not cover.
 //!
 //! Goal: an append that would leave a hole is refused (and reported through the callback), a
-//! failed write (LMDB map full) comes back to the caller as an `io::Error` and is never
-//! reported durable, and the purge pointer survives a reopen with an empty log.
+//! failed write (LMDB map full) comes back through the callback as an `io::Error` and is never
+//! reported durable nor left readable, and the purge pointer survives a reopen with an empty
+//! log.
 //! Method: drive `LogStore` through openraft's traits on a real store in a temp dir.
 
 use haseq_messages::{Block, BlockHash, Command, Height, NodeId, TC};
@@ -96,14 +97,16 @@ async fn a_failed_write_is_returned_not_swallowed() {
             vec![EntryOf::<TC>::new_normal(log_id(i), Command::Block(b))],
         )
         .await;
-        match r {
-            Ok(()) => assert!(f.is_ok(), "entry {i}: appended but callback failed"),
-            Err(e) => {
-                assert!(f.is_err(), "entry {i}: failed ({e}) but reported durable");
+        // `append` queues the write and returns; a write that fails later is reported
+        // through the callback (and never as durable).
+        match (r, f) {
+            (Ok(()), Ok(())) => {}
+            (Ok(()), Err(e)) => {
                 assert!(e.to_string().contains("LMDB"), "{e}");
                 failed_at = Some(i);
                 break;
             }
+            (Err(e), f) => panic!("entry {i}: refused at once ({e}); callback: {f:?}"),
         }
     }
     let failed_at = failed_at.expect("a 1 MiB map must fill up");
@@ -111,7 +114,7 @@ async fn a_failed_write_is_returned_not_swallowed() {
     assert_eq!(
         entries.len() as u64,
         failed_at - 1,
-        "the failed append left nothing behind"
+        "the failed append left nothing behind, on disk or in the readable tail"
     );
 }
 
@@ -146,4 +149,75 @@ async fn the_purge_pointer_survives_reopen_with_an_empty_log() {
     assert!(r.is_err(), "the next entry must be 6");
     let (r, _) = append(&mut log, vec![EntryOf::<TC>::new_blank(log_id(6))]).await;
     r.expect("append after purge");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_committed_pointer_is_read_back_at_once_and_reaches_disk_with_the_next_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut log = haseq_storage::open(dir.path(), opts(64 << 20))
+            .expect("open")
+            .log;
+        let entries = (1..=3)
+            .map(|i| EntryOf::<TC>::new_blank(log_id(i)))
+            .collect();
+        let (r, f) = append(&mut log, entries).await;
+        assert!(r.is_ok() && f.is_ok());
+        log.save_committed(Some(log_id(2))).await.expect("save");
+        // Read back at once, before any transaction carried it.
+        assert_eq!(log.read_committed().await.expect("read"), Some(log_id(2)));
+        // A newer value replaces the pending one; the next write carries it.
+        log.save_committed(Some(log_id(3))).await.expect("save");
+        let (r, _) = append(&mut log, vec![EntryOf::<TC>::new_blank(log_id(4))]).await;
+        r.expect("append");
+    }
+    let mut log = haseq_storage::open(dir.path(), opts(64 << 20))
+        .expect("reopen")
+        .log;
+    assert_eq!(
+        log.read_committed().await.expect("read"),
+        Some(log_id(3)),
+        "the pointer rode in the append's transaction"
+    );
+    // Saved but followed by no write: a reopen finds the last value that reached the disk,
+    // never a newer one and never nothing.
+    log.save_committed(Some(log_id(4))).await.expect("save");
+    drop(log);
+    let mut log = haseq_storage::open(dir.path(), opts(64 << 20))
+        .expect("reopen")
+        .log;
+    assert_eq!(log.read_committed().await.expect("read"), Some(log_id(3)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appended_entries_are_readable_when_append_returns_and_durable_when_the_callback_fires() {
+    use openraft::storage::RaftLogReader;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = haseq_storage::open(dir.path(), opts(64 << 20))
+        .expect("open")
+        .log;
+    let (tx, rx) = TC::oneshot();
+    let entries: Vec<_> = (1..=4)
+        .map(|i| EntryOf::<TC>::new_blank(log_id(i)))
+        .collect();
+    log.append(entries, IOFlushed::signal(tx))
+        .await
+        .expect("append");
+    // Readable now, by another reader handle, whether or not the flush has finished.
+    let mut reader = log.get_log_reader().await;
+    let got = reader.try_get_log_entries(1..5).await.expect("read");
+    assert_eq!(
+        got.iter().map(|e| e.index()).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    rx.await.expect("callback").expect("durable");
+    // And still there after a reopen.
+    drop((log, reader));
+    let mut log = haseq_storage::open(dir.path(), opts(64 << 20))
+        .expect("reopen")
+        .log;
+    assert_eq!(
+        log.get_log_state().await.expect("state").last_log_id,
+        Some(log_id(4))
+    );
 }

@@ -215,12 +215,27 @@ impl EmbeddedEngine {
         attrs: Option<Attributes>,
     ) -> Result<Forkchoice, EngineError> {
         self.check_fail(method)?;
-        let applied = self
-            .store
-            .write("forkchoice", move |w, d| {
-                store::set_forkchoice(w, d, head, safe, finalized)
-            })
-            .await;
+        // Already so (every build confirms the head the replayer just set): nothing to write,
+        // so no trip to the writer thread.
+        let unchanged = self.store.read(|t, d| {
+            let (h, hash) = store::head(t, d)?;
+            let same =
+                |p: (Height, BlockHash), want: BlockHash| want == BlockHash::ZERO || p.1 == want;
+            Ok((hash == head
+                && same(store::safe(t, d)?, safe)
+                && same(store::finalized(t, d)?, finalized))
+            .then_some(h))
+        })?;
+        let applied = match unchanged {
+            Some(h) => Ok(Ok(h)),
+            None => {
+                self.store
+                    .write("forkchoice", move |w, d| {
+                        store::set_forkchoice(w, d, head, safe, finalized)
+                    })
+                    .await
+            }
+        };
         // The closure's refusal is returned as Ok(Err(..)) and committed as a no-op write.
         let head_number = match applied? {
             Ok(number) => number,
@@ -295,33 +310,100 @@ impl EmbeddedEngine {
         method: &'static str,
         p: ExecPayload,
     ) -> Result<Imported, EngineError> {
+        let hash = p.block_hash();
+        let p = match self.check_import(method, p)? {
+            Err(verdict) => return Ok(verdict),
+            Ok(None) => return Ok(valid(hash)),
+            Ok(Some(p)) => p,
+        };
+        self.slow_down().await;
+        self.store
+            .write("new_payload", move |w, d| store::put_payload(w, d, &p))
+            .await?;
+        Ok(valid(hash))
+    }
+
+    /// `newPayload` then `forkchoiceUpdated{head = safe = finalized = p}` in one transaction.
+    async fn import_as_head(
+        &self,
+        method: &'static str,
+        p: ExecPayload,
+    ) -> Result<Imported, EngineError> {
+        let hash = p.block_hash();
+        let p = match self.check_import(method, p)? {
+            // As `newPayload` then `forkchoiceUpdated` would: the head cannot move to a block
+            // on an unknown parent.
+            Err(Imported {
+                status: PayloadStatus::Syncing,
+                ..
+            }) => return Err(refusal(method, hash, None, Forkchoice::Syncing)),
+            Err(verdict) => return Ok(verdict),
+            Ok(p) => p,
+        };
+        if p.is_some() {
+            self.slow_down().await;
+        }
+        let set = self
+            .store
+            .write("new_payload+forkchoice", move |w, d| {
+                if let Some(p) = &p {
+                    store::put_payload(w, d, p)?;
+                }
+                store::set_forkchoice(w, d, hash, hash, hash)
+            })
+            .await?;
+        match set {
+            Ok(_) => Ok(valid(hash)),
+            Err(ForkchoiceRefusal::UnknownHead(_)) => {
+                Err(refusal(method, hash, None, Forkchoice::Syncing))
+            }
+            Err(ForkchoiceRefusal::InvalidState(why)) => {
+                Err(refusal(method, hash, None, Forkchoice::InvalidState(why)))
+            }
+        }
+    }
+
+    /// The delay fault, once per imported block.
+    async fn slow_down(&self) {
+        let delay = lock(&self.faults).delay_per_block;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Checks `p` for import: `Err(verdict)` when it is not to be stored (invalid, or on an
+    /// unknown parent), `Ok(None)` when it is already stored, `Ok(Some(p))` to store it.
+    fn check_import(
+        &self,
+        method: &'static str,
+        p: ExecPayload,
+    ) -> Result<Result<Option<ExecPayload>, Imported>, EngineError> {
         self.check_fail(method)?;
         let hash = p.block_hash();
-        if let Err(reason) = p.verify_block_hash() {
-            return Ok(Imported {
-                status: PayloadStatus::Invalid { reason },
-                latest_valid_hash: None,
-            });
-        }
         let (known, parent) = self.store.read(|t, d| {
             Ok((
                 store::header(t, d, hash)?.is_some(),
                 store::header(t, d, p.parent_hash())?,
             ))
         })?;
+        // A block already stored (built here, or imported before) is valid as stored; like a
+        // real client, the engine does not validate it again.
         if known {
-            return Ok(Imported {
-                status: PayloadStatus::Valid,
-                latest_valid_hash: Some(hash),
-            });
+            return Ok(Ok(None));
+        }
+        if let Err(reason) = p.verify_block_hash() {
+            return Ok(Err(Imported {
+                status: PayloadStatus::Invalid { reason },
+                latest_valid_hash: None,
+            }));
         }
         let Some(parent) = parent else {
             // The spec's answer for a payload on an unknown parent; the embedded engine never
             // fetches it by itself: the caller imports the ancestors first.
-            return Ok(Imported {
+            return Ok(Err(Imported {
                 status: PayloadStatus::Syncing,
                 latest_valid_hash: None,
-            });
+            }));
         };
         let number = p.number().0;
         let invalid = if number != parent.number + 1 {
@@ -342,22 +424,12 @@ impl EmbeddedEngine {
             None
         };
         if let Some(reason) = invalid {
-            return Ok(Imported {
+            return Ok(Err(Imported {
                 status: PayloadStatus::Invalid { reason },
                 latest_valid_hash: Some(p.parent_hash()),
-            });
+            }));
         }
-        let delay = lock(&self.faults).delay_per_block;
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        self.store
-            .write("new_payload", move |w, d| store::put_payload(w, d, &p))
-            .await?;
-        Ok(Imported {
-            status: PayloadStatus::Valid,
-            latest_valid_hash: Some(hash),
-        })
+        Ok(Ok(Some(p)))
     }
 
     /// A canonical block by height, or by pointer: `None` above the head.
@@ -393,6 +465,13 @@ impl EmbeddedEngine {
     /// [`EngineError::Storage`] on a read failure.
     pub fn pending_lose_newest(&self) -> Result<u64, EngineError> {
         self.store.read(store::lose_newest)
+    }
+}
+
+fn valid(hash: BlockHash) -> Imported {
+    Imported {
+        status: PayloadStatus::Valid,
+        latest_valid_hash: Some(hash),
     }
 }
 
@@ -458,6 +537,26 @@ impl ExecutionEngine for EmbeddedEngine {
         Box::pin(instrument(M, async move {
             let p = decode_payload(encoded)?;
             Ok(self.import(M, p).await?.status)
+        }))
+    }
+
+    fn import_and_set_head<'a>(
+        &'a self,
+        encoded: &'a [u8],
+        head: BlockHash,
+    ) -> EngineFuture<'a, PayloadStatus> {
+        const M: &str = "import_and_set_head";
+        Box::pin(instrument(M, async move {
+            let p = decode_payload(encoded)?;
+            if p.block_hash() != head {
+                return Err(EngineError::Mismatch {
+                    method: M,
+                    what: "block hash",
+                    expected: head.to_string(),
+                    got: p.block_hash().to_string(),
+                });
+            }
+            Ok(self.import_as_head(M, p).await?.status)
         }))
     }
 

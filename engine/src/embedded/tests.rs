@@ -452,3 +452,184 @@ async fn unset_safe_and_finalized_follow_a_head_moved_back() {
     assert_eq!(safe.block_hash(), b3);
     assert_eq!(finalized.block_hash(), b3);
 }
+
+/// Builds one block on the engine's head without importing it.
+async fn build_next(engine: &dyn ExecutionEngine, timestamp: u64) -> BuiltPayload {
+    let (height, hash) = engine.head().await.expect("head");
+    let id = engine
+        .build_payload(BuildParams {
+            parent: hash,
+            parent_height: height,
+            timestamp,
+            fee_recipient: [2; 20],
+        })
+        .await
+        .expect("build");
+    engine.get_payload(id).await.expect("get")
+}
+
+#[tokio::test]
+async fn import_and_set_head_imports_and_moves_the_head_in_one_step() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    extend(&engine, 2).await;
+    // A block built here: building keeps it in memory only, so this imports it.
+    let built = build_next(&engine, 5_000).await;
+    let status = engine
+        .import_and_set_head(&built.encoded, built.block_hash)
+        .await
+        .expect("import as head");
+    assert_eq!(status, PayloadStatus::Valid);
+    assert_eq!(
+        engine.head().await.expect("head"),
+        (Height(3), built.block_hash)
+    );
+    // Safe and finalized moved with it.
+    let safe = engine
+        .canonical_block("test", BlockRef::Safe)
+        .expect("safe")
+        .expect("some");
+    let fin = engine
+        .canonical_block("test", BlockRef::Finalized)
+        .expect("finalized")
+        .expect("some");
+    assert_eq!(safe.block_hash(), built.block_hash);
+    assert_eq!(fin.block_hash(), built.block_hash);
+    // Persisted: a reopen finds the block and the head.
+    drop(engine);
+    let engine = open(dir.path());
+    assert_eq!(
+        engine.head().await.expect("head"),
+        (Height(3), built.block_hash)
+    );
+    // The same block again (a replay after a restart) only confirms the head.
+    let status = engine
+        .import_and_set_head(&built.encoded, built.block_hash)
+        .await
+        .expect("again");
+    assert_eq!(status, PayloadStatus::Valid);
+    assert_eq!(
+        engine.head().await.expect("head"),
+        (Height(3), built.block_hash)
+    );
+}
+
+#[tokio::test]
+async fn import_and_set_head_refuses_forged_unknown_and_mismatched_blocks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    extend(&engine, 2).await;
+    let before = engine.head().await.expect("head");
+    let built = build_next(&engine, 6_000).await;
+
+    // The head named is not the payload's hash: refused before anything is read or written.
+    let err = engine
+        .import_and_set_head(&built.encoded, BlockHash([7; 32]))
+        .await
+        .expect_err("mismatch");
+    assert!(matches!(err, EngineError::Mismatch { .. }), "{err}");
+
+    // A forged hash: Invalid, nothing stored, the head stays.
+    let mut p = decode_payload(&built.encoded).expect("decode");
+    let forged = BlockHash([0xcd; 32]);
+    p.payload.payload_inner.payload_inner.block_hash = to_b256(forged);
+    let status = engine
+        .import_and_set_head(&encode_payload(&p), forged)
+        .await
+        .expect("answer");
+    assert!(
+        matches!(status, PayloadStatus::Invalid { .. }),
+        "{status:?}"
+    );
+    assert_eq!(engine.head().await.expect("head"), before);
+    assert_eq!(engine.block_hash_at(Height(3)).await.expect("at"), None);
+
+    // A block on an unknown parent cannot become the head: Syncing, as newPayload then
+    // forkchoiceUpdated would answer.
+    // (Another chain: same genesis, other timestamps, so other blocks.)
+    let other = tempfile::tempdir().expect("tempdir");
+    let other = open(other.path());
+    let f1 = build_next(&other, 9_000).await;
+    other
+        .import_and_set_head(&f1.encoded, f1.block_hash)
+        .await
+        .expect("other chain 1");
+    let f2 = build_next(&other, 9_001).await;
+    let err = engine
+        .import_and_set_head(&f2.encoded, f2.block_hash)
+        .await
+        .expect_err("unknown parent");
+    assert!(matches!(err, EngineError::Syncing { .. }), "{err}");
+    assert_eq!(engine.head().await.expect("head"), before);
+
+    // The genuine block still imports afterwards.
+    let status = engine
+        .import_and_set_head(&built.encoded, built.block_hash)
+        .await
+        .expect("genuine");
+    assert_eq!(status, PayloadStatus::Valid);
+    assert_eq!(engine.head().await.expect("head").0, Height(3));
+}
+
+#[tokio::test]
+async fn import_and_set_head_obeys_the_fault_knobs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let built = build_next(&engine, 7_000).await;
+    engine
+        .set_faults(Faults {
+            fail: true,
+            ..Faults::default()
+        })
+        .await
+        .expect("fail knob");
+    let err = engine
+        .import_and_set_head(&built.encoded, built.block_hash)
+        .await
+        .expect_err("failing engine");
+    assert!(matches!(err, EngineError::Fault { .. }), "{err}");
+    let delay = Duration::from_millis(150);
+    engine
+        .set_faults(Faults {
+            delay_per_block: delay,
+            ..Faults::default()
+        })
+        .await
+        .expect("delay knob");
+    let t = Instant::now();
+    engine
+        .import_and_set_head(&built.encoded, built.block_hash)
+        .await
+        .expect("slow import");
+    assert!(t.elapsed() >= delay, "took {:?}", t.elapsed());
+    assert_eq!(engine.head().await.expect("head").0, Height(1));
+}
+
+#[tokio::test]
+async fn a_build_on_the_current_head_changes_no_pointer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let blocks = extend(&engine, 3).await;
+    // Move safe/finalized back by hand: a build (head = safe = finalized = parent) must then
+    // write them, not take the read-only shortcut.
+    engine
+        .set_head(
+            blocks[2].block_hash,
+            blocks[0].block_hash,
+            blocks[0].block_hash,
+        )
+        .await
+        .expect("set");
+    build_next(&engine, 8_000).await;
+    let safe = engine
+        .canonical_block("test", BlockRef::Safe)
+        .expect("safe")
+        .expect("some");
+    assert_eq!(safe.block_hash(), blocks[2].block_hash);
+    // And on an unchanged head, the shortcut keeps everything as it was.
+    build_next(&engine, 8_001).await;
+    assert_eq!(
+        engine.head().await.expect("head"),
+        (Height(3), blocks[2].block_hash)
+    );
+}
