@@ -132,7 +132,11 @@ pub fn encode_payload(p: &ExecPayload) -> Vec<u8> {
         extra_data: v1.extra_data.to_vec(),
         base_fee_per_gas: v1.base_fee_per_gas.to_be_bytes::<32>(),
         block_hash: v1.block_hash.0,
-        transactions: v1.transactions.iter().map(|t| t.to_vec()).collect(),
+        transactions: v1
+            .transactions
+            .iter()
+            .map(|t| serde_bytes::ByteBuf::from(t.to_vec()))
+            .collect(),
         withdrawals: p
             .payload
             .payload_inner
@@ -143,7 +147,11 @@ pub fn encode_payload(p: &ExecPayload) -> Vec<u8> {
         blob_gas_used: p.payload.blob_gas_used,
         excess_blob_gas: p.payload.excess_blob_gas,
         parent_beacon_block_root: p.parent_beacon_block_root.0,
-        execution_requests: p.execution_requests.iter().map(|r| r.to_vec()).collect(),
+        execution_requests: p
+            .execution_requests
+            .iter()
+            .map(|r| serde_bytes::ByteBuf::from(r.to_vec()))
+            .collect(),
     });
     // A struct of integers, fixed arrays and byte vectors always encodes: postcard fails
     // only on sequences of unknown length, which this type has none of.
@@ -187,7 +195,11 @@ pub fn decode_payload(bytes: &[u8]) -> Result<ExecPayload, EngineError> {
                     extra_data: Bytes::from(c.extra_data),
                     base_fee_per_gas: U256::from_be_bytes(c.base_fee_per_gas),
                     block_hash: B256::from(c.block_hash),
-                    transactions: c.transactions.into_iter().map(Bytes::from).collect(),
+                    transactions: c
+                        .transactions
+                        .into_iter()
+                        .map(|t| Bytes::from(t.into_vec()))
+                        .collect(),
                 },
                 withdrawals: c
                     .withdrawals
@@ -204,7 +216,11 @@ pub fn decode_payload(bytes: &[u8]) -> Result<ExecPayload, EngineError> {
             excess_blob_gas: c.excess_blob_gas,
         },
         parent_beacon_block_root: B256::from(c.parent_beacon_block_root),
-        execution_requests: c.execution_requests.into_iter().map(Bytes::from).collect(),
+        execution_requests: c
+            .execution_requests
+            .into_iter()
+            .map(|r| Bytes::from(r.into_vec()))
+            .collect(),
     })
 }
 
@@ -224,22 +240,24 @@ struct CompactV1 {
     state_root: [u8; 32],
     receipts_root: [u8; 32],
     /// 256 bytes; serde derives arrays only up to 32.
+    #[serde(with = "serde_bytes")]
     logs_bloom: Vec<u8>,
     prev_randao: [u8; 32],
     block_number: u64,
     gas_limit: u64,
     gas_used: u64,
     timestamp: u64,
+    #[serde(with = "serde_bytes")]
     extra_data: Vec<u8>,
     base_fee_per_gas: [u8; 32],
     block_hash: [u8; 32],
-    transactions: Vec<Vec<u8>>,
+    transactions: Vec<serde_bytes::ByteBuf>,
     /// (index, validator index, address, amount in gwei).
     withdrawals: Vec<(u64, u64, [u8; 20], u64)>,
     blob_gas_used: u64,
     excess_blob_gas: u64,
     parent_beacon_block_root: [u8; 32],
-    execution_requests: Vec<Vec<u8>>,
+    execution_requests: Vec<serde_bytes::ByteBuf>,
 }
 
 /// haseq's hash type to alloy's.

@@ -138,6 +138,7 @@ pub enum RpcRequest {
         /// What the snapshot covers.
         meta: SnapshotMetaOf<TC>,
         /// The snapshot bytes, as the state machine wrote them.
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// The leader hands leadership to the receiver.
