@@ -11,6 +11,7 @@ use haseq_messages::{Block, BlockHash, Height};
 use heed::{RoTxn, RwTxn};
 use tokio::sync::watch;
 
+use crate::applied_tail::AppliedTail;
 use crate::env::{self, Dbs, LmdbEnv};
 use crate::error::StorageError;
 use crate::records::{Head, decode_rec, encode_rec, sm_key};
@@ -116,14 +117,22 @@ pub struct BlockReader {
     env: LmdbEnv,
     dbs: Dbs,
     applied_rx: watch::Receiver<AppliedState>,
+    /// Applies not committed yet: consulted before the read transaction (see `applied_tail`).
+    tail: AppliedTail,
 }
 
 impl BlockReader {
-    pub(crate) fn new(env: LmdbEnv, dbs: Dbs, applied_rx: watch::Receiver<AppliedState>) -> Self {
+    pub(crate) fn new(
+        env: LmdbEnv,
+        dbs: Dbs,
+        applied_rx: watch::Receiver<AppliedState>,
+        tail: AppliedTail,
+    ) -> Self {
         BlockReader {
             env,
             dbs,
             applied_rx,
+            tail,
         }
     }
 
@@ -143,7 +152,10 @@ impl BlockReader {
     /// # Errors
     /// On an LMDB failure or a corrupt head record.
     pub fn head(&self) -> Result<Head, StorageError> {
-        self.read(|txn| read_head(txn, &self.dbs))
+        match self.tail.head() {
+            Some(h) => Ok(h),
+            None => self.read(|txn| read_head(txn, &self.dbs)),
+        }
     }
 
     /// The stored block at `height`, `None` if this node does not hold it (not applied yet, or
@@ -152,7 +164,10 @@ impl BlockReader {
     /// # Errors
     /// On an LMDB failure or a corrupt record.
     pub fn block(&self, height: Height) -> Result<Option<Block>, StorageError> {
-        self.read(|txn| get_block(txn, &self.dbs, height))
+        match self.tail.block(height) {
+            Some(b) => Ok(Some(b)),
+            None => self.read(|txn| get_block(txn, &self.dbs, height)),
+        }
     }
 
     /// The height of the stored block with this hash, if any.
@@ -160,6 +175,9 @@ impl BlockReader {
     /// # Errors
     /// On an LMDB failure.
     pub fn height_of(&self, hash: &BlockHash) -> Result<Option<Height>, StorageError> {
+        if let Some(h) = self.tail.height_of(hash) {
+            return Ok(Some(h));
+        }
         self.read(|txn| {
             let h = self
                 .dbs
@@ -176,11 +194,16 @@ impl BlockReader {
     /// # Errors
     /// On an LMDB failure or a corrupt record.
     pub fn blocks_from(&self, from: Height, max: usize) -> Result<Vec<Block>, StorageError> {
+        let mut tail = self.tail.blocks_from(from, max);
         self.read(|txn| {
             let mut out = Vec::new();
             let mut h = from.0;
             while out.len() < max {
-                match get_block(txn, &self.dbs, Height(h))? {
+                let stored = match tail.remove(&h) {
+                    Some(b) => Some(b),
+                    None => get_block(txn, &self.dbs, Height(h))?,
+                };
+                match stored {
                     Some(b) => out.push(b),
                     None => break,
                 }
@@ -193,7 +216,7 @@ impl BlockReader {
         })
     }
 
-    /// Watch the applied state (published after each durable apply or snapshot install).
+    /// Watch the applied state (published after each apply or snapshot install).
     pub fn subscribe(&self) -> watch::Receiver<AppliedState> {
         self.applied_rx.clone()
     }

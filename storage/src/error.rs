@@ -159,6 +159,14 @@ pub enum StorageError {
         reason: String,
     },
 
+    /// An earlier apply's transaction failed to commit after it was applied: the state
+    /// machine cannot go on.
+    #[error("an earlier state machine apply failed to commit: {detail}")]
+    ApplyFailed {
+        /// The commit's error.
+        detail: String,
+    },
+
     /// The writer thread is gone (the store was closed, or a write job panicked).
     #[error("storage writer thread stopped")]
     WriterStopped,

@@ -21,6 +21,7 @@
 //! - [`metrics`]: metric names and [`describe_metrics`];
 //! - [`error`]: the error type, [`StorageError`].
 
+mod applied_tail;
 mod blocks;
 mod env;
 pub mod error;
@@ -155,10 +156,18 @@ pub fn open(dir: &Path, opts: StoreOptions) -> Result<Storage, StorageError> {
     let (applied_tx, applied_rx) = watch::channel(initial);
     let applied_tx = Arc::new(applied_tx);
 
+    let tail = applied_tail::AppliedTail::default();
     Ok(Storage {
         log: LogStore::new(writer.clone(), env.clone(), dbs),
-        sm: StateMachineStore::new(writer, env.clone(), dbs, snapshots, applied_tx),
-        reader: BlockReader::new(env, dbs, applied_rx),
+        sm: StateMachineStore::new(
+            writer,
+            env.clone(),
+            dbs,
+            snapshots,
+            applied_tx,
+            tail.clone(),
+        ),
+        reader: BlockReader::new(env, dbs, applied_rx, tail),
     })
 }
 

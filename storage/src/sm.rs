@@ -19,6 +19,7 @@ use openraft::type_config::alias::{
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
 use tokio::sync::watch;
 
+use crate::applied_tail::{AppliedTail, TailState};
 use crate::blocks::{self, put_block, read_head};
 use crate::env::{self, Dbs, LmdbEnv};
 use crate::error::StorageError;
@@ -106,13 +107,6 @@ pub(crate) fn read_applied_state(txn: &RoTxn<'_>, dbs: &Dbs) -> Result<AppliedSt
     })
 }
 
-/// What one batch did, for the responders, the watch channel and the metrics.
-struct BatchResult {
-    outcomes: Vec<ApplyOutcome>,
-    state: AppliedState,
-    rejected: u64,
-}
-
 /// The Raft state machine store: applies committed entries, builds and installs snapshots.
 pub struct StateMachineStore {
     writer: Arc<Writer>,
@@ -120,6 +114,8 @@ pub struct StateMachineStore {
     dbs: Dbs,
     snapshots: SnapshotDir,
     applied_tx: Arc<watch::Sender<AppliedState>>,
+    /// Applies whose transaction has not committed yet (see `applied_tail`).
+    tail: AppliedTail,
 }
 
 impl std::fmt::Debug for StateMachineStore {
@@ -137,6 +133,7 @@ impl StateMachineStore {
         dbs: Dbs,
         snapshots: SnapshotDir,
         applied_tx: Arc<watch::Sender<AppliedState>>,
+        tail: AppliedTail,
     ) -> Self {
         StateMachineStore {
             writer,
@@ -144,7 +141,35 @@ impl StateMachineStore {
             dbs,
             snapshots,
             applied_tx,
+            tail,
         }
+    }
+
+    /// Returns once every apply queued so far has committed (writes run in queue order).
+    async fn drain(&self) -> Result<(), StorageError> {
+        self.writer
+            .write("sm: wait for queued applies", |_, _| Ok(()))
+            .await?;
+        match self.tail.failed() {
+            Some(detail) => Err(StorageError::ApplyFailed { detail }),
+            None => Ok(()),
+        }
+    }
+
+    /// The state after the newest apply: the tail's if one is still queued, else the disk's.
+    fn current(&self) -> Result<TailState, StorageError> {
+        if let Some(s) = self.tail.state() {
+            return Ok(s);
+        }
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(StorageError::lmdb("sm: begin read"))?;
+        Ok(TailState {
+            applied: read_applied(&rtxn, &self.dbs)?,
+            head: read_head(&rtxn, &self.dbs)?,
+            membership: read_membership(&rtxn, &self.dbs)?,
+        })
     }
 
     /// Watch the applied state: a new value is published after each apply batch and snapshot
@@ -153,16 +178,17 @@ impl StateMachineStore {
         self.applied_tx.subscribe()
     }
 
-    /// The applied state, read from disk.
+    /// The applied state (including applies whose transaction is still queued).
     ///
     /// # Errors
     /// On an LMDB failure or a corrupt record.
     pub fn applied(&self) -> Result<AppliedState, StorageError> {
-        let rtxn = self
-            .env
-            .read_txn()
-            .map_err(StorageError::lmdb("sm: begin read"))?;
-        read_applied_state(&rtxn, &self.dbs)
+        let s = self.current()?;
+        Ok(AppliedState {
+            applied: s.applied,
+            head_height: s.head.height,
+            head_hash: s.head.hash,
+        })
     }
 
     /// The stored block at `height` (the same data [`crate::BlockReader::block`] reads).
@@ -170,6 +196,9 @@ impl StateMachineStore {
     /// # Errors
     /// On an LMDB failure or a corrupt record.
     pub fn block(&self, height: Height) -> Result<Option<Block>, StorageError> {
+        if let Some(b) = self.tail.block(height) {
+            return Ok(Some(b));
+        }
         let rtxn = self
             .env
             .read_txn()
@@ -182,70 +211,123 @@ impl StateMachineStore {
         self.applied_tx.send_replace(state);
     }
 
-    /// Applies `entries` in one write transaction; returns each entry's outcome once committed.
-    async fn apply_batch(&self, entries: Vec<EntryOf<TC>>) -> Result<BatchResult, StorageError> {
+    /// Applies `entries` as one write transaction; returns each entry's outcome once the
+    /// transaction is queued (its effects visible to every reader at once through the tail,
+    /// see `applied_tail`). The transaction commits in the background with its data pages
+    /// flushed; if it fails, the next apply fails and openraft stops the node.
+    async fn apply_batch(
+        &self,
+        entries: Vec<EntryOf<TC>>,
+    ) -> Result<Vec<ApplyOutcome>, StorageError> {
+        if let Some(detail) = self.tail.failed() {
+            return Err(StorageError::ApplyFailed { detail });
+        }
+        let before = self.current()?;
+        let mut applied = before.applied;
+        let mut head = before.head;
+        let mut membership = before.membership.clone();
+        let mut membership_changed = false;
+        let mut accepted: Vec<Block> = Vec::new();
+        let mut outcomes = Vec::with_capacity(entries.len());
+        let mut rejected = 0u64;
+        for entry in entries {
+            let id = entry.log_id();
+            if let Some(a) = &applied
+                && id <= *a
+            {
+                return Err(StorageError::ApplyOutOfOrder {
+                    applied: a.to_string(),
+                    got: id.to_string(),
+                });
+            }
+            let outcome = match entry.payload {
+                EntryPayload::Blank => ApplyOutcome::None,
+                EntryPayload::Normal(Command::Block(block)) => match check_block(&head, &block) {
+                    Ok(()) => {
+                        head = Head {
+                            height: block.height,
+                            hash: block.hash,
+                        };
+                        let height = block.height;
+                        accepted.push(block);
+                        ApplyOutcome::Accepted { height }
+                    }
+                    Err(reason) => {
+                        tracing::info!(log_id = %id, height = %block.height, ?reason, "proposal rejected");
+                        rejected += 1;
+                        ApplyOutcome::Rejected(reason)
+                    }
+                },
+                EntryPayload::Membership(m) => {
+                    membership = StoredMembership::new(Some(id), m);
+                    membership_changed = true;
+                    ApplyOutcome::None
+                }
+            };
+            outcomes.push(outcome);
+            applied = Some(id);
+        }
+        let state = AppliedState {
+            applied,
+            head_height: head.height,
+            head_hash: head.hash,
+        };
+        let applied_bytes = encode_rec("applied log id", &applied)?;
+        let head_bytes = (head != before.head)
+            .then(|| encode_rec("head", &head))
+            .transpose()?;
+        let membership_bytes = membership_changed
+            .then(|| encode_rec("membership", &membership))
+            .transpose()?;
+        let written: Vec<(Height, BlockHash)> =
+            accepted.iter().map(|b| (b.height, b.hash)).collect();
+        self.tail.push(
+            &accepted,
+            TailState {
+                applied,
+                head,
+                membership,
+            },
+        );
+        let first = before.applied;
+        let job = move |wtxn: &mut heed::RwTxn<'_>, dbs: &Dbs| {
+            // Applies commit in the order they were queued, each on the one before.
+            let on_disk = read_applied(wtxn, dbs)?;
+            if on_disk != first {
+                return Err(StorageError::ApplyOutOfOrder {
+                    applied: format!("{on_disk:?}"),
+                    got: format!("a batch applied on {first:?}"),
+                });
+            }
+            for b in &accepted {
+                put_block(wtxn, dbs, b)?;
+            }
+            let put = |wtxn: &mut heed::RwTxn<'_>, key: &'static str, bytes: &[u8]| {
+                dbs.sm
+                    .put(wtxn, key, bytes)
+                    .map_err(StorageError::lmdb("sm: put"))
+            };
+            put(wtxn, sm_key::APPLIED, &applied_bytes)?;
+            if let Some(b) = &head_bytes {
+                put(wtxn, sm_key::HEAD, b)?;
+            }
+            if let Some(b) = &membership_bytes {
+                put(wtxn, sm_key::MEMBERSHIP, b)?;
+            }
+            Ok(())
+        };
+        let tail = self.tail.clone();
+        let done = move |res: Result<(), StorageError>| tail.done(&written, res);
         // Data-only durability: a power loss may undo the last applies (never corrupt them);
         // openraft re-applies them from the durable log. See `writer`.
-        let res = self
-            .writer
-            .write_with("sm: apply", Durability::DataOnly, move |wtxn, dbs| {
-                let mut applied = read_applied(wtxn, dbs)?;
-                let mut membership: Option<StoredMembershipOf<TC>> = None;
-                let mut head = read_head(wtxn, dbs)?;
-                let head_before = head;
-                let mut outcomes = Vec::with_capacity(entries.len());
-                let mut rejected = 0u64;
-                for entry in entries {
-                    let id = entry.log_id();
-                    if let Some(a) = &applied
-                        && id <= *a
-                    {
-                        return Err(StorageError::ApplyOutOfOrder { applied: a.to_string(), got: id.to_string() });
-                    }
-                    let outcome = match entry.payload {
-                        EntryPayload::Blank => ApplyOutcome::None,
-                        EntryPayload::Normal(Command::Block(block)) => match check_block(&head, &block) {
-                            Ok(()) => {
-                                put_block(wtxn, dbs, &block)?;
-                                head = Head { height: block.height, hash: block.hash };
-                                ApplyOutcome::Accepted { height: block.height }
-                            }
-                            Err(reason) => {
-                                tracing::info!(log_id = %id, height = %block.height, ?reason, "proposal rejected");
-                                rejected += 1;
-                                ApplyOutcome::Rejected(reason)
-                            }
-                        },
-                        EntryPayload::Membership(m) => {
-                            membership = Some(StoredMembership::new(Some(id), m));
-                            ApplyOutcome::None
-                        }
-                    };
-                    outcomes.push(outcome);
-                    applied = Some(id);
-                }
-                let put = |wtxn: &mut heed::RwTxn<'_>, key: &'static str, bytes: Vec<u8>| {
-                    dbs.sm.put(wtxn, key, &bytes).map_err(StorageError::lmdb("sm: put"))
-                };
-                put(wtxn, sm_key::APPLIED, encode_rec("applied log id", &applied)?)?;
-                if head != head_before {
-                    put(wtxn, sm_key::HEAD, encode_rec("head", &head)?)?;
-                }
-                if let Some(m) = &membership {
-                    put(wtxn, sm_key::MEMBERSHIP, encode_rec("membership", m)?)?;
-                }
-                Ok(BatchResult {
-                    outcomes,
-                    state: AppliedState { applied, head_height: head.height, head_hash: head.hash },
-                    rejected,
-                })
-            })
+        self.writer
+            .submit("sm: apply", Durability::DataOnly, job, done)
             .await?;
-        if res.rejected > 0 {
-            metrics::counter!(PROPOSALS_REJECTED_TOTAL).increment(res.rejected);
+        if rejected > 0 {
+            metrics::counter!(PROPOSALS_REJECTED_TOTAL).increment(rejected);
         }
-        self.publish(res.state.clone());
-        Ok(res)
+        self.publish(state);
+        Ok(outcomes)
     }
 
     /// Replaces the state machine with a snapshot's content (one write transaction), then keeps
@@ -328,17 +410,13 @@ impl RaftStateMachine<TC> for StateMachineStore {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogIdOf<TC>>, StoredMembershipOf<TC>), io::Error> {
-        let rtxn = self
-            .env
-            .read_txn()
-            .map_err(StorageError::lmdb("sm: begin read"))?;
-        let applied = read_applied(&rtxn, &self.dbs)?;
-        let membership = read_membership(&rtxn, &self.dbs)?;
-        Ok((applied, membership))
+        let s = self.current()?;
+        Ok((s.applied, s.membership))
     }
 
     /// Applies the stream in batches of at most [`APPLY_BATCH_ENTRIES_MAX`] entries, one write
-    /// transaction each; every responder gets its outcome after its batch has committed.
+    /// transaction each; every responder gets its outcome once its batch is applied and its
+    /// transaction queued (see `apply_batch`).
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
     where
         Strm: Stream<Item = Result<EntryResponder<TC>, io::Error>> + Unpin + OptionalSend,
@@ -365,14 +443,14 @@ impl RaftStateMachine<TC> for StateMachineStore {
                 }
             }
             if !batch.is_empty() {
-                let res = self.apply_batch(batch).await?;
-                for (responder, outcome) in responders.into_iter().zip(res.outcomes) {
+                let outcomes = self.apply_batch(batch).await?;
+                for (responder, outcome) in responders.into_iter().zip(outcomes) {
                     if let Some(r) = responder {
                         r.send(outcome);
                     }
                 }
             }
-            // Entries before a read error are applied and durable; the error still stops
+            // Entries before a read error are applied (their transaction queued); the error stops
             // this call, and openraft treats it as fatal.
             if let Some(e) = stream_err {
                 return Err(e);
@@ -383,7 +461,13 @@ impl RaftStateMachine<TC> for StateMachineStore {
         }
     }
 
+    /// The builder reads the committed state: first every queued apply commits (a barrier on
+    /// the writer), so the snapshot covers everything applied before it was asked for.
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        if let Err(e) = self.drain().await {
+            // The builder then reads what has committed; a failed apply stops the node anyway.
+            tracing::warn!(error = %e, "waiting for queued applies before a snapshot");
+        }
         SnapshotBuilder::new(self.env.clone(), self.dbs, self.snapshots.clone())
     }
 
