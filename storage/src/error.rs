@@ -159,6 +159,16 @@ pub enum StorageError {
         reason: String,
     },
 
+    /// The write transaction a job ran in failed to commit (or to begin): nothing of it was
+    /// written.
+    #[error("LMDB commit ({op}): {detail}")]
+    Commit {
+        /// The job.
+        op: &'static str,
+        /// The commit's error.
+        detail: String,
+    },
+
     /// An earlier apply's transaction failed to commit after it was applied: the state
     /// machine cannot go on.
     #[error("an earlier state machine apply failed to commit: {detail}")]

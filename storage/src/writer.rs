@@ -16,11 +16,20 @@
 //! and every transaction before the last full commit is in it. A process crash loses nothing
 //! that was committed, whatever the durability (the meta page is written, only not flushed).
 //!
-//! A deferred write ([`Writer::defer`]) is not a job of its own: it rides in the next job's
+//! Group commit: the writer takes every job queued at once (up to [`GROUP_JOBS_MAX`]) into one
+//! transaction, each job in a nested transaction of its own (a job that fails is rolled back
+//! alone, and its caller gets its error), and commits the group once, at the strongest
+//! durability any of its jobs asked for. A group of only `DataOnly` jobs (state-machine
+//! applies) first waits up to [`DATA_ONLY_LINGER`] for another job: an apply then rides in the
+//! next log append's commit instead of costing a flush of its own. Every job's caller hears
+//! back only after the group's commit (or with the commit's error).
+//!
+//! A deferred write ([`Writer::defer`]) is not a job of its own: it rides in the next group's
 //! transaction (openraft's committed pointer, which is advisory and followed by an apply).
 
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use heed::{EnvFlags, FlagSetMode, RwTxn};
 use tokio::sync::{mpsc, oneshot};
@@ -30,27 +39,42 @@ use crate::error::StorageError;
 
 /// How many write jobs may wait for the writer before submitters wait in turn.
 const WRITER_QUEUE_JOBS_MAX: usize = 1024;
+/// Most jobs committed as one group.
+pub(crate) const GROUP_JOBS_MAX: usize = 64;
+/// How long a group of only `DataOnly` jobs waits for another job to share its commit with.
+pub(crate) const DATA_ONLY_LINGER: Duration = Duration::from_millis(1);
 
-/// A write job: open, write, commit, reply. Built by [`Writer::write_with`].
-type Job = Box<dyn FnOnce(&LmdbEnv, &Dbs, &DeferredSlot) + Send + 'static>;
+/// What a job hands back once it has run in its nested transaction: its durability, and what
+/// to do with the group's commit outcome.
+struct Ran {
+    durability: Durability,
+    completion: Completion,
+}
 
-/// A write that rides in the next job's transaction.
+/// Told the group's commit outcome (`Err` carries the commit's error text).
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send + 'static>;
+
+/// A write job: runs in a nested transaction of the group's (`None`: the group could not begin
+/// one), then waits for the group's commit outcome.
+type Job = Box<dyn FnOnce(&LmdbEnv, Option<&mut RwTxn<'_>>, &Dbs) -> Ran + Send + 'static>;
+
+/// A write that rides in the next group's transaction.
 type Deferred = Box<dyn FnOnce(&mut RwTxn<'_>, &Dbs) -> Result<(), StorageError> + Send + 'static>;
 
 /// The one pending deferred write: a newer one replaces it.
 type DeferredSlot = Arc<Mutex<Option<(&'static str, Deferred)>>>;
 
 /// How durable a job's commit is when its result is handed back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Durability {
-    /// Survives a power loss: data and meta pages flushed (LMDB's default commit). For what
-    /// Raft acknowledges: log entries, votes, truncation and purge.
-    Full,
     /// Survives a process crash; a power loss may undo it (and only what came after the last
     /// `Full` commit), never corrupt anything: data pages flushed, meta page written but not
     /// flushed (`MDB_NOMETASYNC`). For the state machine, which openraft re-applies from the
     /// durable log if it goes back.
     DataOnly,
+    /// Survives a power loss: data and meta pages flushed (LMDB's default commit). For what
+    /// Raft acknowledges: log entries, votes, truncation and purge.
+    Full,
 }
 
 /// Handle to the writer thread. Dropping the last handle closes the queue and joins the
@@ -67,7 +91,7 @@ impl Writer {
     /// Starts the writer thread on `env`, which first creates the databases. Blocks the calling
     /// thread until that is done (start-up only).
     pub(crate) fn start(env: LmdbEnv) -> Result<(Writer, Dbs), StorageError> {
-        let (tx, mut rx) = mpsc::channel::<Job>(WRITER_QUEUE_JOBS_MAX);
+        let (tx, rx) = mpsc::channel::<Job>(WRITER_QUEUE_JOBS_MAX);
         let (init_tx, init_rx) = std::sync::mpsc::sync_channel::<Result<Dbs, StorageError>>(1);
         let deferred = DeferredSlot::default();
         let slot = deferred.clone();
@@ -81,14 +105,25 @@ impl Writer {
                         return;
                     }
                 };
+                // A timer for the linger only: this thread never runs async work otherwise.
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = init_tx.send(Err(StorageError::Io {
+                            op: "build the writer's timer",
+                            path: env.path().to_path_buf(),
+                            source: e,
+                        }));
+                        return;
+                    }
+                };
                 if init_tx.send(Ok(dbs)).is_err() {
                     return;
                 }
-                // Runs queued jobs until every sender is gone; queued jobs still run after the
-                // last sender drops, so nothing handed to the writer is silently skipped.
-                while let Some(job) = rx.blocking_recv() {
-                    job(&env, &dbs, &slot);
-                }
+                run_writer(&env, &dbs, &slot, &rt, rx);
                 tracing::debug!(path = %env.path().display(), "storage writer stopped");
             })
             .map_err(StorageError::io(
@@ -118,9 +153,9 @@ impl Writer {
         self.write_with(op, Durability::Full, f).await
     }
 
-    /// Has `f` written in the next job's transaction, without a commit of its own. A later
+    /// Has `f` written in the next group's transaction, without a job of its own. A later
     /// `defer` replaces a pending one (for records where only the newest value matters). If
-    /// that transaction fails, the deferred write is lost with it.
+    /// that write fails, it is dropped (logged), and the group goes on.
     pub(crate) fn defer<F>(&self, op: &'static str, f: F)
     where
         F: FnOnce(&mut RwTxn<'_>, &Dbs) -> Result<(), StorageError> + Send + 'static,
@@ -128,10 +163,11 @@ impl Writer {
         *lock(&self.deferred) = Some((op, Box::new(f)));
     }
 
-    /// Queues `f` to run inside one write transaction on the writer thread, committed at
-    /// `durability`, and returns once it is queued (waiting only for room in the queue);
-    /// `done` is then called on the writer thread with `f`'s result after the commit, or with
-    /// the error that stopped it. Jobs run in the order they were queued.
+    /// Queues `f` to run inside a write transaction on the writer thread, committed at
+    /// `durability` (or stronger, with its group), and returns once it is queued (waiting only
+    /// for room in the queue); `done` is then called on the writer thread with `f`'s result
+    /// after the commit, or with the error that stopped it. Jobs run in the order they were
+    /// queued.
     ///
     /// For the Raft log: openraft wants `append` to return without waiting for the disk and
     /// to be told separately when the entries are durable, so the leader's flush overlaps
@@ -145,19 +181,43 @@ impl Writer {
     ) -> Result<(), StorageError>
     where
         F: FnOnce(&mut RwTxn<'_>, &Dbs) -> Result<R, StorageError> + Send + 'static,
+        R: Send + 'static,
         D: FnOnce(Result<R, StorageError>) + Send + 'static,
     {
-        let job: Job = Box::new(move |env: &LmdbEnv, dbs: &Dbs, slot: &DeferredSlot| {
-            let deferred = lock(slot).take();
-            done(run_in_txn(env, dbs, op, durability, deferred, f));
-        });
+        let job: Job = Box::new(
+            move |env: &LmdbEnv, group: Option<&mut RwTxn<'_>>, dbs: &Dbs| {
+                let res = match group {
+                    Some(group) => run_nested(env, group, dbs, op, f).map(Some),
+                    // Nothing ran: the completion gets the group's error.
+                    None => Ok(None),
+                };
+                let completion: Completion = match res {
+                    Ok(out) => Box::new(move |committed: Result<(), String>| {
+                        let res = match (committed, out) {
+                            (Ok(()), Some(out)) => Ok(out),
+                            (Err(detail), _) => Err(StorageError::Commit { op, detail }),
+                            (Ok(()), None) => Err(StorageError::Commit {
+                                op,
+                                detail: "no transaction to run in".into(),
+                            }),
+                        };
+                        done(res);
+                    }),
+                    Err(e) => Box::new(move |_| done(Err(e))),
+                };
+                Ran {
+                    durability,
+                    completion,
+                }
+            },
+        );
         let tx = self.tx.as_ref().ok_or(StorageError::WriterStopped)?;
         tx.send(job).await.map_err(|_| StorageError::WriterStopped)
     }
 
-    /// Runs `f` inside one write transaction on the writer thread and commits it at
-    /// `durability`; returns `f`'s result once the commit (and its flushes) is done. If `f`
-    /// fails, the transaction is aborted and nothing of it is written.
+    /// Runs `f` inside a write transaction on the writer thread, committed at `durability` (or
+    /// stronger, with its group); returns `f`'s result once the commit (and its flushes) is
+    /// done. If `f` fails, nothing of it is written.
     ///
     /// Cancel-safety: if the returned future is dropped after the job was queued, the job still
     /// runs and commits; only its result is lost.
@@ -172,16 +232,11 @@ impl Writer {
         R: Send + 'static,
     {
         let (reply_tx, reply_rx) = oneshot::channel();
-        let job: Job = Box::new(move |env: &LmdbEnv, dbs: &Dbs, slot: &DeferredSlot| {
-            let deferred = lock(slot).take();
-            let res = run_in_txn(env, dbs, op, durability, deferred, f);
+        self.submit(op, durability, f, move |res| {
             // The submitter may have gone away (cancelled); the write stands regardless.
             let _ = reply_tx.send(res);
-        });
-        let tx = self.tx.as_ref().ok_or(StorageError::WriterStopped)?;
-        tx.send(job)
-            .await
-            .map_err(|_| StorageError::WriterStopped)?;
+        })
+        .await?;
         reply_rx.await.map_err(|_| StorageError::WriterStopped)?
     }
 }
@@ -191,32 +246,122 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Open, run, commit: the whole life of a write transaction, on the current (writer) thread.
-fn run_in_txn<R, F>(
+/// The writer thread's loop: groups of queued jobs, one commit each, until every sender is
+/// gone; queued jobs still run after the last sender drops, so nothing handed to the writer is
+/// silently skipped.
+fn run_writer(
     env: &LmdbEnv,
     dbs: &Dbs,
+    slot: &DeferredSlot,
+    rt: &tokio::runtime::Runtime,
+    mut rx: mpsc::Receiver<Job>,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_JOBS_MAX {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_group(env, dbs, slot, rt, &mut rx, group);
+    }
+}
+
+/// Runs `group` (and, for a group of `DataOnly` jobs, whatever arrives within the linger) in
+/// one transaction and commits it once; then tells every job the outcome.
+fn commit_group(
+    env: &LmdbEnv,
+    dbs: &Dbs,
+    slot: &DeferredSlot,
+    rt: &tokio::runtime::Runtime,
+    rx: &mut mpsc::Receiver<Job>,
+    group: Vec<Job>,
+) {
+    let mut wtxn = match env.write_txn() {
+        Ok(t) => t,
+        Err(e) => {
+            // Nothing can be written: every job hears so through its completion.
+            let detail = format!("LMDB begin write: {e}");
+            for job in group {
+                (job(env, None, dbs).completion)(Err(detail.clone()));
+            }
+            return;
+        }
+    };
+    if let Some((op, write)) = lock(slot).take() {
+        let res = env
+            .nested_write_txn(&mut wtxn)
+            .map_err(StorageError::lmdb(op))
+            .and_then(|mut child| {
+                write(&mut child, dbs)?;
+                child.commit().map_err(StorageError::lmdb(op))
+            });
+        if let Err(e) = res {
+            // Advisory data: its loss must not fail the jobs it rode with.
+            tracing::warn!(op, error = %e, "deferred write failed; dropped");
+        }
+    }
+    let mut durability = Durability::DataOnly;
+    let mut completions: Vec<Completion> = Vec::with_capacity(group.len());
+    let run = |job: Job,
+               wtxn: &mut RwTxn<'_>,
+               durability: &mut Durability,
+               completions: &mut Vec<Completion>| {
+        let ran = job(env, Some(wtxn), dbs);
+        *durability = (*durability).max(ran.durability);
+        completions.push(ran.completion);
+    };
+    for job in group {
+        run(job, &mut wtxn, &mut durability, &mut completions);
+    }
+    // Only applies so far: give the next job (a log append, as a rule) a moment to come and
+    // carry them in its commit.
+    if durability == Durability::DataOnly
+        && let Ok(Some(job)) =
+            rt.block_on(async { tokio::time::timeout(DATA_ONLY_LINGER, rx.recv()).await })
+    {
+        run(job, &mut wtxn, &mut durability, &mut completions);
+        while completions.len() < GROUP_JOBS_MAX {
+            match rx.try_recv() {
+                Ok(job) => run(job, &mut wtxn, &mut durability, &mut completions),
+                Err(_) => break,
+            }
+        }
+    }
+    // A failed commit is reported to every caller as is: never retried quietly, never
+    // reported done (the callers hand it to openraft, which stops the node).
+    let committed = commit_at(env, wtxn, durability).map_err(|e| format!("LMDB commit: {e}"));
+    for c in completions {
+        c(committed.clone());
+    }
+}
+
+/// Runs `f` in a nested transaction of `group`: committed into the group if `f` succeeds,
+/// rolled back alone if it fails.
+fn run_nested<R, F>(
+    env: &LmdbEnv,
+    group: &mut RwTxn<'_>,
+    dbs: &Dbs,
     op: &'static str,
-    durability: Durability,
-    deferred: Option<(&'static str, Deferred)>,
     f: F,
 ) -> Result<R, StorageError>
 where
     F: FnOnce(&mut RwTxn<'_>, &Dbs) -> Result<R, StorageError>,
 {
-    let mut wtxn = env.write_txn().map_err(StorageError::lmdb(op))?;
-    if let Some((deferred_op, write)) = deferred
-        && let Err(e) = write(&mut wtxn, dbs)
-    {
-        // Advisory data: its loss must not fail the job it rode with.
-        tracing::warn!(op = deferred_op, error = %e, "deferred write failed; dropped");
-        wtxn.abort();
-        wtxn = env.write_txn().map_err(StorageError::lmdb(op))?;
+    let mut child = env
+        .nested_write_txn(group)
+        .map_err(StorageError::lmdb(op))?;
+    match f(&mut child, dbs) {
+        Ok(out) => {
+            child.commit().map_err(StorageError::lmdb(op))?;
+            Ok(out)
+        }
+        Err(e) => {
+            child.abort();
+            Err(e)
+        }
     }
-    let out = f(&mut wtxn, dbs)?;
-    // A failed commit is reported to the caller as is: never retried quietly, never reported
-    // done (the caller hands it to openraft, which stops the node).
-    commit_at(env, wtxn, durability).map_err(StorageError::lmdb(op))?;
-    Ok(out)
 }
 
 /// Commits `wtxn` at `durability`.

@@ -155,7 +155,7 @@ impl EmbeddedEngine {
             faults: Mutex::new(config.faults),
             built: Mutex::new(VecDeque::new()),
         };
-        let (height, hash) = engine.store.read(store::head)?;
+        let (height, hash) = engine.store.head()?;
         tracing::info!(
             path = %engine.store.path().display(),
             head = %height, %hash, dropped,
@@ -217,15 +217,15 @@ impl EmbeddedEngine {
         self.check_fail(method)?;
         // Already so (every build confirms the head the replayer just set): nothing to write,
         // so no trip to the writer thread.
-        let unchanged = self.store.read(|t, d| {
-            let (h, hash) = store::head(t, d)?;
+        let unchanged = {
+            let (h, hash) = self.store.head()?;
             let same =
                 |p: (Height, BlockHash), want: BlockHash| want == BlockHash::ZERO || p.1 == want;
-            Ok((hash == head
-                && same(store::safe(t, d)?, safe)
-                && same(store::finalized(t, d)?, finalized))
-            .then_some(h))
-        })?;
+            (hash == head
+                && same(self.store.safe()?, safe)
+                && same(self.store.finalized()?, finalized))
+            .then_some(h)
+        };
         let applied = match unchanged {
             Some(h) => Ok(Ok(h)),
             None => {
@@ -250,7 +250,7 @@ impl EmbeddedEngine {
         };
         let parent = self
             .store
-            .read(|t, d| store::header(t, d, head))?
+            .header(head)?
             .ok_or_else(|| EngineError::storage("forkchoice", format!("head {head} vanished")))?;
         // Sub-second block times: timestamps have one-second resolution, so consecutive blocks
         // may share one here (haseq's Producer adds a second for a real execution client,
@@ -340,8 +340,12 @@ impl EmbeddedEngine {
             Err(verdict) => return Ok(verdict),
             Ok(p) => p,
         };
-        if p.is_some() {
+        if let Some(p) = &p {
             self.slow_down().await;
+            // The common case, a child of the head: acknowledged now, written behind.
+            if self.store.extend_behind(p).await? {
+                return Ok(valid(hash));
+            }
         }
         let set = self
             .store
@@ -380,12 +384,8 @@ impl EmbeddedEngine {
     ) -> Result<Result<Option<ExecPayload>, Imported>, EngineError> {
         self.check_fail(method)?;
         let hash = p.block_hash();
-        let (known, parent) = self.store.read(|t, d| {
-            Ok((
-                store::header(t, d, hash)?.is_some(),
-                store::header(t, d, p.parent_hash())?,
-            ))
-        })?;
+        let known = self.store.header(hash)?.is_some();
+        let parent = self.store.header(p.parent_hash())?;
         // A block already stored (built here, or imported before) is valid as stored; like a
         // real client, the engine does not validate it again.
         if known {
@@ -439,24 +439,22 @@ impl EmbeddedEngine {
         at: BlockRef,
     ) -> Result<Option<ExecPayload>, EngineError> {
         self.check_fail(method)?;
-        let bytes = self.store.read(|t, d| {
-            let hash = match at {
-                BlockRef::Number(h) => store::canonical_hash(t, d, h)?,
-                BlockRef::Latest => Some(store::head(t, d)?.1),
-                BlockRef::Safe => Some(store::safe(t, d)?.1),
-                BlockRef::Finalized => Some(store::finalized(t, d)?.1),
-            };
-            match hash {
-                Some(h) => store::payload_bytes(t, d, h),
-                None => Ok(None),
-            }
-        })?;
+        let hash = match at {
+            BlockRef::Number(h) => self.store.canonical_hash(h)?,
+            BlockRef::Latest => Some(self.store.head()?.1),
+            BlockRef::Safe => Some(self.store.safe()?.1),
+            BlockRef::Finalized => Some(self.store.finalized()?.1),
+        };
+        let bytes = match hash {
+            Some(h) => self.store.payload_bytes(h)?,
+            None => None,
+        };
         bytes.map(|b| decode_payload(&b)).transpose()
     }
 
     fn head_now(&self, method: &'static str) -> Result<(Height, BlockHash), EngineError> {
         self.check_fail(method)?;
-        self.store.read(store::head)
+        self.store.head()
     }
 
     /// The persisted `lose_newest_on_restart` knob (what the next open will drop).
@@ -489,7 +487,7 @@ impl ExecutionEngine for EmbeddedEngine {
         const M: &str = "build_payload";
         Box::pin(instrument(M, async move {
             self.check_fail(M)?;
-            let parent = self.store.read(|t, d| store::header(t, d, params.parent))?;
+            let parent = self.store.header(params.parent)?;
             let Some(parent) = parent else {
                 return Err(EngineError::Syncing {
                     method: M,
@@ -587,7 +585,7 @@ impl ExecutionEngine for EmbeddedEngine {
         const M: &str = "block_hash_at";
         Box::pin(instrument(M, async move {
             self.check_fail(M)?;
-            self.store.read(|t, d| store::canonical_hash(t, d, height))
+            self.store.canonical_hash(height)
         }))
     }
 }

@@ -15,7 +15,9 @@
 //! commit returned, i.e. once the write is durable. Reads use read transactions in place: they
 //! take no lock and, with `WithoutTls`, may run on any thread.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -80,7 +82,81 @@ pub(crate) enum ForkchoiceRefusal {
     InvalidState(String),
 }
 
-type Job = Box<dyn FnOnce(&LmdbEnv, &Dbs) + Send + 'static>;
+/// A transaction of its own: open, write, commit, reply.
+type TxnJob = Box<dyn FnOnce(&LmdbEnv, &Dbs) + Send + 'static>;
+
+/// Work for the writer thread.
+enum Job {
+    /// A transaction of its own.
+    Txn(TxnJob),
+    /// A block to write behind (see [`Store::extend_behind`]); consecutive ones share one
+    /// transaction.
+    Extend(UnwrittenBlock),
+}
+
+/// Blocks imported as the new head whose transaction has not committed yet: a linear
+/// extension of the stored canonical chain, oldest first, each the head, safe and finalized
+/// block once it is the newest (see [`Store::extend_behind`]).
+#[derive(Debug, Default)]
+struct Unwritten {
+    blocks: VecDeque<UnwrittenBlock>,
+    /// The error of a queued write that failed: the engine's storage is broken.
+    failed: Option<String>,
+}
+
+/// Most queued extensions written in one transaction.
+const EXTEND_BATCH_MAX: usize = 256;
+/// How long the writer lets extensions gather before writing them: the most a process crash
+/// can lose of what the engine acknowledged, and the least time between two of its flushes.
+const EXTEND_LINGER: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Writes queued extensions in one transaction, then takes them off the unwritten list (or
+/// records the failure: the engine's storage is broken from then on).
+fn write_extensions(
+    env: &LmdbEnv,
+    dbs: &Dbs,
+    unwritten: &Mutex<Unwritten>,
+    batch: Vec<UnwrittenBlock>,
+) {
+    let res = (|| {
+        let mut wtxn = env.write_txn().map_err(lmdb("extend"))?;
+        for b in &batch {
+            put_encoded(&mut wtxn, dbs, b.hash, &b.header, &b.encoded)?;
+        }
+        if let Some(last) = batch.last() {
+            let h = last.hash;
+            if let Err(refusal) = set_forkchoice(&mut wtxn, dbs, h, h, h)? {
+                return Err(EngineError::storage("extend", format!("{refusal:?}")));
+            }
+        }
+        wtxn.commit().map_err(lmdb("extend"))
+    })();
+    let mut u = unwritten
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match res {
+        // Committed: readers find them on disk from now on.
+        Ok(()) => {
+            for b in &batch {
+                if u.blocks.front().is_some_and(|f| f.hash == b.hash) {
+                    u.blocks.pop_front();
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "embedded engine: writing imported blocks failed");
+            u.failed = Some(e.to_string());
+        }
+    }
+}
+
+#[derive(Debug)]
+struct UnwrittenBlock {
+    hash: BlockHash,
+    header: HeaderRec,
+    /// The compact encoding, as stored.
+    encoded: Vec<u8>,
+}
 
 /// The engine's environment and its writer thread. Dropping it drains the writer, joins it
 /// and closes the environment, so the directory can be opened again at once.
@@ -92,6 +168,8 @@ pub(crate) struct Store {
     jobs: Option<mpsc::Sender<Job>>,
     /// `None` only while dropping.
     writer: Option<JoinHandle<()>>,
+    /// Imports acknowledged whose transaction is still queued; consulted before every read.
+    unwritten: Arc<Mutex<Unwritten>>,
 }
 
 fn lmdb(op: &str) -> impl FnOnce(heed::Error) -> EngineError + '_ {
@@ -159,13 +237,39 @@ impl Store {
 
         let (jobs, mut rx) = mpsc::channel::<Job>(WRITER_QUEUE_JOBS_MAX);
         let writer_env = env.clone();
+        let unwritten: Arc<Mutex<Unwritten>> = Arc::default();
+        let unwritten_w = unwritten.clone();
         let writer = std::thread::Builder::new()
             .name("haseq-engine-writer".into())
             .spawn(move || {
                 // Queued jobs still run after the last sender is gone: nothing handed to the
                 // writer is skipped.
-                while let Some(job) = rx.blocking_recv() {
-                    job(&writer_env, &dbs);
+                let mut next = rx.blocking_recv();
+                while let Some(job) = next.take() {
+                    match job {
+                        Job::Txn(f) => f(&writer_env, &dbs),
+                        Job::Extend(first) => {
+                            // Extensions queued within EXTEND_LINGER go in one transaction:
+                            // the engine flushes at most that often, however fast blocks come
+                            // (reth too persists blocks in batches, behind what it acknowledged).
+                            std::thread::sleep(EXTEND_LINGER);
+                            let mut batch = vec![first];
+                            while batch.len() < EXTEND_BATCH_MAX {
+                                match rx.try_recv() {
+                                    Ok(Job::Extend(b)) => batch.push(b),
+                                    Ok(other) => {
+                                        next = Some(other);
+                                        break;
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                            write_extensions(&writer_env, &dbs, &unwritten_w, batch);
+                        }
+                    }
+                    if next.is_none() {
+                        next = rx.blocking_recv();
+                    }
                 }
             })
             .map_err(|e| EngineError::storage("spawn haseq-engine-writer", e))?;
@@ -176,6 +280,7 @@ impl Store {
                 path,
                 jobs: Some(jobs),
                 writer: Some(writer),
+                unwritten,
             },
             dropped,
         ))
@@ -198,7 +303,7 @@ impl Store {
         f: impl FnOnce(&mut RwTxn<'_>, &Dbs) -> Result<T, EngineError> + Send + 'static,
     ) -> Result<T, EngineError> {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |env, dbs| {
+        let job = Job::Txn(Box::new(move |env, dbs| {
             let res = (|| {
                 let mut wtxn = env.write_txn().map_err(lmdb(op))?;
                 let out = f(&mut wtxn, dbs)?;
@@ -206,11 +311,119 @@ impl Store {
                 Ok(out)
             })();
             let _ = tx.send(res);
-        });
+        }));
         let stopped = || EngineError::storage(op, "writer thread stopped");
         let jobs = self.jobs.as_ref().ok_or_else(stopped)?;
         jobs.send(job).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
+    }
+
+    fn unwritten(&self) -> Result<MutexGuard<'_, Unwritten>, EngineError> {
+        let u = self
+            .unwritten
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &u.failed {
+            Some(e) => Err(EngineError::storage(
+                "embedded engine",
+                format!("an earlier write failed: {e}"),
+            )),
+            None => Ok(u),
+        }
+    }
+
+    /// Makes `p` (a child of the current head) the head, safe and finalized block at once, and
+    /// queues its transaction: it is written (data pages flushed) behind the caller, like a real
+    /// execution client persists blocks behind what it acknowledged. Until that transaction
+    /// has committed, reads find `p` among the unwritten blocks; a process crash in between
+    /// loses it, and the engine comes back behind (haseq's hole filling refills it). Returns
+    /// `Ok(false)`, having done nothing, when `p`'s parent is not the head.
+    pub(crate) async fn extend_behind(&self, p: &ExecPayload) -> Result<bool, EngineError> {
+        let hash = p.block_hash();
+        let header = HeaderRec {
+            number: p.number().0,
+            parent: p.parent_hash().0,
+            timestamp: p.timestamp(),
+        };
+        let encoded = crate::payload::encode_payload(p);
+        {
+            let mut u = self.unwritten()?;
+            let head = match u.blocks.back() {
+                Some(b) => b.hash,
+                None => self.read(head)?.1,
+            };
+            if head != p.parent_hash() {
+                return Ok(false);
+            }
+            u.blocks.push_back(UnwrittenBlock {
+                hash,
+                header,
+                encoded: encoded.clone(),
+            });
+        }
+        let stopped = || EngineError::storage("extend", "writer thread stopped");
+        let jobs = self.jobs.as_ref().ok_or_else(stopped)?;
+        jobs.send(Job::Extend(UnwrittenBlock {
+            hash,
+            header,
+            encoded,
+        }))
+        .await
+        .map_err(|_| stopped())
+        .map(|()| true)
+    }
+
+    /// The canonical head (head, safe and finalized are the newest unwritten block if any).
+    pub(crate) fn head(&self) -> Result<(Height, BlockHash), EngineError> {
+        if let Some(b) = self.unwritten()?.blocks.back() {
+            return Ok((Height(b.header.number), b.hash));
+        }
+        self.read(head)
+    }
+
+    /// The safe block.
+    pub(crate) fn safe(&self) -> Result<(Height, BlockHash), EngineError> {
+        if let Some(b) = self.unwritten()?.blocks.back() {
+            return Ok((Height(b.header.number), b.hash));
+        }
+        self.read(safe)
+    }
+
+    /// The finalized block.
+    pub(crate) fn finalized(&self) -> Result<(Height, BlockHash), EngineError> {
+        if let Some(b) = self.unwritten()?.blocks.back() {
+            return Ok((Height(b.header.number), b.hash));
+        }
+        self.read(finalized)
+    }
+
+    /// The header record of a known block.
+    pub(crate) fn header(&self, hash: BlockHash) -> Result<Option<HeaderRec>, EngineError> {
+        if let Some(b) = self.unwritten()?.blocks.iter().find(|b| b.hash == hash) {
+            return Ok(Some(b.header));
+        }
+        self.read(|t, d| header(t, d, hash))
+    }
+
+    /// The compact payload of a known block.
+    pub(crate) fn payload_bytes(&self, hash: BlockHash) -> Result<Option<Vec<u8>>, EngineError> {
+        if let Some(b) = self.unwritten()?.blocks.iter().find(|b| b.hash == hash) {
+            return Ok(Some(b.encoded.clone()));
+        }
+        self.read(|t, d| payload_bytes(t, d, hash))
+    }
+
+    /// The canonical hash at `height`.
+    pub(crate) fn canonical_hash(&self, height: Height) -> Result<Option<BlockHash>, EngineError> {
+        if let Some(b) = self
+            .unwritten()?
+            .blocks
+            .iter()
+            .find(|b| b.header.number == height.0)
+        {
+            return Ok(Some(b.hash));
+        }
+        self.read(|t, d| canonical_hash(t, d, height))
     }
 
     /// The environment's directory, for messages.
@@ -343,17 +556,33 @@ pub(crate) fn put_payload(
     dbs: &Dbs,
     p: &ExecPayload,
 ) -> Result<(), EngineError> {
-    let hash = p.block_hash();
     let rec = HeaderRec {
         number: p.number().0,
         parent: p.parent_hash().0,
         timestamp: p.timestamp(),
     };
+    put_encoded(
+        wtxn,
+        dbs,
+        p.block_hash(),
+        &rec,
+        &crate::payload::encode_payload(p),
+    )
+}
+
+/// Stores a block's header record and compact payload.
+fn put_encoded(
+    wtxn: &mut RwTxn<'_>,
+    dbs: &Dbs,
+    hash: BlockHash,
+    rec: &HeaderRec,
+    encoded: &[u8],
+) -> Result<(), EngineError> {
     dbs.headers
-        .put(wtxn, &hash.0, &encode_rec(&rec)?)
+        .put(wtxn, &hash.0, &encode_rec(rec)?)
         .map_err(lmdb("write header"))?;
     dbs.payloads
-        .put(wtxn, &hash.0, &crate::payload::encode_payload(p))
+        .put(wtxn, &hash.0, encoded)
         .map_err(lmdb("write payload"))
 }
 

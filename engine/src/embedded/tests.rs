@@ -633,3 +633,54 @@ async fn a_build_on_the_current_head_changes_no_pointer() {
         (Height(3), blocks[2].block_hash)
     );
 }
+
+#[tokio::test]
+async fn blocks_imported_as_head_are_readable_at_once_and_all_reach_the_disk() {
+    const BLOCKS: u64 = 200;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut hashes = Vec::new();
+    {
+        let engine = open(dir.path());
+        for i in 0..BLOCKS {
+            // Built on the head just acknowledged (possibly not written yet).
+            let built = build_next(&engine, 20_000 + i).await;
+            let status = engine
+                .import_and_set_head(&built.encoded, built.block_hash)
+                .await
+                .expect("import as head");
+            assert_eq!(status, PayloadStatus::Valid);
+            let h = Height(i + 1);
+            assert_eq!(engine.head().await.expect("head"), (h, built.block_hash));
+            assert_eq!(
+                engine.block_hash_at(h).await.expect("at"),
+                Some(built.block_hash)
+            );
+            let latest = engine
+                .canonical_block("test", BlockRef::Latest)
+                .expect("latest")
+                .expect("some");
+            assert_eq!(latest.block_hash(), built.block_hash);
+            hashes.push(built.block_hash);
+        }
+    }
+    // Dropping the engine lets its queued writes finish: every block is on disk, in order.
+    let engine = open(dir.path());
+    assert_eq!(
+        engine.head().await.expect("head"),
+        (Height(BLOCKS), hashes[BLOCKS as usize - 1])
+    );
+    for (i, hash) in hashes.iter().enumerate() {
+        assert_eq!(
+            engine
+                .block_hash_at(Height(i as u64 + 1))
+                .await
+                .expect("at"),
+            Some(*hash)
+        );
+    }
+    let fin = engine
+        .canonical_block("test", BlockRef::Finalized)
+        .expect("finalized")
+        .expect("some");
+    assert_eq!(fin.block_hash(), hashes[BLOCKS as usize - 1]);
+}
