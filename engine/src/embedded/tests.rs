@@ -544,6 +544,20 @@ async fn import_and_set_head_refuses_forged_unknown_and_mismatched_blocks() {
     assert_eq!(engine.head().await.expect("head"), before);
     assert_eq!(engine.block_hash_at(Height(3)).await.expect("at"), None);
 
+    // The block this engine built, with its hash kept but its contents changed: not taken
+    // for the one built here, so its hash is checked, and refused.
+    let mut p = decode_payload(&built.encoded).expect("decode");
+    p.payload.payload_inner.payload_inner.timestamp += 1;
+    let status = engine
+        .import_and_set_head(&encode_payload(&p), built.block_hash)
+        .await
+        .expect("answer");
+    assert!(
+        matches!(status, PayloadStatus::Invalid { .. }),
+        "{status:?}"
+    );
+    assert_eq!(engine.head().await.expect("head"), before);
+
     // A block on an unknown parent cannot become the head: Syncing, as newPayload then
     // forkchoiceUpdated would answer.
     // (Another chain: same genesis, other timestamps, so other blocks.)
