@@ -6,7 +6,8 @@
 //! transaction to the thread that opened it, while heed's `RwTxn` is `Send`, so the compiler
 //! would not stop a transaction from crossing an `.await`. So async code hands the writer a
 //! closure and awaits a oneshot; the closure runs between `write_txn()` and `commit()` on this
-//! thread, and its result is sent back only after the commit has returned (i.e. is durable).
+//! thread, and its result is sent back only after the commit has returned (durable as the job
+//! asked, see below).
 //!
 //! Durability is chosen per job ([`Durability`]): the Raft log and vote are flushed whole
 //! before they are acknowledged (LMDB's default commit: data pages `fdatasync`, then the meta
@@ -393,5 +394,73 @@ impl Drop for Writer {
                 tracing::error!("storage writer thread panicked");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_meta(env: &LmdbEnv, dbs: &Dbs, key: &str) -> Option<Vec<u8>> {
+        let rtxn = env.read_txn().expect("read txn");
+        dbs.meta.get(&rtxn, key).expect("get").map(<[u8]>::to_vec)
+    }
+
+    /// Jobs queued together: the one that fails is rolled back alone and hears its own error;
+    /// the others commit, whichever group they landed in; durability follows the strongest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_job_is_rolled_back_alone_and_the_others_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = env::open_env(dir.path(), 16 << 20).expect("env");
+        let (writer, dbs) = Writer::start(env.clone()).expect("writer");
+        let (tx, mut rx) = mpsc::unbounded_channel::<(&'static str, Result<(), String>)>();
+        for (name, fails, durability) in [
+            ("a", false, Durability::DataOnly),
+            ("b", true, Durability::DataOnly),
+            ("c", false, Durability::Full),
+            ("d", false, Durability::DataOnly),
+        ] {
+            let tx = tx.clone();
+            writer
+                .submit(
+                    "test",
+                    durability,
+                    move |wtxn, dbs| {
+                        dbs.meta
+                            .put(wtxn, name, name.as_bytes())
+                            .map_err(StorageError::lmdb("put"))?;
+                        if fails {
+                            return Err(StorageError::WriterStopped);
+                        }
+                        Ok(())
+                    },
+                    move |res| {
+                        let _ = tx.send((name, res.map_err(|e| e.to_string())));
+                    },
+                )
+                .await
+                .expect("queued");
+        }
+        let mut outcomes = Vec::new();
+        for _ in 0..4 {
+            outcomes.push(rx.recv().await.expect("every job hears back"));
+        }
+        outcomes.sort_by_key(|(n, _)| *n);
+        assert_eq!(outcomes[0], ("a", Ok(())));
+        assert!(outcomes[1].1.is_err(), "{outcomes:?}");
+        assert_eq!(outcomes[2], ("c", Ok(())));
+        assert_eq!(outcomes[3], ("d", Ok(())));
+        assert_eq!(read_meta(&env, &dbs, "a").as_deref(), Some(&b"a"[..]));
+        assert_eq!(
+            read_meta(&env, &dbs, "b"),
+            None,
+            "the failed job left nothing"
+        );
+        assert_eq!(read_meta(&env, &dbs, "c").as_deref(), Some(&b"c"[..]));
+        assert_eq!(read_meta(&env, &dbs, "d").as_deref(), Some(&b"d"[..]));
+        // The flags are back to full durability after any data-only commit.
+        let flags = env.get_flags().expect("flags");
+        assert_eq!(flags & EnvFlags::NO_META_SYNC.bits(), 0);
+        drop(writer);
     }
 }
