@@ -104,6 +104,9 @@ struct Unwritten {
     failed: Option<String>,
 }
 
+/// Reads a stored block pointer (head, safe or finalized).
+type PointerRead = fn(&RoTxn<'_, WithoutTls>, &Dbs) -> Result<(Height, BlockHash), EngineError>;
+
 /// Most queued extensions written in one transaction.
 const EXTEND_BATCH_MAX: usize = 256;
 /// How long the writer lets extensions gather before writing them: the most a process crash
@@ -154,8 +157,8 @@ fn write_extensions(
 struct UnwrittenBlock {
     hash: BlockHash,
     header: HeaderRec,
-    /// The compact encoding, as stored.
-    encoded: Vec<u8>,
+    /// The compact encoding, as stored (shared by the unwritten list and the writer's job).
+    encoded: Arc<Vec<u8>>,
 }
 
 /// The engine's environment and its writer thread. Dropping it drains the writer, joins it
@@ -345,7 +348,7 @@ impl Store {
             parent: p.parent_hash().0,
             timestamp: p.timestamp(),
         };
-        let encoded = crate::payload::encode_payload(p);
+        let encoded = Arc::new(crate::payload::encode_payload(p));
         {
             let mut u = self.unwritten()?;
             let head = match u.blocks.back() {
@@ -373,28 +376,28 @@ impl Store {
         .map(|()| true)
     }
 
-    /// The canonical head (head, safe and finalized are the newest unwritten block if any).
-    pub(crate) fn head(&self) -> Result<(Height, BlockHash), EngineError> {
+    /// A block pointer: the newest unwritten block if any (it is head, safe and finalized),
+    /// else `stored`, read from disk.
+    fn pointer_now(&self, stored: PointerRead) -> Result<(Height, BlockHash), EngineError> {
         if let Some(b) = self.unwritten()?.blocks.back() {
             return Ok((Height(b.header.number), b.hash));
         }
-        self.read(head)
+        self.read(stored)
+    }
+
+    /// The canonical head.
+    pub(crate) fn head(&self) -> Result<(Height, BlockHash), EngineError> {
+        self.pointer_now(head)
     }
 
     /// The safe block.
     pub(crate) fn safe(&self) -> Result<(Height, BlockHash), EngineError> {
-        if let Some(b) = self.unwritten()?.blocks.back() {
-            return Ok((Height(b.header.number), b.hash));
-        }
-        self.read(safe)
+        self.pointer_now(safe)
     }
 
     /// The finalized block.
     pub(crate) fn finalized(&self) -> Result<(Height, BlockHash), EngineError> {
-        if let Some(b) = self.unwritten()?.blocks.back() {
-            return Ok((Height(b.header.number), b.hash));
-        }
-        self.read(finalized)
+        self.pointer_now(finalized)
     }
 
     /// The header record of a known block.
@@ -408,7 +411,7 @@ impl Store {
     /// The compact payload of a known block.
     pub(crate) fn payload_bytes(&self, hash: BlockHash) -> Result<Option<Vec<u8>>, EngineError> {
         if let Some(b) = self.unwritten()?.blocks.iter().find(|b| b.hash == hash) {
-            return Ok(Some(b.encoded.clone()));
+            return Ok(Some(b.encoded.to_vec()));
         }
         self.read(|t, d| payload_bytes(t, d, hash))
     }
