@@ -5,9 +5,9 @@
 //! `accept`, so past the cap new peers wait in the kernel's backlog instead of costing
 //! memory. Each connection runs the handshake under `connect_timeout`, then a reader loop
 //! that hands each request to its own task (at most `REQUESTS_INFLIGHT_MAX` at once, each
-//! bounded by `send_timeout` or `snapshot_timeout`) and one writer task that sends the
-//! answers in completion order. Shutdown is two steps: cancel the token (stop accepting,
-//! every connection stops reading and drops its pending work), then wait for the
+//! bounded by `send_timeout` or `snapshot_timeout`, plus `SERVE_MARGIN`) and one writer task
+//! that sends the answers in completion order. Shutdown is two steps: cancel the token (stop
+//! accepting, every connection stops reading and drops its pending work), then wait for the
 //! connections under `SHUTDOWN_GRACE`.
 
 use std::future::Future;
@@ -28,6 +28,11 @@ use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_util::codec::{Framed, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
+
+/// How long past the caller's budget a request may run here before it is answered
+/// `Unavailable`. Equal budgets raced: the server's answer could land in the same timer tick
+/// as the caller's timeout and be reported in its place.
+const SERVE_MARGIN: Duration = Duration::from_millis(100);
 use tokio_util::task::TaskTracker;
 
 use crate::config::NetConfig;
@@ -201,10 +206,12 @@ impl Connection {
                     break;
                 }
             };
+            // The caller gives up at its budget; ours runs a margin past it so the caller's
+            // own timeout is what it reports, and this cutoff only frees the slot.
             let budget = match request.body {
                 RpcRequest::InstallSnapshot { .. } => self.cfg.snapshot_timeout,
                 _ => self.cfg.send_timeout,
-            };
+            } + SERVE_MARGIN;
             requests.spawn(answer(
                 handler.clone(),
                 from.clone(),
