@@ -183,13 +183,12 @@ pub(crate) fn spawn(exe: &Path, n: &LocalNode) -> anyhow::Result<Child> {
     cmd.spawn().with_context(|| format!("starting {}", n.id))
 }
 
-/// A loopback port free at the time of the call.
+/// A loopback port free at the time of the call (see [`haseq_net::free_loopback_port`]).
 ///
 /// # Errors
 /// No port can be bound.
 pub(crate) fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    Ok(haseq_net::free_loopback_port()?)
 }
 
 /// Stops every running node: SIGTERM to all (a leader hands over first), then waits for each

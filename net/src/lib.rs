@@ -28,6 +28,7 @@ mod frame;
 mod handshake;
 mod metrics;
 mod pool;
+mod ports;
 mod raft_handler;
 mod server;
 
@@ -40,6 +41,7 @@ pub use metrics::{
     METRIC_PEER_AUTH_REFUSED, METRIC_RPC_ERRORS, METRIC_RPC_SECONDS, METRIC_RPC_SENT,
     describe_metrics,
 };
+pub use ports::free_loopback_port;
 pub use raft_handler::{RaftHandler, VoteCandidate, VoteGate};
 pub use server::{IsMember, RpcHandler, serve};
 

@@ -80,15 +80,9 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut addrs = Vec::new();
         for _ in 0..n {
-            let raft = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap();
-            let api = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap();
-            addrs.push((raft.to_string(), api.to_string()));
+            let raft = format!("127.0.0.1:{}", free_port());
+            let api = format!("127.0.0.1:{}", free_port());
+            addrs.push((raft, api));
         }
         let mut members = Vec::new();
         for i in 0..n {
@@ -438,4 +432,8 @@ pub fn run<F: Future<Output = ()>>(body: F) {
             .try_init();
     }
     haseq_actors::system().expect("runtime").block_on(body);
+}
+
+fn free_port() -> u16 {
+    haseq_net::free_loopback_port().expect("a free loopback port")
 }

@@ -49,11 +49,7 @@ impl Drop for Procs {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    haseq_net::free_loopback_port().expect("a free loopback port")
 }
 
 impl Procs {
