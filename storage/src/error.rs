@@ -177,6 +177,16 @@ pub enum StorageError {
         detail: String,
     },
 
+    /// The log journal's records could not be put into LMDB on open (nothing is lost: the
+    /// journal stays, and is replayed on the next open).
+    #[error("replaying the log journal in {path} into LMDB: {source} (the journal is kept)")]
+    JournalReplay {
+        /// The journal's directory.
+        path: PathBuf,
+        /// What failed.
+        source: Box<StorageError>,
+    },
+
     /// The writer thread is gone (the store was closed, or a write job panicked).
     #[error("storage writer thread stopped")]
     WriterStopped,

@@ -13,6 +13,7 @@
 //! Modules:
 //! - `env`: the environment, its databases, the directory layout;
 //! - `writer`: the writer thread;
+//! - `wal`: the log journal, which makes a log change durable with one flush, ahead of LMDB;
 //! - `log`: Raft log, vote, committed and purged pointers ([`LogStore`]);
 //! - `sm`: the apply rule, head and membership ([`StateMachineStore`], [`check_block`]);
 //! - `blocks`: height -> block, hash -> height ([`BlockReader`], [`BlockBackfill`]);
@@ -30,6 +31,7 @@ pub mod metrics;
 mod records;
 mod sm;
 mod snapshot;
+mod wal;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -144,6 +146,8 @@ pub fn open(dir: &Path, opts: StoreOptions) -> Result<Storage, StorageError> {
     }
     let (writer, dbs) = Writer::start(env.clone())?;
     let writer = Arc::new(writer);
+    // Before anything reads the log: what the journal holds goes into LMDB first.
+    let journal = Arc::new(wal::JournalHandle::start(dir, writer.clone())?);
 
     let initial = {
         let rtxn = env
@@ -158,7 +162,7 @@ pub fn open(dir: &Path, opts: StoreOptions) -> Result<Storage, StorageError> {
 
     let tail = applied_tail::AppliedTail::default();
     Ok(Storage {
-        log: LogStore::new(writer.clone(), env.clone(), dbs),
+        log: LogStore::new(writer.clone(), journal, env.clone(), dbs),
         sm: StateMachineStore::new(
             writer,
             env.clone(),
@@ -192,7 +196,7 @@ fn inspect(dir: &Path) -> Result<bool, StorageError> {
         return Ok(false);
     }
     let snapshots = SnapshotDir::new(dir.to_path_buf(), usize::MAX, 0);
-    if !snapshots.list()?.is_empty() {
+    if !snapshots.list()?.is_empty() || wal::has_records(dir)? {
         return Ok(true);
     }
     let data_file: PathBuf = env::env_dir(dir).join("data.mdb");

@@ -1,10 +1,12 @@
 //! The Raft log and Raft's own durable state (vote, committed, last purged): [`LogStore`].
 //!
-//! Every write goes through the writer thread, one write transaction each. An `append` queues
-//! its transaction and returns: its entries are readable at once by every reader handle (from
-//! the in-memory tail until their transaction has committed), and the `IOFlushed` callback
-//! fires from the writer once the transaction is durable (a full LMDB commit). The leader thus
-//! replicates an entry while its own flush is under way, instead of after it.
+//! Every log change (append, truncate, purge) is first made durable in the journal (`wal`: one
+//! record, one `fdatasync`), then carried into LMDB by a data-only job of the writer thread. An
+//! `append` queues its record and returns: its entries are readable at once by every reader
+//! handle (from the in-memory tail until their LMDB transaction has committed), and the
+//! `IOFlushed` callback fires from the journal thread once the record is durable. The leader
+//! thus replicates an entry while its own flush is under way, instead of after it. The vote is
+//! not journalled: it is rare, and a full LMDB commit of its own.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
@@ -26,6 +28,7 @@ use crate::env::{self, Dbs, LmdbEnv};
 use crate::error::StorageError;
 use crate::metrics::LOG_APPEND_SECONDS;
 use crate::records::{decode_rec, encode_rec, meta_key};
+use crate::wal::{ByteBuf, JournalHandle, Op, Request};
 use crate::writer::{Durability, Writer};
 
 /// Most entries one `limited_get_log_entries` call returns, and the chunk size of
@@ -36,6 +39,9 @@ pub const LOG_READ_ENTRIES_MAX: u64 = 4096;
 #[derive(Clone)]
 pub struct LogStore {
     writer: Arc<Writer>,
+    journal: Arc<JournalHandle>,
+    /// Set when a journalled change failed to reach LMDB: the log takes no more writes.
+    failed: Arc<Mutex<Option<String>>>,
     env: LmdbEnv,
     dbs: Dbs,
     /// The newest committed log id openraft saved in this process (`None`: none saved yet).
@@ -130,10 +136,59 @@ fn put_meta(
         .map_err(StorageError::lmdb("meta: put"))
 }
 
+/// Applies one journalled change to LMDB. Also how the journal is recovered: each op only sets
+/// keys (puts these entries, deletes above or below an index, raises a pointer), so applying
+/// ops again, in order, to any state they already reached gives the same state.
+pub(crate) fn apply_op(wtxn: &mut RwTxn<'_>, dbs: &Dbs, op: &Op) -> Result<(), StorageError> {
+    match op {
+        Op::Append { entries, committed } => {
+            for (index, bytes) in entries {
+                dbs.log
+                    .put(wtxn, index, &bytes.0)
+                    .map_err(StorageError::lmdb("log: put entry"))?;
+            }
+            if let Some(bytes) = committed {
+                let new: Option<LogIdOf<TC>> =
+                    decode_rec("committed log id", meta_key::COMMITTED, &bytes.0)?;
+                if new > read_committed(wtxn, dbs)? {
+                    put_meta(wtxn, dbs, meta_key::COMMITTED, &bytes.0)?;
+                }
+            }
+        }
+        Op::Truncate { after } => {
+            let from = match after {
+                Some(a) => Bound::Excluded(*a),
+                None => Bound::Unbounded,
+            };
+            dbs.log
+                .delete_range(wtxn, &(from, Bound::Unbounded))
+                .map_err(StorageError::lmdb("log: delete range"))?;
+        }
+        Op::Purge { upto, log_id } => {
+            dbs.log
+                .delete_range(wtxn, &(..=*upto))
+                .map_err(StorageError::lmdb("log: delete range"))?;
+            let new: LogIdOf<TC> =
+                decode_rec("last purged log id", meta_key::LAST_PURGED, &log_id.0)?;
+            if read_last_purged(wtxn, dbs)?.is_none_or(|current| current < new) {
+                put_meta(wtxn, dbs, meta_key::LAST_PURGED, &log_id.0)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl LogStore {
-    pub(crate) fn new(writer: Arc<Writer>, env: LmdbEnv, dbs: Dbs) -> Self {
+    pub(crate) fn new(
+        writer: Arc<Writer>,
+        journal: Arc<JournalHandle>,
+        env: LmdbEnv,
+        dbs: Dbs,
+    ) -> Self {
         LogStore {
             writer,
+            journal,
+            failed: Arc::default(),
             env,
             dbs,
             committed: Arc::default(),
@@ -273,14 +328,18 @@ impl LogStore {
         }
     }
 
-    /// Appends `entries`: they are readable when this returns (from the tail until their
-    /// transaction has committed), and `durable` is called from the writer thread once that
-    /// transaction is durable, or with the error that stopped it.
+    /// Appends `entries`: they are readable when this returns (from the tail until their LMDB
+    /// transaction has committed), and `durable` is called from the journal thread once their
+    /// journal record is durable, or with the error that stopped it.
     async fn do_append(
         &self,
         entries: Vec<EntryOf<TC>>,
         durable: impl FnOnce(Result<(), String>) + Send + 'static,
     ) -> Result<(), StorageError> {
+        if let Err(e) = self.check_failed() {
+            durable(Err(e.to_string()));
+            return Err(e);
+        }
         let Some(first) = entries.first().map(|e| e.index()) else {
             durable(Ok(()));
             return Ok(());
@@ -309,7 +368,7 @@ impl LogStore {
                 durable,
             );
         }
-        let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(entries.len());
+        let mut batch: Vec<(u64, ByteBuf)> = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
             let expected = first + i as u64;
             if e.index() != expected {
@@ -322,44 +381,120 @@ impl LogStore {
                 );
             }
             match encode_rec("log entry", e) {
-                Ok(bytes) => batch.push((e.index(), bytes)),
+                Ok(bytes) => batch.push((e.index(), ByteBuf(bytes))),
                 Err(err) => return refuse(err, durable),
             }
         }
+        // The committed pointer saved so far rides with the entries (see `save_committed`).
+        let committed = match *lock(&self.committed) {
+            Some(c) => match encode_rec("committed log id", &c) {
+                Ok(bytes) => Some(ByteBuf(bytes)),
+                Err(err) => return refuse(err, durable),
+            },
+            None => None,
+        };
         let ids: Vec<LogIdOf<TC>> = entries.iter().map(|e| e.log_id()).collect();
         lock(&self.tail).extend(entries.into_iter().map(|e| (e.index(), e)));
         let tail = self.tail.clone();
-        let done = move |res: Result<(), StorageError>| {
-            // Committed (or refused): the tail need not hold them any longer. A reader takes
-            // the tail before its read transaction, so it finds them in one or the other.
+        let failed = self.failed.clone();
+        let in_lmdb = move |res: Result<(), StorageError>| {
+            if let Err(e) = res {
+                // Durable in the journal all the same: the entries stay readable from the
+                // tail, and the log takes no more writes (the journal puts them into LMDB
+                // on the next open, once LMDB can take them).
+                tracing::error!(error = %e, "journalled log append failed to reach LMDB");
+                lock(&failed).get_or_insert(e.to_string());
+                return;
+            }
+            // In LMDB: the tail need not hold them any longer. A reader takes the tail before
+            // its read transaction, so it finds them in one or the other.
             let mut t = lock(&tail);
             for id in &ids {
                 if t.get(&id.index).is_some_and(|e| e.log_id() == *id) {
                     t.remove(&id.index);
                 }
             }
-            drop(t);
-            durable(res.map_err(|e| e.to_string()));
         };
-        let job = move |wtxn: &mut RwTxn<'_>, dbs: &Dbs| {
-            if let Some(expected) = next_index(wtxn, dbs)?
-                && first != expected
-            {
-                return Err(StorageError::LogNotContiguous {
-                    expected,
-                    got: first,
-                });
+        let on_durable: crate::wal::OnDurable = Box::new(move |res| match res {
+            Ok((writer, op)) => {
+                // Durable in the journal: acknowledge, and carry it into LMDB.
+                durable(Ok(()));
+                let job = move |wtxn: &mut RwTxn<'_>, dbs: &Dbs| {
+                    if let Some(expected) = next_index(wtxn, dbs)?
+                        && first != expected
+                    {
+                        return Err(StorageError::LogNotContiguous {
+                            expected,
+                            got: first,
+                        });
+                    }
+                    apply_op(wtxn, dbs, &op)
+                };
+                // A writer that is gone means the store is closing; nothing more to carry.
+                if let Err(e) =
+                    writer.submit_blocking("log: append", Durability::DataOnly, job, in_lmdb)
+                {
+                    tracing::warn!(error = %e, "journalled log append not carried into LMDB");
+                }
             }
-            for (index, bytes) in &batch {
-                dbs.log
-                    .put(wtxn, index, bytes)
-                    .map_err(StorageError::lmdb("log: put entry"))?;
+            Err(e) => {
+                durable(Err(e));
             }
-            Ok(())
-        };
-        self.writer
-            .submit("log: append", Durability::Full, job, done)
+        });
+        self.journal
+            .send(Request {
+                op: Op::Append {
+                    entries: batch,
+                    committed,
+                },
+                on_durable,
+            })
             .await
+    }
+
+    /// Journals `op` and waits until LMDB holds it too (so that no reader sees what it removed).
+    async fn change(&self, what: &'static str, op: Op) -> Result<(), StorageError> {
+        self.check_failed()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), StorageError>>();
+        let on_durable: crate::wal::OnDurable = Box::new(move |res| match res {
+            Ok((writer, op)) => {
+                // The reply goes from the job's completion, or from here if it was not queued.
+                let reply = Arc::new(Mutex::new(Some(tx)));
+                type Reply = Mutex<Option<tokio::sync::oneshot::Sender<Result<(), StorageError>>>>;
+                let send = |reply: &Reply, res| {
+                    if let Some(tx) = lock(reply).take() {
+                        let _ = tx.send(res);
+                    }
+                };
+                let from_job = reply.clone();
+                // Full: the caller waits, so it ends the writer's linger (and it is rare).
+                let queued = writer.submit_blocking(
+                    what,
+                    Durability::Full,
+                    move |wtxn, dbs| apply_op(wtxn, dbs, &op),
+                    move |res| send(&from_job, res),
+                );
+                if let Err(e) = queued {
+                    send(&reply, Err(e));
+                }
+            }
+            Err(detail) => {
+                let _ = tx.send(Err(StorageError::Commit { op: what, detail }));
+            }
+        });
+        self.journal.send(Request { op, on_durable }).await?;
+        rx.await.map_err(|_| StorageError::WriterStopped)?
+    }
+
+    /// Refuses a write once a journalled change failed to reach LMDB.
+    fn check_failed(&self) -> Result<(), StorageError> {
+        match &*lock(&self.failed) {
+            Some(detail) => Err(StorageError::Commit {
+                op: "log",
+                detail: format!("an earlier journalled log change failed to reach LMDB: {detail}"),
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -460,11 +595,11 @@ impl RaftLogStorage<TC> for LogStore {
         Ok(())
     }
 
-    /// Not a transaction of its own: the pointer rides in the next write transaction (the
-    /// apply of these very entries follows at once), so committing costs no extra flush.
-    /// openraft treats the saved pointer as a hint (it re-applies up to it on start-up and
-    /// learns the rest from the leader); what reached the disk only ever grows, since writes
-    /// commit in order.
+    /// Not a write of its own: the pointer rides in the next LMDB transaction (the apply of
+    /// these very entries follows at once) and in the next journalled append, so committing
+    /// costs no extra flush. openraft treats the saved pointer as a hint (it re-applies up to
+    /// it on start-up and learns the rest from the leader); what reached the disk only ever
+    /// grows, since writes commit in order and a journal replay keeps the larger value.
     async fn save_committed(&mut self, committed: Option<LogIdOf<TC>>) -> Result<(), io::Error> {
         let bytes = encode_rec("committed log id", &committed)?;
         *lock(&self.committed) = Some(committed);
@@ -503,22 +638,16 @@ impl RaftLogStorage<TC> for LogStore {
 
     /// Keeps `last_log_id` and deletes every later entry; `None` deletes them all.
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TC>>) -> Result<(), io::Error> {
-        let from = match &last_log_id {
-            Some(id) => Bound::Excluded(id.index),
-            None => Bound::Unbounded,
-        };
-        // Entries still in the tail go at once; their queued transactions commit before this
-        // one, which deletes them from disk.
+        // Entries still in the tail go at once; their queued LMDB jobs run before this one,
+        // which deletes them.
         lock(&self.tail).retain(|i, _| last_log_id.as_ref().is_some_and(|id| *i <= id.index));
-        self.writer
-            .write("log: truncate", move |wtxn, dbs| {
-                let range = (from, Bound::Unbounded);
-                dbs.log
-                    .delete_range(wtxn, &range)
-                    .map_err(StorageError::lmdb("log: delete range"))?;
-                Ok(())
-            })
-            .await?;
+        self.change(
+            "log: truncate",
+            Op::Truncate {
+                after: last_log_id.map(|id| id.index),
+            },
+        )
+        .await?;
         Ok(())
     }
 
@@ -526,19 +655,14 @@ impl RaftLogStorage<TC> for LogStore {
     /// one transaction. Purging never goes backwards.
     async fn purge(&mut self, log_id: LogIdOf<TC>) -> Result<(), io::Error> {
         let bytes = encode_rec("last purged log id", &log_id)?;
-        self.writer
-            .write("log: purge", move |wtxn, dbs| {
-                let current = read_last_purged(wtxn, dbs)?;
-                if current.as_ref().is_some_and(|c| *c >= log_id) {
-                    return Ok(());
-                }
-                let range = ..=log_id.index;
-                dbs.log
-                    .delete_range(wtxn, &range)
-                    .map_err(StorageError::lmdb("log: delete range"))?;
-                put_meta(wtxn, dbs, meta_key::LAST_PURGED, &bytes)
-            })
-            .await?;
+        self.change(
+            "log: purge",
+            Op::Purge {
+                upto: log_id.index,
+                log_id: ByteBuf(bytes),
+            },
+        )
+        .await?;
         Ok(())
     }
 }

@@ -65,7 +65,7 @@ fn parse_name(name: &str) -> Option<SortKey> {
 }
 
 /// fsyncs a directory, so that a rename or delete in it survives a crash.
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(StorageError::io("fsync directory", dir))

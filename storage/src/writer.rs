@@ -9,10 +9,11 @@
 //! thread, and its result is sent back only after the commit has returned (durable as the job
 //! asked, see below).
 //!
-//! Durability is chosen per job ([`Durability`]): the Raft log and vote are flushed whole
-//! before they are acknowledged (LMDB's default commit: data pages `fdatasync`, then the meta
-//! page written through LMDB's `O_DSYNC` descriptor), while state-machine applies flush their
-//! data pages but not the meta page (`MDB_NOMETASYNC`). Either way LMDB's integrity holds: the
+//! Durability is chosen per job ([`Durability`]): the vote, a log truncation or purge, and a
+//! journal checkpoint are flushed whole (LMDB's default commit: data pages `fdatasync`, then
+//! the meta page written through LMDB's `O_DSYNC` descriptor), while the log appends the
+//! journal already made durable (see `wal`) and the state-machine applies flush their data
+//! pages but not the meta page (`MDB_NOMETASYNC`). Either way LMDB's integrity holds: the
 //! environment after a power loss is the state after some committed transaction, never a mix,
 //! and every transaction before the last full commit is in it. A process crash loses nothing
 //! that was committed, whatever the durability (the meta page is written, only not flushed).
@@ -20,13 +21,14 @@
 //! Group commit: the writer takes every job queued at once (up to [`GROUP_JOBS_MAX`]) into one
 //! transaction, each job in a nested transaction of its own (a job that fails is rolled back
 //! alone, and its caller gets its error), and commits the group once, at the strongest
-//! durability any of its jobs asked for. A group of only `DataOnly` jobs (state-machine
-//! applies) first waits up to [`DATA_ONLY_LINGER`] for another job: an apply then rides in the
-//! next log append's commit instead of costing a flush of its own. Every job's caller hears
-//! back only after the group's commit (or with the commit's error).
+//! durability any of its jobs asked for. A group of only `DataOnly` jobs first gathers what
+//! arrives within [`DATA_ONLY_LINGER`] (a `Full` job ends the wait), so that these commits,
+//! which nothing waits on, cost few flushes. Every job's caller hears back only after the
+//! group's commit (or with the commit's error).
 //!
 //! A deferred write ([`Writer::defer`]) is not a job of its own: it rides in the next group's
-//! transaction (openraft's committed pointer, which is advisory and followed by an apply).
+//! transaction, written last so that it carries the newest value saved before any job of the
+//! group is told (openraft's committed pointer, which is advisory and followed by an apply).
 
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -42,8 +44,12 @@ use crate::error::StorageError;
 const WRITER_QUEUE_JOBS_MAX: usize = 1024;
 /// Most jobs committed as one group.
 pub(crate) const GROUP_JOBS_MAX: usize = 64;
-/// How long a group of only `DataOnly` jobs waits for another job to share its commit with.
-pub(crate) const DATA_ONLY_LINGER: Duration = Duration::from_millis(1);
+/// How long a group of only `DataOnly` jobs gathers more jobs before it commits (a `Full` job
+/// ends the wait). Nothing waits on these commits to go on (the log is durable in its journal,
+/// applies are readable at once), so a longer wait only means fewer flushes competing with the
+/// journal's: measured on 3 nodes sharing a disk, 1 KiB blocks, commit p50 1.10 ms at 1 ms,
+/// 1.03 ms at 5 ms, 1.01 ms at 20 ms.
+pub(crate) const DATA_ONLY_LINGER: Duration = Duration::from_millis(10);
 
 /// What a job hands back once it has run in its nested transaction: its durability, and what
 /// to do with the group's commit outcome.
@@ -71,10 +77,12 @@ pub(crate) enum Durability {
     /// Survives a process crash; a power loss may undo it (and only what came after the last
     /// `Full` commit), never corrupt anything: data pages flushed, meta page written but not
     /// flushed (`MDB_NOMETASYNC`). For the state machine, which openraft re-applies from the
-    /// durable log if it goes back.
+    /// durable log if it goes back, and for log appends, which the journal holds until a full
+    /// commit (its checkpoint) has made them durable here.
     DataOnly,
     /// Survives a power loss: data and meta pages flushed (LMDB's default commit). For what
-    /// Raft acknowledges: log entries, votes, truncation and purge.
+    /// Raft acknowledges outside the journal (votes), for truncation and purge (their callers
+    /// wait; a full commit ends the linger), and for journal checkpoints.
     Full,
 }
 
@@ -185,35 +193,47 @@ impl Writer {
         R: Send + 'static,
         D: FnOnce(Result<R, StorageError>) + Send + 'static,
     {
-        let job: Job = Box::new(
-            move |env: &LmdbEnv, group: Option<&mut RwTxn<'_>>, dbs: &Dbs| {
-                let res = match group {
-                    Some(group) => run_nested(env, group, dbs, op, f).map(Some),
-                    // Nothing ran: the completion gets the group's error.
-                    None => Ok(None),
-                };
-                let completion: Completion = match res {
-                    Ok(out) => Box::new(move |committed: Result<(), String>| {
-                        let res = match (committed, out) {
-                            (Ok(()), Some(out)) => Ok(out),
-                            (Err(detail), _) => Err(StorageError::Commit { op, detail }),
-                            (Ok(()), None) => Err(StorageError::Commit {
-                                op,
-                                detail: "no transaction to run in".into(),
-                            }),
-                        };
-                        done(res);
-                    }),
-                    Err(e) => Box::new(move |_| done(Err(e))),
-                };
-                Ran {
-                    durability,
-                    completion,
-                }
-            },
-        );
         let tx = self.tx.as_ref().ok_or(StorageError::WriterStopped)?;
-        tx.send(job).await.map_err(|_| StorageError::WriterStopped)
+        tx.send(job(op, durability, f, done))
+            .await
+            .map_err(|_| StorageError::WriterStopped)
+    }
+
+    /// [`Writer::submit`] from a plain thread (the log journal's): waits for room in the queue
+    /// by blocking. Never call it on an async task.
+    pub(crate) fn submit_blocking<R, F, D>(
+        &self,
+        op: &'static str,
+        durability: Durability,
+        f: F,
+        done: D,
+    ) -> Result<(), StorageError>
+    where
+        F: FnOnce(&mut RwTxn<'_>, &Dbs) -> Result<R, StorageError> + Send + 'static,
+        R: Send + 'static,
+        D: FnOnce(Result<R, StorageError>) + Send + 'static,
+    {
+        let tx = self.tx.as_ref().ok_or(StorageError::WriterStopped)?;
+        tx.blocking_send(job(op, durability, f, done))
+            .map_err(|_| StorageError::WriterStopped)
+    }
+
+    /// [`Writer::write_with`] from a plain thread: blocks until the commit is done.
+    pub(crate) fn write_blocking<R, F>(
+        &self,
+        op: &'static str,
+        durability: Durability,
+        f: F,
+    ) -> Result<R, StorageError>
+    where
+        F: FnOnce(&mut RwTxn<'_>, &Dbs) -> Result<R, StorageError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
+        self.submit_blocking(op, durability, f, move |res| {
+            let _ = reply_tx.send(res);
+        })?;
+        reply_rx.recv().map_err(|_| StorageError::WriterStopped)?
     }
 
     /// Runs `f` inside a write transaction on the writer thread, committed at `durability` (or
@@ -240,6 +260,42 @@ impl Writer {
         .await?;
         reply_rx.await.map_err(|_| StorageError::WriterStopped)?
     }
+}
+
+/// The job that runs `f` in its nested transaction and tells `done` after the group's commit.
+fn job<R, F, D>(op: &'static str, durability: Durability, f: F, done: D) -> Job
+where
+    F: FnOnce(&mut RwTxn<'_>, &Dbs) -> Result<R, StorageError> + Send + 'static,
+    R: Send + 'static,
+    D: FnOnce(Result<R, StorageError>) + Send + 'static,
+{
+    Box::new(
+        move |env: &LmdbEnv, group: Option<&mut RwTxn<'_>>, dbs: &Dbs| {
+            let res = match group {
+                Some(group) => run_nested(env, group, dbs, op, f).map(Some),
+                // Nothing ran: the completion gets the group's error.
+                None => Ok(None),
+            };
+            let completion: Completion = match res {
+                Ok(out) => Box::new(move |committed: Result<(), String>| {
+                    let res = match (committed, out) {
+                        (Ok(()), Some(out)) => Ok(out),
+                        (Err(detail), _) => Err(StorageError::Commit { op, detail }),
+                        (Ok(()), None) => Err(StorageError::Commit {
+                            op,
+                            detail: "no transaction to run in".into(),
+                        }),
+                    };
+                    done(res);
+                }),
+                Err(e) => Box::new(move |_| done(Err(e))),
+            };
+            Ran {
+                durability,
+                completion,
+            }
+        },
+    )
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -290,19 +346,6 @@ fn commit_group(
             return;
         }
     };
-    if let Some((op, write)) = lock(slot).take() {
-        let res = env
-            .nested_write_txn(&mut wtxn)
-            .map_err(StorageError::lmdb(op))
-            .and_then(|mut child| {
-                write(&mut child, dbs)?;
-                child.commit().map_err(StorageError::lmdb(op))
-            });
-        if let Err(e) = res {
-            // Advisory data: its loss must not fail the jobs it rode with.
-            tracing::warn!(op, error = %e, "deferred write failed; dropped");
-        }
-    }
     let mut durability = Durability::DataOnly;
     let mut completions: Vec<Completion> = Vec::with_capacity(group.len());
     let run = |job: Job,
@@ -318,16 +361,33 @@ fn commit_group(
     }
     // Only applies so far: give the next job (a log append, as a rule) a moment to come and
     // carry them in its commit.
-    if durability == Durability::DataOnly
-        && let Ok(Some(job)) =
-            rt.block_on(async { tokio::time::timeout(DATA_ONLY_LINGER, rx.recv()).await })
-    {
-        run(job, &mut wtxn, &mut durability, &mut completions);
+    if durability == Durability::DataOnly {
+        let deadline = tokio::time::Instant::now() + DATA_ONLY_LINGER;
+        while completions.len() < GROUP_JOBS_MAX && durability == Durability::DataOnly {
+            match rt.block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await }) {
+                Ok(Some(job)) => run(job, &mut wtxn, &mut durability, &mut completions),
+                _ => break,
+            }
+        }
         while completions.len() < GROUP_JOBS_MAX {
             match rx.try_recv() {
                 Ok(job) => run(job, &mut wtxn, &mut durability, &mut completions),
                 Err(_) => break,
             }
+        }
+    }
+    // Last, so that it carries the newest value saved before any job of the group is told.
+    if let Some((op, write)) = lock(slot).take() {
+        let res = env
+            .nested_write_txn(&mut wtxn)
+            .map_err(StorageError::lmdb(op))
+            .and_then(|mut child| {
+                write(&mut child, dbs)?;
+                child.commit().map_err(StorageError::lmdb(op))
+            });
+        if let Err(e) = res {
+            // Advisory data: its loss must not fail the jobs it rode with.
+            tracing::warn!(op, error = %e, "deferred write failed; dropped");
         }
     }
     // A failed commit is reported to every caller as is: never retried quietly, never

@@ -3,8 +3,9 @@
 //! Goal: whatever moment the process dies, the reopened log is contiguous with no torn entry,
 //! every append the store acknowledged as durable is there, and the vote, the committed id and
 //! the purge pointer never go backwards. The committed id is advisory and rides in the next
-//! write transaction (see `LogStore::save_committed`): the one that must survive is the newest
-//! saved before a write that was then acknowledged.
+//! write (see `LogStore::save_committed`): the one that must survive is the newest saved
+//! before a write that was then acknowledged. Appends are acknowledged from the log journal,
+//! usually before LMDB holds them, so most reopens replay the journal.
 //! Method: this test binary re-executes itself (`--exact <this test>`) with
 //! `HASEQ_CRASH_CHILD_DIR` set; the child appends batches of entries (some large, spanning
 //! many pages), raises its vote, saves committed ids and now and then purges, printing each

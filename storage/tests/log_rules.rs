@@ -1,9 +1,9 @@
 //! Log store rules the openraft suite does not cover.
 //!
 //! Goal: an append that would leave a hole is refused (and reported through the callback), a
-//! failed write (LMDB map full) comes back through the callback as an `io::Error` and is never
-//! reported durable nor left readable, and the purge pointer survives a reopen with an empty
-//! log.
+//! failed write (LMDB map full) comes back as an `io::Error`, is never reported durable, stops
+//! the log, and loses nothing acknowledged; and the purge pointer survives a reopen with an
+//! empty log.
 //! Method: drive `LogStore` through openraft's traits on a real store in a temp dir.
 
 use haseq_messages::{Block, BlockHash, Command, Height, NodeId, TC};
@@ -74,6 +74,21 @@ async fn an_append_that_leaves_a_hole_is_refused() {
     );
 }
 
+fn big_entry(i: u64) -> EntryOf<TC> {
+    let b = Block {
+        height: Height(i),
+        parent_hash: BlockHash::ZERO,
+        hash: BlockHash::ZERO,
+        timestamp: 0,
+        proposer: NodeId::from(1u64),
+        payload: vec![7; 64 * 1024],
+    };
+    EntryOf::<TC>::new_normal(log_id(i), Command::Block(b))
+}
+
+/// An append is acknowledged once the journal holds it; carrying it into LMDB comes after. When
+/// LMDB then refuses (map full), the log takes no more writes and says why, and nothing that
+/// was acknowledged is lost: the store does not open until the map can hold it, then has it all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_write_is_returned_not_swallowed() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -82,39 +97,49 @@ async fn a_failed_write_is_returned_not_swallowed() {
         .expect("open")
         .log;
     const ATTEMPTS_MAX: u64 = 200;
-    let mut failed_at = None;
+    let mut acked = 0;
+    let mut refused = None;
     for i in 1..=ATTEMPTS_MAX {
-        let b = Block {
-            height: Height(i),
-            parent_hash: BlockHash::ZERO,
-            hash: BlockHash::ZERO,
-            timestamp: 0,
-            proposer: NodeId::from(1u64),
-            payload: vec![7; 64 * 1024],
-        };
-        let (r, f) = append(
-            &mut log,
-            vec![EntryOf::<TC>::new_normal(log_id(i), Command::Block(b))],
-        )
-        .await;
-        // `append` queues the write and returns; a write that fails later is reported
-        // through the callback (and never as durable).
-        match (r, f) {
-            (Ok(()), Ok(())) => {}
-            (Ok(()), Err(e)) => {
+        match append(&mut log, vec![big_entry(i)]).await {
+            (Ok(()), Ok(())) => acked = i,
+            // Refused at once (an earlier append failed to reach LMDB) or through the callback:
+            // either way never reported durable.
+            (Ok(()), Err(e)) | (Err(e), _) => {
                 assert!(e.to_string().contains("LMDB"), "{e}");
-                failed_at = Some(i);
+                refused = Some(i);
                 break;
             }
-            (Err(e), f) => panic!("entry {i}: refused at once ({e}); callback: {f:?}"),
         }
     }
-    let failed_at = failed_at.expect("a 1 MiB map must fill up");
-    let entries = log.entries(..).expect("read after failure");
+    let refused = refused.expect("a 1 MiB map must fill up");
     assert_eq!(
-        entries.len() as u64,
-        failed_at - 1,
-        "the failed append left nothing behind, on disk or in the readable tail"
+        acked,
+        refused - 1,
+        "every append before the refusal was acknowledged"
+    );
+    let (r, f) = append(&mut log, vec![big_entry(refused)]).await;
+    assert!(
+        r.is_err() && f.is_err(),
+        "the log stays refusing: {r:?} {f:?}"
+    );
+    let readable = log.entries(..).expect("read after failure");
+    assert_eq!(
+        readable.iter().map(|e| e.index()).collect::<Vec<_>>(),
+        (1..=acked).collect::<Vec<_>>(),
+        "every acknowledged entry stays readable, and nothing else"
+    );
+    drop(log);
+
+    let e = haseq_storage::open(dir.path(), opts(1 << 20)).expect_err("the journal does not fit");
+    assert!(e.to_string().contains("journal"), "{e}");
+    let log = haseq_storage::open(dir.path(), opts(64 << 20))
+        .expect("reopen with room")
+        .log;
+    let entries = log.entries(..).expect("read");
+    assert_eq!(
+        entries.iter().map(|e| e.index()).collect::<Vec<_>>(),
+        (1..=acked).collect::<Vec<_>>(),
+        "every acknowledged append is there, and nothing else"
     );
 }
 
@@ -219,5 +244,58 @@ async fn appended_entries_are_readable_when_append_returns_and_durable_when_the_
     assert_eq!(
         log.get_log_state().await.expect("state").last_log_id,
         Some(log_id(4))
+    );
+}
+
+/// The journal's segment number of each file under `dir/wal`.
+fn journal_segments(dir: &std::path::Path) -> Vec<u64> {
+    let mut out: Vec<u64> = std::fs::read_dir(dir.join("wal"))
+        .expect("journal dir")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".wal")?.parse().ok()
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// A journal segment that fills up is checkpointed (LMDB made durable, next segment started,
+/// the old one deleted) while appends go on, and a reopen finds every entry, truncation and
+/// purge, whichever segment or LMDB commit carried them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_checkpoints_as_it_fills_and_a_reopen_finds_everything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 64 KiB entries, 16 per append: past one 64 MiB segment in about 66 appends.
+    const APPENDS: u64 = 80;
+    const BATCH: u64 = 16;
+    {
+        let mut log = haseq_storage::open(dir.path(), opts(1 << 30))
+            .expect("open")
+            .log;
+        assert_eq!(journal_segments(dir.path()).len(), 1);
+        for a in 0..APPENDS {
+            let entries = (a * BATCH + 1..=(a + 1) * BATCH).map(big_entry).collect();
+            let (r, f) = append(&mut log, entries).await;
+            r.and(f).unwrap_or_else(|e| panic!("append {a}: {e}"));
+        }
+        let segs = journal_segments(dir.path());
+        assert_eq!(segs.len(), 1, "old segments are deleted: {segs:?}");
+        assert!(segs[0] >= 2, "a checkpoint started a new segment: {segs:?}");
+        log.truncate_after(Some(log_id(APPENDS * BATCH - 3)))
+            .await
+            .expect("truncate");
+        log.purge(log_id(100)).await.expect("purge");
+    }
+    let mut log = haseq_storage::open(dir.path(), opts(1 << 30))
+        .expect("reopen")
+        .log;
+    let state = log.get_log_state().await.expect("state");
+    assert_eq!(state.last_purged_log_id, Some(log_id(100)));
+    assert_eq!(state.last_log_id, Some(log_id(APPENDS * BATCH - 3)));
+    let entries = log.entries(..).expect("read");
+    assert_eq!(
+        entries.iter().map(|e| e.index()).collect::<Vec<_>>(),
+        (101..=APPENDS * BATCH - 3).collect::<Vec<_>>()
     );
 }

@@ -1,0 +1,602 @@
+//! The log journal: a write-ahead file that makes each Raft log change durable with one
+//! `fdatasync`, ahead of the LMDB transaction that carries the same change.
+//!
+//! Why: a durable LMDB commit costs two device flushes (data pages, then the meta page through
+//! an `O_DSYNC` descriptor), and on the commit path of every block each member pays it. The
+//! journal pays one: a log change (append, truncate, purge) is encoded as a checksummed record,
+//! written at the end of the current segment and flushed; only then is it acknowledged. The
+//! same change then goes to LMDB as a data-only job that shares its commit with its neighbours
+//! (see `writer`); until that commit the entries are read from the log's in-memory tail.
+//!
+//! Recovery: on open, every record of every segment is applied again, in order, to the LMDB
+//! environment in one full commit. Each record sets keys to values (put these entries, delete
+//! those above or below an index, raise a pointer), so applying a suffix of the history again
+//! to any state LMDB may have reached gives the same result as applying it once. Then a fresh
+//! segment starts and the old ones are deleted. A segment also ends (a *checkpoint*) once it
+//! passes [`SEGMENT_BYTES`]: a full LMDB commit first makes everything the journal holds
+//! durable in LMDB, then the next segment starts.
+//!
+//! Layout under the node's directory: `wal/<seq>.wal`, each segment [`MAGIC`] followed by
+//! records `len: u32 LE | crc32c(body): u32 LE | body` (body: postcard [`Op`]). A record that
+//! is cut short or fails its checksum ends the segment: a crash mid-write leaves at most the
+//! last record torn, and that record was never acknowledged.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use haseq_messages::CodecError;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::error::StorageError;
+use crate::writer::{Durability, Writer};
+
+/// The journal's subdirectory under the node's directory.
+const WAL_SUBDIR: &str = "wal";
+/// A segment file's first bytes.
+const MAGIC: &[u8; 8] = b"HASEQWL1";
+/// Bytes before a record's body: its length and checksum.
+const RECORD_HEADER_BYTES: usize = 8;
+/// A segment is checkpointed and replaced once it holds this much.
+pub(crate) const SEGMENT_BYTES: u64 = 64 << 20;
+/// The checksum: CRC-32C (Castagnoli), as etcd's WAL and most storage formats use.
+const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+
+/// One Raft log change, as journalled and as applied to LMDB.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Op {
+    /// Put these encoded entries at their indexes; `committed`, if any, is the encoded
+    /// committed pointer openraft had saved when they were appended (it only ever grows).
+    Append {
+        entries: Vec<(u64, ByteBuf)>,
+        committed: Option<ByteBuf>,
+    },
+    /// Delete every entry after `after` (`None`: every entry).
+    Truncate { after: Option<u64> },
+    /// Delete every entry up to `upto` and raise the purge pointer to `log_id` (encoded).
+    Purge { upto: u64, log_id: ByteBuf },
+}
+
+/// Bytes stored in one bulk copy (see the workspace's note on `serde_bytes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct ByteBuf(#[serde(with = "serde_bytes")] pub(crate) Vec<u8>);
+
+/// Appends `op` as one record to `out`.
+pub(crate) fn encode_record(op: &Op, out: &mut Vec<u8>) -> Result<(), StorageError> {
+    let body = haseq_messages::encode(op).map_err(|source| StorageError::Encode {
+        what: "journal record",
+        source,
+    })?;
+    let len = u32::try_from(body.len()).map_err(|_| StorageError::Encode {
+        what: "journal record",
+        source: CodecError(format!(
+            "{} bytes is more than a record may hold",
+            body.len()
+        )),
+    })?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&CRC.checksum(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(())
+}
+
+/// Decodes the records of one segment's bytes (after the magic), up to the first record that
+/// is cut short or fails its checksum. Returns the ops and where the valid records end.
+#[cfg(test)]
+pub(crate) fn decode_records(bytes: &[u8], path: &Path) -> Result<(Vec<Op>, usize), StorageError> {
+    let read = |at: u64, len: usize| Ok(bytes[at as usize..at as usize + len].to_vec());
+    let (ops, end) = decode_from(read, bytes.len() as u64, 0, path)?;
+    Ok((ops, end as usize))
+}
+
+/// Decodes records from `read(offset, len)` over `[start, total)`, up to the first record that
+/// is cut short or fails its checksum (reading only the records, not the zeros after them).
+/// Returns the ops and where the valid records end.
+fn decode_from(
+    mut read: impl FnMut(u64, usize) -> std::io::Result<Vec<u8>>,
+    total: u64,
+    start: u64,
+    path: &Path,
+) -> Result<(Vec<Op>, u64), StorageError> {
+    let io = |e| StorageError::io("read journal segment", path)(e);
+    let mut ops = Vec::new();
+    let mut at = start;
+    while total - at >= RECORD_HEADER_BYTES as u64 {
+        let header = read(at, RECORD_HEADER_BYTES).map_err(io)?;
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        let body_at = at + RECORD_HEADER_BYTES as u64;
+        if len == 0 || total - body_at < u64::from(len) {
+            break;
+        }
+        let body = read(body_at, len as usize).map_err(io)?;
+        if CRC.checksum(&body) != crc {
+            break;
+        }
+        // A whole record with a good checksum that does not decode is not a torn write: it was
+        // written by other software, or this one is broken. Refuse rather than skip it.
+        let op: Op = haseq_messages::decode(&body).map_err(|source| StorageError::Decode {
+            what: "journal record",
+            key: format!("{} at byte {at}", path.display()),
+            source,
+        })?;
+        ops.push(op);
+        at = body_at + u64::from(len);
+    }
+    Ok((ops, at))
+}
+
+/// Reads one segment file: its ops, and whether anything but zeros follows them (a torn
+/// record). `None`: the segment was created but its magic never reached the disk.
+fn read_segment(path: &Path) -> Result<Option<(Vec<Op>, bool)>, StorageError> {
+    let io = |e| StorageError::io("read journal segment", path)(e);
+    let file = File::open(path).map_err(io)?;
+    let total = file.metadata().map_err(io)?.len();
+    let read = |at: u64, len: usize| {
+        let mut buf = vec![0; len];
+        file.read_exact_at(&mut buf, at).map(|()| buf)
+    };
+    let head = read(0, total.min(MAGIC.len() as u64) as usize).map_err(io)?;
+    if head != MAGIC {
+        if MAGIC.starts_with(&head) && total < MAGIC.len() as u64 {
+            return Ok(None);
+        }
+        return Err(StorageError::Decode {
+            what: "journal segment",
+            key: path.display().to_string(),
+            source: CodecError("not a haseq journal (bad magic)".into()),
+        });
+    }
+    let (ops, end) = decode_from(read, total, MAGIC.len() as u64, path)?;
+    let after = read(end, (total - end).min(RECORD_HEADER_BYTES as u64) as usize).map_err(io)?;
+    Ok(Some((ops, after.iter().any(|b| *b != 0))))
+}
+
+/// The journal's segments in `dir`, oldest first.
+fn segments(wal_dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+    let rd = match fs::read_dir(wal_dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StorageError::io("list journal directory", wal_dir)(e)),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.map_err(StorageError::io("list journal directory", wal_dir))?;
+        let name = e.file_name();
+        let Some(seq) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".wal"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        out.push((seq, e.path()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Whether `dir` holds a journal with at least one record (a store whose LMDB environment may
+/// still be empty has state all the same).
+pub(crate) fn has_records(dir: &Path) -> Result<bool, StorageError> {
+    for (_, path) in segments(&dir.join(WAL_SUBDIR))? {
+        if read_segment(&path)?.is_some_and(|(ops, _)| !ops.is_empty()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The open journal: the current segment, written at its end. Owned by the journal thread.
+pub(crate) struct Journal {
+    dir: PathBuf,
+    file: File,
+    seq: u64,
+    /// Where the next record goes.
+    pos: u64,
+}
+
+/// What an open found: the ops of every segment, oldest first, to apply again.
+pub(crate) struct Recovered {
+    pub(crate) ops: Vec<Op>,
+    /// The segments read (deleted once their ops are durable in LMDB, by [`Journal::start`]).
+    segments: Vec<(u64, PathBuf)>,
+}
+
+impl Recovered {
+    /// Reads every segment under `dir` (the node's directory).
+    pub(crate) fn read(dir: &Path) -> Result<Recovered, StorageError> {
+        let wal_dir = dir.join(WAL_SUBDIR);
+        fs::create_dir_all(&wal_dir).map_err(StorageError::io("create directory", &wal_dir))?;
+        let segments = segments(&wal_dir)?;
+        let mut ops = Vec::new();
+        for (_, path) in &segments {
+            let Some((found, torn)) = read_segment(path)? else {
+                continue;
+            };
+            if torn {
+                tracing::warn!(
+                    path = %path.display(),
+                    "journal segment ends in a torn record (a crash mid-write); it was never acknowledged"
+                );
+            }
+            ops.extend(found);
+        }
+        Ok(Recovered { ops, segments })
+    }
+}
+
+impl Journal {
+    /// Starts a fresh segment after everything `recovered` held is durable in LMDB, and
+    /// deletes the old segments.
+    pub(crate) fn start(dir: &Path, recovered: Recovered) -> Result<Journal, StorageError> {
+        let next = recovered.segments.last().map_or(1, |(seq, _)| seq + 1);
+        let journal = Journal::create(dir.join(WAL_SUBDIR), next)?;
+        journal.remove_older()?;
+        Ok(journal)
+    }
+
+    fn create(dir: PathBuf, seq: u64) -> Result<Journal, StorageError> {
+        let path = dir.join(format!("{seq:020}.wal"));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(StorageError::io("create journal segment", &path))?;
+        // The segment's full length up front (a sparse file, no disk used yet): an append then
+        // never changes the file's size, so its flush has no size to journal in the file
+        // system (measured: 1 KiB appends flushed in 0.13 ms instead of 0.18-0.21 ms).
+        file.set_len(SEGMENT_BYTES)
+            .map_err(StorageError::io("size journal segment", &path))?;
+        file.write_all_at(MAGIC, 0)
+            .and_then(|()| file.sync_all())
+            .map_err(StorageError::io("write journal segment", &path))?;
+        crate::snapshot::sync_dir(&dir)?;
+        Ok(Journal {
+            dir,
+            file,
+            seq,
+            pos: MAGIC.len() as u64,
+        })
+    }
+
+    fn remove_older(&self) -> Result<(), StorageError> {
+        let mut removed = false;
+        for (seq, path) in segments(&self.dir)? {
+            if seq < self.seq {
+                fs::remove_file(&path)
+                    .map_err(StorageError::io("remove journal segment", &path))?;
+                removed = true;
+            }
+        }
+        if removed {
+            crate::snapshot::sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `records` (whole encoded records) at the end and flushes them: durable when this
+    /// returns `Ok`. After an error the journal must not be written again (what reached the
+    /// file is unknown).
+    pub(crate) fn append(&mut self, records: &[u8]) -> Result<(), StorageError> {
+        let path = || self.dir.join(format!("{:020}.wal", self.seq));
+        self.file
+            .write_all_at(records, self.pos)
+            .map_err(|e| StorageError::io("write journal", path())(e))?;
+        self.file
+            .sync_data()
+            .map_err(|e| StorageError::io("flush journal", path())(e))?;
+        self.pos += records.len() as u64;
+        Ok(())
+    }
+
+    /// Whether the segment is full: time for a checkpoint.
+    pub(crate) fn is_full(&self) -> bool {
+        self.pos >= SEGMENT_BYTES
+    }
+
+    /// Starts the next segment and deletes this one. Only once everything in it is durable in
+    /// LMDB (a full commit after its last record's LMDB job).
+    pub(crate) fn rotate(&mut self) -> Result<(), StorageError> {
+        let next = Journal::create(self.dir.clone(), self.seq + 1)?;
+        *self = next;
+        self.remove_older()
+    }
+}
+
+/// Most requests the journal thread writes and flushes as one.
+const GROUP_REQUESTS_MAX: usize = 256;
+/// How many requests may wait for the journal thread before senders wait in turn.
+const QUEUE_REQUESTS_MAX: usize = 1024;
+
+/// Told once a request's record is durable: `Ok` with the writer (to queue the LMDB job that
+/// carries the same change, in journal order) and the op back; or the error that stopped it.
+pub(crate) type OnDurable = Box<dyn FnOnce(Result<(&Writer, Op), String>) + Send + 'static>;
+
+/// Work for the journal thread.
+pub(crate) struct Request {
+    pub(crate) op: Op,
+    pub(crate) on_durable: OnDurable,
+}
+
+/// Handle to the journal thread, which owns the [`Journal`]. Dropping it closes the queue and
+/// joins the thread (requests already queued are still written).
+pub(crate) struct JournalHandle {
+    tx: Option<mpsc::Sender<Request>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl JournalHandle {
+    /// Recovers the journal under `dir` into LMDB (one full commit through `writer`), starts
+    /// a fresh segment, then the thread. Blocks until recovery is done (start-up only).
+    pub(crate) fn start(dir: &Path, writer: Arc<Writer>) -> Result<JournalHandle, StorageError> {
+        let (tx, rx) = mpsc::channel::<Request>(QUEUE_REQUESTS_MAX);
+        let (init_tx, init_rx) = std::sync::mpsc::sync_channel::<Result<(), StorageError>>(1);
+        let dir = dir.to_path_buf();
+        let thread = thread::Builder::new()
+            .name("haseq-storage-journal".into())
+            .spawn(move || {
+                let journal = match recover(&dir, &writer) {
+                    Ok(j) => j,
+                    Err(e) => {
+                        let _ = init_tx.send(Err(e));
+                        return;
+                    }
+                };
+                if init_tx.send(Ok(())).is_err() {
+                    return;
+                }
+                run(journal, &writer, rx);
+                tracing::debug!(dir = %dir.display(), "log journal stopped");
+            })
+            .map_err(StorageError::io(
+                "spawn journal thread",
+                "haseq-storage-journal",
+            ))?;
+        match init_rx.recv() {
+            Ok(res) => res?,
+            Err(_) => return Err(StorageError::WriterStopped),
+        }
+        Ok(JournalHandle {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `req`, waiting only for room in the queue. Requests are written in the order
+    /// they were queued, and their LMDB jobs queued in that order too.
+    pub(crate) async fn send(&self, req: Request) -> Result<(), StorageError> {
+        let tx = self.tx.as_ref().ok_or(StorageError::WriterStopped)?;
+        tx.send(req).await.map_err(|_| StorageError::WriterStopped)
+    }
+}
+
+impl Drop for JournalHandle {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take()
+            && thread.thread().id() != thread::current().id()
+            && thread.join().is_err()
+        {
+            tracing::error!("log journal thread panicked");
+        }
+    }
+}
+
+/// Applies every op the journal holds to LMDB in one full commit, then starts a fresh segment.
+fn recover(dir: &Path, writer: &Writer) -> Result<Journal, StorageError> {
+    let mut recovered = Recovered::read(dir)?;
+    if !recovered.ops.is_empty() {
+        let ops = std::mem::take(&mut recovered.ops);
+        let n = ops.len();
+        writer
+            .write_blocking(
+                "log: recover from journal",
+                Durability::Full,
+                move |wtxn, dbs| {
+                    for op in &ops {
+                        crate::log::apply_op(wtxn, dbs, op)?;
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(|e| StorageError::JournalReplay {
+                path: dir.join(WAL_SUBDIR),
+                source: Box::new(e),
+            })?;
+        tracing::info!(dir = %dir.display(), records = n, "log journal applied to the store");
+    }
+    Journal::start(dir, recovered)
+}
+
+/// The journal thread's loop: each turn writes every queued request as one flush, then tells
+/// each one. After a failed write nothing more is written: every later request hears the error.
+fn run(mut journal: Journal, writer: &Writer, mut rx: mpsc::Receiver<Request>) {
+    let mut failed: Option<String> = None;
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_REQUESTS_MAX {
+            match rx.try_recv() {
+                Ok(req) => group.push(req),
+                Err(_) => break,
+            }
+        }
+        if let Some(e) = &failed {
+            for req in group {
+                (req.on_durable)(Err(e.clone()));
+            }
+            continue;
+        }
+        buf.clear();
+        let mut written = Vec::with_capacity(group.len());
+        for req in group {
+            match encode_record(&req.op, &mut buf) {
+                Ok(()) => written.push(req),
+                Err(e) => (req.on_durable)(Err(e.to_string())),
+            }
+        }
+        if let Err(e) = journal.append(&buf) {
+            tracing::error!(error = %e, "log journal write failed; the log takes no more writes");
+            let e = e.to_string();
+            for req in written {
+                (req.on_durable)(Err(e.clone()));
+            }
+            failed = Some(e);
+            continue;
+        }
+        for req in written {
+            (req.on_durable)(Ok((writer, req.op)));
+        }
+        if journal.is_full()
+            && let Err(e) = checkpoint(&mut journal, writer)
+        {
+            tracing::error!(error = %e, "log journal checkpoint failed; the log takes no more writes");
+            failed = Some(e.to_string());
+        }
+        // Keep the buffer's memory for the next group, unless one large batch grew it.
+        if buf.capacity() > BUF_KEEP_BYTES {
+            buf = Vec::new();
+        }
+    }
+}
+
+/// A buffer larger than this is freed after its group instead of kept.
+const BUF_KEEP_BYTES: usize = 4 << 20;
+
+/// Makes everything LMDB holds durable (a full commit after every job queued so far), then
+/// replaces the segment.
+fn checkpoint(journal: &mut Journal, writer: &Writer) -> Result<(), StorageError> {
+    writer.write_blocking("log: journal checkpoint", Durability::Full, |_, _| Ok(()))?;
+    journal.rotate()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(entries: &[(u64, &[u8])]) -> Op {
+        Op::Append {
+            entries: entries
+                .iter()
+                .map(|(i, b)| (*i, ByteBuf(b.to_vec())))
+                .collect(),
+            committed: None,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_a_torn_or_corrupt_tail_ends_them() {
+        let ops = vec![
+            append(&[(1, b"one"), (2, b"two")]),
+            Op::Truncate { after: Some(1) },
+            Op::Purge {
+                upto: 1,
+                log_id: ByteBuf(vec![7; 3]),
+            },
+        ];
+        let mut bytes = Vec::new();
+        for op in &ops {
+            encode_record(op, &mut bytes).expect("encode");
+        }
+        let p = Path::new("test.wal");
+        assert_eq!(
+            decode_records(&bytes, p).expect("decode"),
+            (ops.clone(), bytes.len())
+        );
+
+        // Cut anywhere inside the last record: the first two remain.
+        let whole_two = {
+            let mut b = Vec::new();
+            encode_record(&ops[0], &mut b).unwrap();
+            encode_record(&ops[1], &mut b).unwrap();
+            b.len()
+        };
+        for cut in whole_two..bytes.len() {
+            let (got, end) = decode_records(&bytes[..cut], p).expect("decode");
+            assert_eq!(got, ops[..2].to_vec(), "cut at {cut}");
+            assert_eq!(end, whole_two);
+        }
+        // A flipped bit in the last body fails its checksum; zeros after the end are no record.
+        let mut flipped = bytes.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert_eq!(decode_records(&flipped, p).unwrap().0, ops[..2].to_vec());
+        let mut padded = bytes.clone();
+        padded.extend_from_slice(&[0; 64]);
+        assert_eq!(decode_records(&padded, p).unwrap().0, ops);
+    }
+
+    #[test]
+    fn a_segment_file_is_read_up_to_a_torn_record_and_says_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::start(dir.path(), Recovered::read(dir.path()).unwrap()).unwrap();
+        let path = dir
+            .path()
+            .join(WAL_SUBDIR)
+            .join(format!("{:020}.wal", j.seq));
+        let mut buf = Vec::new();
+        encode_record(&append(&[(1, b"a")]), &mut buf).unwrap();
+        j.append(&buf).unwrap();
+        assert_eq!(
+            read_segment(&path).unwrap(),
+            Some((vec![append(&[(1, b"a")])], false))
+        );
+        // Half a record: a crash mid-write.
+        let mut torn = Vec::new();
+        encode_record(&Op::Truncate { after: Some(9) }, &mut torn).unwrap();
+        j.file.write_all_at(&torn[..torn.len() - 1], j.pos).unwrap();
+        assert_eq!(
+            read_segment(&path).unwrap(),
+            Some((vec![append(&[(1, b"a")])], true))
+        );
+        // A file that is not a journal is refused, naming it.
+        let other = dir.path().join(WAL_SUBDIR).join("00000000000000000099.wal");
+        fs::write(&other, b"something else").unwrap();
+        let e = read_segment(&other).unwrap_err();
+        assert!(e.to_string().contains("99.wal"), "{e}");
+    }
+
+    #[test]
+    fn a_checksummed_record_that_does_not_decode_is_refused() {
+        let body = [0xFFu8; 5];
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&CRC.checksum(&body).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        let e = decode_records(&bytes, Path::new("x.wal")).unwrap_err();
+        assert!(e.to_string().contains("x.wal"), "{e}");
+    }
+
+    #[test]
+    fn segments_rotate_and_recovery_reads_every_one_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rec = Recovered::read(dir.path()).expect("read");
+        assert!(rec.ops.is_empty());
+        let mut j = Journal::start(dir.path(), rec).expect("start");
+        let mut buf = Vec::new();
+        encode_record(&append(&[(1, b"a")]), &mut buf).unwrap();
+        j.append(&buf).expect("append");
+        assert!(has_records(dir.path()).unwrap());
+        // A second segment without deleting the first (a crash between the two steps).
+        let mut second = Journal::create(dir.path().join(WAL_SUBDIR), j.seq + 1).expect("create");
+        let mut buf = Vec::new();
+        encode_record(&Op::Truncate { after: None }, &mut buf).unwrap();
+        second.append(&buf).expect("append");
+        drop((j, second));
+
+        let rec = Recovered::read(dir.path()).expect("read");
+        assert_eq!(
+            rec.ops,
+            vec![append(&[(1, b"a")]), Op::Truncate { after: None }]
+        );
+        let j = Journal::start(dir.path(), rec).expect("start");
+        assert_eq!(segments(&j.dir).unwrap().len(), 1, "old segments deleted");
+        assert!(!has_records(dir.path()).unwrap());
+        assert!(Recovered::read(dir.path()).unwrap().ops.is_empty());
+    }
+}
