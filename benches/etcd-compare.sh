@@ -151,7 +151,12 @@ if python3 -m venv "$WORK/venv" >&2 && "$WORK/venv/bin/pip" install -q grpcio >&
 else
     say "grpcio could not be installed: timing etcd through its HTTP/JSON gateway instead"
 fi
+# Each run starts with no dirty pages left by the one before (both systems share one disk, and
+# writeback of an earlier run's data would slow whichever runs next).
+settle() { sync; sleep 1; }
+
 for size in "${SIZES[@]}"; do
+    settle
     "$PY" - "$leader" "$size" "$OPS" "$CLIENT" >"$WORK/etcd-$size.json" <<'EOF'
 import base64, http.client, json, math, sys, time, urllib.parse
 
@@ -234,10 +239,14 @@ EOF
     say "etcd $size: $(cat "$WORK/etcd-$size.json")"
 done
 stop_etcd
+# Its data is no longer needed, and its gigabyte or so of files would stay in the page cache
+# and on the disk haseq now writes to.
+rm -rf "$WORK"/m[0-9]*
 say "etcd stopped"
 
 # --- haseq -------------------------------------------------------------------------------------
 for size in "${SIZES[@]}"; do
+    settle
     say "haseqd bench --nodes 3 --block-bytes $size --blocks $OPS"
     "$HASEQD" bench --nodes 3 --block-bytes "$size" --blocks "$OPS" --json \
         >"$WORK/haseq-$size.json" 2>"$WORK/haseq-$size.log" &

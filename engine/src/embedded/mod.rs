@@ -311,7 +311,7 @@ impl EmbeddedEngine {
         p: ExecPayload,
     ) -> Result<Imported, EngineError> {
         let hash = p.block_hash();
-        let p = match self.check_import(method, p)? {
+        let p = match self.check_import(method, p).await? {
             Err(verdict) => return Ok(verdict),
             Ok(None) => return Ok(valid(hash)),
             Ok(Some(p)) => p,
@@ -330,7 +330,7 @@ impl EmbeddedEngine {
         p: ExecPayload,
     ) -> Result<Imported, EngineError> {
         let hash = p.block_hash();
-        let p = match self.check_import(method, p)? {
+        let p = match self.check_import(method, p).await? {
             // As `newPayload` then `forkchoiceUpdated` would: the head cannot move to a block
             // on an unknown parent.
             Err(Imported {
@@ -377,7 +377,7 @@ impl EmbeddedEngine {
 
     /// Checks `p` for import: `Err(verdict)` when it is not to be stored (invalid, or on an
     /// unknown parent), `Ok(None)` when it is already stored, `Ok(Some(p))` to store it.
-    fn check_import(
+    async fn check_import(
         &self,
         method: &'static str,
         p: ExecPayload,
@@ -396,12 +396,27 @@ impl EmbeddedEngine {
         let built_here = lock(&self.built)
             .iter()
             .any(|(_, b)| b.block_hash() == hash && *b == p);
-        if !built_here && let Err(reason) = p.verify_block_hash() {
-            return Ok(Err(Imported {
-                status: PayloadStatus::Invalid { reason },
-                latest_valid_hash: None,
-            }));
-        }
+        let p = if built_here {
+            p
+        } else {
+            // Hashing the transactions is an import's one CPU-heavy step (about 0.3 ms for
+            // 100 KiB): off the async workers, so the node's network and Raft tasks do not
+            // queue behind it (100 KiB blocks, 3 nodes on 2 cores: follower receive latency
+            // and commit p50 both dropped).
+            let (p, verdict) = tokio::task::spawn_blocking(move || {
+                let verdict = p.verify_block_hash();
+                (p, verdict)
+            })
+            .await
+            .map_err(|e| EngineError::storage(format!("{method}: verify block hash"), e))?;
+            if let Err(reason) = verdict {
+                return Ok(Err(Imported {
+                    status: PayloadStatus::Invalid { reason },
+                    latest_valid_hash: None,
+                }));
+            }
+            p
+        };
         let Some(parent) = parent else {
             // The spec's answer for a payload on an unknown parent; the embedded engine never
             // fetches it by itself: the caller imports the ancestors first.
