@@ -66,16 +66,26 @@ fn lagging_follower_catches_up_from_a_snapshot() {
         )
         .await;
         assert!(snaps <= 2, "snap_count = 2, found {snaps} snapshot files");
+        // openraft purges the log after the snapshot is built (a journalled, flushed change of
+        // its own): the file can be there a moment before the purge is.
         let node = c.node(leader);
-        let purged = node
-            .raft
-            .with_raft_state(|st| st.log_ids.purged().map(|l| l.index))
-            .await
-            .unwrap();
-        assert!(
-            purged.is_some_and(|p| p > 50),
-            "leader log compacted behind a snapshot: purged {purged:?}"
-        );
+        wait_until(
+            Duration::from_secs(10),
+            "the leader's log compacted behind a snapshot",
+            || async {
+                let purged = node
+                    .raft
+                    .with_raft_state(|st| st.log_ids.purged().map(|l| l.index))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if purged.is_some_and(|p| p > 50) {
+                    Ok(())
+                } else {
+                    Err(format!("purged {purged:?}"))
+                }
+            },
+        )
+        .await;
 
         c.restart(lagger).await;
         let top = c.top_applied();
