@@ -59,17 +59,28 @@ fn follower_refills_history_after_a_snapshot_install() {
         eprintln!("phase: height {target} reached");
         // The leader compacted past what the stopped node has: it can only catch up from a
         // snapshot, which carries the head, not the history.
+        // (The purge follows the snapshot build as a flushed change of its own: wait for it.)
         let (leader, _) = c.agreed_leader().await.expect("leader");
-        let purged = c
-            .node(leader)
-            .raft
-            .with_raft_state(|st| st.log_ids.purged().map(|l| l.index))
-            .await
-            .unwrap();
-        assert!(
-            purged > lagger_log,
-            "leader purged {purged:?}, stopped node had {lagger_log:?}"
-        );
+        wait_until(
+            Duration::from_secs(10),
+            "the leader's log purged past what the stopped node has",
+            || async {
+                let purged = c
+                    .node(leader)
+                    .raft
+                    .with_raft_state(|st| st.log_ids.purged().map(|l| l.index))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if purged > lagger_log {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "leader purged {purged:?}, stopped node had {lagger_log:?}"
+                    ))
+                }
+            },
+        )
+        .await;
 
         c.restart(lagger).await;
         wait_until(
