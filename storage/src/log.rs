@@ -458,25 +458,17 @@ impl LogStore {
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), StorageError>>();
         let on_durable: crate::wal::OnDurable = Box::new(move |res| match res {
             Ok((writer, op)) => {
-                // The reply goes from the job's completion, or from here if it was not queued.
-                let reply = Arc::new(Mutex::new(Some(tx)));
-                type Reply = Mutex<Option<tokio::sync::oneshot::Sender<Result<(), StorageError>>>>;
-                let send = |reply: &Reply, res| {
-                    if let Some(tx) = lock(reply).take() {
-                        let _ = tx.send(res);
-                    }
-                };
-                let from_job = reply.clone();
-                // Full: the caller waits, so it ends the writer's linger (and it is rare).
-                let queued = writer.submit_blocking(
+                // Full: the caller waits, so it ends the writer's linger (and it is rare). A
+                // job that cannot be queued is dropped with its completion, and the caller
+                // hears `WriterStopped` from the closed reply channel.
+                let _ = writer.submit_blocking(
                     what,
                     Durability::Full,
                     move |wtxn, dbs| apply_op(wtxn, dbs, &op),
-                    move |res| send(&from_job, res),
+                    move |res| {
+                        let _ = tx.send(res);
+                    },
                 );
-                if let Err(e) = queued {
-                    send(&reply, Err(e));
-                }
             }
             Err(detail) => {
                 let _ = tx.send(Err(StorageError::Commit { op: what, detail }));
