@@ -2,9 +2,12 @@
 //!
 //! Owns: a clone of the `Raft` handle (openraft's own tasks run on the tokio runtime and
 //! outlive this actor, so a rebuilt RaftCore picks up exactly where the old one was).
-//! Receives: `GetStatus`, `CrashForTest`; a stream of openraft metrics.
-//! Sends: nothing; publishes the role, term, leader and indexes as Prometheus metrics and logs
-//! every role and leader change. (Production is steered by the Elector.)
+//! Receives: `GetStatus`, `CrashForTest`; openraft's server metrics (role, vote, leader,
+//! membership) as a stream.
+//! Sends: nothing; logs every role and leader change at once, and publishes the role, term,
+//! leader and indexes as Prometheus metrics (the indexes every [`GAUGES_INTERVAL`]: following
+//! openraft's full metrics instead woke this actor several times per block, on the arbiter
+//! thread every other actor shares). (Production is steered by the Elector.)
 
 use actix::{Actor, AsyncContext, Context, Handler, Message, StreamHandler};
 use haseq_messages::NodeId;
@@ -117,7 +120,10 @@ impl RaftStatus {
     }
 }
 
-/// Ask RaftCore for the current Raft status.
+/// How often the log index gauges are refreshed between role changes.
+pub const GAUGES_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Ask RaftCore for the current Raft status (read from openraft's metrics when asked).
 #[derive(Message)]
 #[rtype(result = "RaftStatus")]
 pub struct GetStatus;
@@ -143,6 +149,12 @@ impl RaftCore {
             status,
             _exit: exit,
         }
+    }
+
+    /// Reads openraft's metrics now and takes them in.
+    fn refresh(&mut self) {
+        let next = RaftStatus::from_metrics(&self.raft.metrics().borrow_watched());
+        self.observe(next);
     }
 
     fn observe(&mut self, next: RaftStatus) {
@@ -202,15 +214,19 @@ impl Actor for RaftCore {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         publish_gauges(&self.status);
-        // openraft publishes its metrics on a watch channel; turn it into a stream of
-        // snapshots. `changed()` is cancel-safe, and a rebuilt actor subscribes anew.
-        let rx = self.raft.metrics();
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
+        // openraft publishes its server metrics (role, vote, leader, membership) on a watch
+        // channel that changes only with them; turn it into a stream of full snapshots.
+        // `changed()` is cancel-safe, and a rebuilt actor subscribes anew.
+        let rx = self.raft.server_metrics();
+        let full = self.raft.clone();
+        let stream = futures::stream::unfold((rx, full), |(mut rx, full)| async move {
             rx.changed().await.ok()?;
-            let m = RaftStatus::from_metrics(&rx.borrow_and_update());
-            Some((m, rx))
+            rx.borrow_and_update();
+            let m = RaftStatus::from_metrics(&full.metrics().borrow_watched());
+            Some((m, (rx, full)))
         });
         ctx.add_stream(stream);
+        ctx.run_interval(GAUGES_INTERVAL, |act, _| act.refresh());
     }
 }
 
@@ -230,6 +246,7 @@ impl Handler<GetStatus> for RaftCore {
     type Result = actix::MessageResult<GetStatus>;
 
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
+        self.refresh();
         actix::MessageResult(self.status.clone())
     }
 }
