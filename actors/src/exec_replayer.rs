@@ -256,7 +256,7 @@ async fn step(
     // what the engine says about itself.
     let ours_at_engine_head = if eh.0 <= applied.height.0 {
         let want = match blocks
-            .block(eh)
+            .summary(eh)
             .map_err(|e| format!("reading block {eh}: {e}"))?
         {
             Some(b) => b.hash,

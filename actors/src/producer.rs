@@ -251,7 +251,7 @@ async fn produce_one(
     } else {
         head_hash
     };
-    let parent_ts = match d.blocks.block(head_height) {
+    let parent_ts = match d.blocks.summary(head_height) {
         Ok(Some(b)) => b.timestamp,
         _ => 0,
     };

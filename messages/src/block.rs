@@ -24,6 +24,62 @@ pub struct Block {
     pub payload: Vec<u8>,
 }
 
+/// A block's header fields without its payload: for callers that need only the chain links or
+/// the timestamp (a payload runs to hundreds of KiB; copying it to read a hash is waste).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSummary {
+    /// The block's height.
+    pub height: Height,
+    /// The hash of the block it builds on.
+    pub parent_hash: BlockHash,
+    /// The block's hash.
+    pub hash: BlockHash,
+    /// Block timestamp, seconds since the Unix epoch.
+    pub timestamp: u64,
+}
+
+impl Block {
+    /// The block's [`BlockSummary`].
+    pub fn summary(&self) -> BlockSummary {
+        BlockSummary {
+            height: self.height,
+            parent_hash: self.parent_hash,
+            hash: self.hash,
+            timestamp: self.timestamp,
+        }
+    }
+}
+
+/// A [`Block`] decoded in place: the payload borrowed from the encoded bytes, not copied.
+#[derive(Debug, Deserialize)]
+pub struct BlockRef<'a> {
+    /// As [`Block::height`].
+    pub height: Height,
+    /// As [`Block::parent_hash`].
+    pub parent_hash: BlockHash,
+    /// As [`Block::hash`].
+    pub hash: BlockHash,
+    /// As [`Block::timestamp`].
+    pub timestamp: u64,
+    /// As [`Block::proposer`].
+    pub proposer: NodeId,
+    /// As [`Block::payload`], borrowed.
+    #[serde(borrow)]
+    pub payload: &'a [u8],
+}
+
+impl BlockRef<'_> {
+    /// The block's [`BlockSummary`].
+    pub fn summary(&self) -> BlockSummary {
+        BlockSummary {
+            height: self.height,
+            parent_hash: self.parent_hash,
+            hash: self.hash,
+            timestamp: self.timestamp,
+        }
+    }
+}
+
 /// The application data of a Raft log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {

@@ -13,7 +13,7 @@ mod ids;
 mod raft_types;
 pub mod wire;
 
-pub use block::{ApplyOutcome, Block, Command, RejectReason};
+pub use block::{ApplyOutcome, Block, BlockRef, BlockSummary, Command, RejectReason};
 pub use ids::{BlockHash, Height, NodeId};
 pub use raft_types::{PeerNode, TC};
 
@@ -30,6 +30,21 @@ pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 /// # Errors
 /// When the bytes are not a valid encoding of `T`, or trailing bytes remain.
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| CodecError(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CodecError(format!(
+            "{} trailing bytes after value",
+            rest.len()
+        )));
+    }
+    Ok(value)
+}
+
+/// [`decode`] for a value that borrows from `bytes` (such as [`BlockRef`]).
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_borrowed<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
     let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| CodecError(e.to_string()))?;
     if !rest.is_empty() {
         return Err(CodecError(format!(

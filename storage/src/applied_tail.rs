@@ -103,6 +103,11 @@ impl AppliedTail {
         self.lock().blocks.get(&height.0).cloned()
     }
 
+    /// The summary of the tail's block at `height` (its payload is not copied).
+    pub(crate) fn summary(&self, height: Height) -> Option<haseq_messages::BlockSummary> {
+        self.lock().blocks.get(&height.0).map(Block::summary)
+    }
+
     /// The tail's blocks from `from`, at most `max`.
     pub(crate) fn blocks_from(&self, from: Height, max: usize) -> BTreeMap<u64, Block> {
         self.lock()

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use haseq_messages::{Block, BlockHash, Height};
+use haseq_messages::{Block, BlockHash, BlockRef, BlockSummary, Height};
 use heed::{RoTxn, RwTxn};
 use tokio::sync::watch;
 
@@ -168,6 +168,41 @@ impl BlockReader {
             Some(b) => Ok(Some(b)),
             None => self.read(|txn| get_block(txn, &self.dbs, height)),
         }
+    }
+
+    /// The header fields of the stored block at `height` ([`BlockReader::block`] without
+    /// copying its payload).
+    ///
+    /// # Errors
+    /// On an LMDB failure or a corrupt record.
+    pub fn summary(&self, height: Height) -> Result<Option<BlockSummary>, StorageError> {
+        if let Some(s) = self.tail.summary(height) {
+            return Ok(Some(s));
+        }
+        self.read(|txn| {
+            let Some(bytes) = self
+                .dbs
+                .blocks
+                .get(txn, &height.0)
+                .map_err(StorageError::lmdb("block store: get block"))?
+            else {
+                return Ok(None);
+            };
+            let decode_error = |source| StorageError::Decode {
+                what: "block",
+                key: height.to_string(),
+                source,
+            };
+            let block: BlockRef<'_> =
+                haseq_messages::decode_borrowed(bytes).map_err(decode_error)?;
+            if block.height != height {
+                return Err(decode_error(haseq_messages::CodecError(format!(
+                    "block under height {height} says height {}",
+                    block.height
+                ))));
+            }
+            Ok(Some(block.summary()))
+        })
     }
 
     /// The height of the stored block with this hash, if any.

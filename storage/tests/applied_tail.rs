@@ -70,6 +70,10 @@ async fn every_apply_is_visible_at_once_and_all_of_them_land_in_order() {
             assert_eq!(reader.head().expect("head").hash, hash(h));
             assert_eq!(reader.block(Height(h)).expect("block"), Some(block(h)));
             assert_eq!(
+                reader.summary(Height(h)).expect("summary"),
+                Some(block(h).summary())
+            );
+            assert_eq!(
                 reader.height_of(&hash(h)).expect("by hash"),
                 Some(Height(h))
             );
@@ -108,4 +112,15 @@ async fn every_apply_is_visible_at_once_and_all_of_them_land_in_order() {
     for (i, b) in all.iter().enumerate() {
         assert_eq!(*b, block(i as u64 + 1));
     }
+    // Read from LMDB now (nothing is queued): the summary decodes in place, and agrees.
+    for h in [1, BLOCKS / 2, BLOCKS] {
+        assert_eq!(
+            store.reader.summary(Height(h)).expect("summary"),
+            Some(block(h).summary())
+        );
+    }
+    assert_eq!(
+        store.reader.summary(Height(BLOCKS + 1)).expect("summary"),
+        None
+    );
 }
