@@ -38,15 +38,21 @@ pub struct BlockSummary {
     pub timestamp: u64,
 }
 
+impl BlockSummary {
+    fn of(height: Height, parent_hash: BlockHash, hash: BlockHash, timestamp: u64) -> Self {
+        BlockSummary {
+            height,
+            parent_hash,
+            hash,
+            timestamp,
+        }
+    }
+}
+
 impl Block {
     /// The block's [`BlockSummary`].
     pub fn summary(&self) -> BlockSummary {
-        BlockSummary {
-            height: self.height,
-            parent_hash: self.parent_hash,
-            hash: self.hash,
-            timestamp: self.timestamp,
-        }
+        BlockSummary::of(self.height, self.parent_hash, self.hash, self.timestamp)
     }
 }
 
@@ -71,12 +77,7 @@ pub struct BlockRef<'a> {
 impl BlockRef<'_> {
     /// The block's [`BlockSummary`].
     pub fn summary(&self) -> BlockSummary {
-        BlockSummary {
-            height: self.height,
-            parent_hash: self.parent_hash,
-            hash: self.hash,
-            timestamp: self.timestamp,
-        }
+        BlockSummary::of(self.height, self.parent_hash, self.hash, self.timestamp)
     }
 }
 

@@ -30,14 +30,7 @@ pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 /// # Errors
 /// When the bytes are not a valid encoding of `T`, or trailing bytes remain.
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| CodecError(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(CodecError(format!(
-            "{} trailing bytes after value",
-            rest.len()
-        )));
-    }
-    Ok(value)
+    decode_borrowed(bytes)
 }
 
 /// [`decode`] for a value that borrows from `bytes` (such as [`BlockRef`]).
