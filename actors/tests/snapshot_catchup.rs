@@ -70,16 +70,11 @@ fn lagging_follower_catches_up_from_a_snapshot() {
         .await;
         // openraft purges the log after the snapshot is built (a journalled, flushed change of
         // its own): the file can be there a moment before the purge is.
-        let node = c.node(leader);
         wait_until(
             Duration::from_secs(10),
             "the leader's log compacted behind a snapshot",
             || async {
-                let purged = node
-                    .raft
-                    .with_raft_state(|st| st.log_ids.purged().map(|l| l.index))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let purged = c.purged(leader).await?;
                 if purged.is_some_and(|p| p > 50) {
                     Ok(())
                 } else {

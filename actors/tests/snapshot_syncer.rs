@@ -65,12 +65,7 @@ fn follower_refills_history_after_a_snapshot_install() {
             Duration::from_secs(10),
             "the leader's log purged past what the stopped node has",
             || async {
-                let purged = c
-                    .node(leader)
-                    .raft
-                    .with_raft_state(|st| st.log_ids.purged().map(|l| l.index))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let purged = c.purged(leader).await?;
                 if purged > lagger_log {
                     Ok(())
                 } else {

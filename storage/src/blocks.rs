@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::applied_tail::AppliedTail;
 use crate::env::{self, Dbs, LmdbEnv};
 use crate::error::StorageError;
-use crate::records::{Head, decode_rec, encode_rec, sm_key};
+use crate::records::{Head, encode_rec, sm_key};
 use crate::sm::AppliedState;
 use crate::writer::Writer;
 
@@ -50,6 +50,17 @@ pub(crate) fn get_block(
     dbs: &Dbs,
     height: Height,
 ) -> Result<Option<Block>, StorageError> {
+    read_block_as(txn, dbs, height, |b: &Block| b.height)
+}
+
+/// Decodes the stored block at `height` as `T` (a [`Block`], or a [`BlockRef`] borrowing from
+/// the transaction), checking that it is stored under its own height (`height_of`).
+fn read_block_as<'t, T: serde::Deserialize<'t>>(
+    txn: &'t RoTxn<'_>,
+    dbs: &Dbs,
+    height: Height,
+    height_of: impl FnOnce(&T) -> Height,
+) -> Result<Option<T>, StorageError> {
     let Some(bytes) = dbs
         .blocks
         .get(txn, &height.0)
@@ -57,16 +68,17 @@ pub(crate) fn get_block(
     else {
         return Ok(None);
     };
-    let block: Block = decode_rec("block", height, bytes)?;
-    if block.height != height {
-        return Err(StorageError::Decode {
-            what: "block",
-            key: height.to_string(),
-            source: haseq_messages::CodecError(format!(
-                "block under height {height} says height {}",
-                block.height
-            )),
-        });
+    let decode_error = |source| StorageError::Decode {
+        what: "block",
+        key: height.to_string(),
+        source,
+    };
+    let block: T = haseq_messages::decode_borrowed(bytes).map_err(decode_error)?;
+    let stored = height_of(&block);
+    if stored != height {
+        return Err(decode_error(haseq_messages::CodecError(format!(
+            "block under height {height} says height {stored}"
+        ))));
     }
     Ok(Some(block))
 }
@@ -180,28 +192,8 @@ impl BlockReader {
             return Ok(Some(s));
         }
         self.read(|txn| {
-            let Some(bytes) = self
-                .dbs
-                .blocks
-                .get(txn, &height.0)
-                .map_err(StorageError::lmdb("block store: get block"))?
-            else {
-                return Ok(None);
-            };
-            let decode_error = |source| StorageError::Decode {
-                what: "block",
-                key: height.to_string(),
-                source,
-            };
-            let block: BlockRef<'_> =
-                haseq_messages::decode_borrowed(bytes).map_err(decode_error)?;
-            if block.height != height {
-                return Err(decode_error(haseq_messages::CodecError(format!(
-                    "block under height {height} says height {}",
-                    block.height
-                ))));
-            }
-            Ok(Some(block.summary()))
+            let block = read_block_as(txn, &self.dbs, height, |b: &BlockRef<'_>| b.height)?;
+            Ok(block.map(|b| b.summary()))
         })
     }
 

@@ -141,6 +141,15 @@ impl Cluster {
         self.members[i].node.as_ref().expect("node is running")
     }
 
+    /// The index up to which node `i`'s Raft log is purged (behind a snapshot).
+    pub async fn purged(&self, i: usize) -> Result<Option<u64>, String> {
+        self.node(i)
+            .raft
+            .with_raft_state(|st| st.log_ids.purged().map(|l| l.index))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     pub fn index_of(&self, id: &NodeId) -> usize {
         self.members
             .iter()
