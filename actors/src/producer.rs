@@ -291,7 +291,7 @@ async fn produce_one(
         hash: built.block_hash,
         timestamp: built.timestamp,
         proposer: d.node_id.clone(),
-        payload: built.encoded,
+        payload: built.encoded.into(),
     };
     let t0 = Instant::now();
     match d.raft.client_write(Command::Block(block)).await {

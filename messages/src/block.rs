@@ -1,5 +1,6 @@
 //! Blocks and the Raft command that carries them.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::{BlockHash, Height, NodeId};
@@ -19,9 +20,10 @@ pub struct Block {
     /// The node that proposed it.
     pub proposer: NodeId,
     /// The execution payload, encoded by the engine crate. Encoded as one byte string (the
-    /// same postcard bytes as a sequence of `u8`, copied in bulk).
-    #[serde(with = "serde_bytes")]
-    pub payload: Vec<u8>,
+    /// same postcard bytes as a sequence of `u8`, copied in bulk). `Bytes`, so that a clone
+    /// (the log's and the applied tail's readers, each follower's replication) shares the
+    /// payload instead of copying hundreds of KiB.
+    pub payload: Bytes,
 }
 
 /// A block's header fields without its payload: for callers that need only the chain links or
@@ -154,7 +156,7 @@ mod tests {
             hash: BlockHash([2; 32]),
             timestamp: 1_700_000_000,
             proposer: NodeId::from(3u64),
-            payload: payload.clone(),
+            payload: Bytes::from(payload.clone()),
         };
         let before = BlockBefore {
             height: now.height,

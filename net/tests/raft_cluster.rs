@@ -121,7 +121,7 @@ fn block(height: u64, proposer: &NodeId) -> Command {
         hash: BlockHash([height as u8 + 1; 32]),
         timestamp: height,
         proposer: proposer.clone(),
-        payload: vec![0u8; 16],
+        payload: vec![0u8; 16].into(),
     })
 }
 

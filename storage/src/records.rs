@@ -126,7 +126,7 @@ mod tests {
                 hash,
                 timestamp,
                 proposer: NodeId(p),
-                payload,
+                payload: payload.into(),
             })
     }
 

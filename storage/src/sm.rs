@@ -496,7 +496,7 @@ mod tests {
             hash: BlockHash([hash; 32]),
             timestamp: 0,
             proposer: "n1".into(),
-            payload: vec![],
+            payload: Default::default(),
         }
     }
 

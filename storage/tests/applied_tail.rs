@@ -34,7 +34,7 @@ fn block(h: u64) -> Block {
         hash: hash(h),
         timestamp: h,
         proposer: NodeId::from(1u64),
-        payload: vec![(h % 251) as u8; 4096],
+        payload: vec![(h % 251) as u8; 4096].into(),
     }
 }
 

@@ -82,7 +82,7 @@ fn block(height: u64, parent_hash: BlockHash, hash: BlockHash) -> Block {
         hash,
         timestamp: 1_700_000_000 + height,
         proposer: NodeId::from("n1"),
-        payload: height.to_be_bytes().to_vec(),
+        payload: height.to_be_bytes().to_vec().into(),
     }
 }
 

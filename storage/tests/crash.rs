@@ -175,7 +175,7 @@ fn entry(rng: &mut StdRng, term: u64, index: u64) -> EntryOf<TC> {
         hash: BlockHash([fill.wrapping_add(1); 32]),
         timestamp: index,
         proposer: NodeId::from(1u64),
-        payload: vec![fill; len],
+        payload: vec![fill; len].into(),
     };
     EntryOf::<TC>::new_normal(id, RaftCommand::Block(b))
 }

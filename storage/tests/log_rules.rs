@@ -81,7 +81,7 @@ fn big_entry(i: u64) -> EntryOf<TC> {
         hash: BlockHash::ZERO,
         timestamp: 0,
         proposer: NodeId::from(1u64),
-        payload: vec![7; 64 * 1024],
+        payload: vec![7; 64 * 1024].into(),
     };
     EntryOf::<TC>::new_normal(log_id(i), Command::Block(b))
 }

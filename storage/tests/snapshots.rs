@@ -41,7 +41,7 @@ fn block(height: u64) -> Block {
         hash: hash(height),
         timestamp: height,
         proposer: NodeId::from("n1"),
-        payload: vec![height as u8; 100],
+        payload: vec![height as u8; 100].into(),
     }
 }
 
