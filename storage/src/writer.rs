@@ -48,8 +48,14 @@ pub(crate) const GROUP_JOBS_MAX: usize = 64;
 /// ends the wait). Nothing waits on these commits to go on (the log is durable in its journal,
 /// applies are readable at once), so a longer wait only means fewer flushes competing with the
 /// journal's: measured on 3 nodes sharing a disk, 1 KiB blocks, commit p50 1.10 ms at 1 ms,
-/// 1.03 ms at 5 ms, 1.01 ms at 20 ms.
-pub(crate) const DATA_ONLY_LINGER: Duration = Duration::from_millis(10);
+/// 1.03 ms at 5 ms, 1.01 ms at 20 ms. 25 ms with the engine's `EXTEND_LINGER` at 25 ms too,
+/// against 10 ms for both (alternating runs of `haseqd bench --nodes 3 --blocks 2000`, a
+/// machine whose disk the three nodes' flushes kept busy at 100 KiB): 100 KiB blocks 131.8 vs
+/// 123.2 blocks/s, p50 3.60 vs 4.48 ms (6 pairs); 10 KiB 362 vs 350 blocks/s (2 pairs); 1 KiB
+/// 584 vs 507 blocks/s, p50 1.23 vs 1.35 ms (2 pairs). The price is the tail: a journal flush
+/// that queues behind one of these larger flushes waits longer (p99 at 100 KiB 23-24 ms
+/// against 17-18 ms).
+pub(crate) const DATA_ONLY_LINGER: Duration = Duration::from_millis(25);
 
 /// What a job hands back once it has run in its nested transaction: its durability, and what
 /// to do with the group's commit outcome.

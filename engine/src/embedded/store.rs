@@ -111,7 +111,9 @@ type PointerRead = fn(&RoTxn<'_, WithoutTls>, &Dbs) -> Result<(Height, BlockHash
 const EXTEND_BATCH_MAX: usize = 256;
 /// How long the writer lets extensions gather before writing them: the most a process crash
 /// can lose of what the engine acknowledged, and the least time between two of its flushes.
-const EXTEND_LINGER: std::time::Duration = std::time::Duration::from_millis(10);
+/// 25 ms, with the storage writer's `DATA_ONLY_LINGER`: fewer flushes competing with the
+/// Raft journal's on a shared disk (measurements there).
+const EXTEND_LINGER: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// Writes queued extensions in one transaction, then takes them off the unwritten list (or
 /// records the failure: the engine's storage is broken from then on).
