@@ -51,7 +51,7 @@ pub(crate) const GROUP_JOBS_MAX: usize = 64;
 /// 1.03 ms at 5 ms, 1.01 ms at 20 ms. 25 ms with the engine's `EXTEND_LINGER` at 25 ms too,
 /// against 10 ms for both (alternating runs of `haseqd bench --nodes 3 --blocks 2000`, a
 /// machine whose disk the three nodes' flushes kept busy at 100 KiB): 100 KiB blocks 131.8 vs
-/// 123.2 blocks/s, p50 3.60 vs 4.48 ms (6 pairs); 10 KiB 362 vs 350 blocks/s (2 pairs); 1 KiB
+/// 123.5 blocks/s, p50 3.60 vs 4.48 ms (6 pairs); 10 KiB 362 vs 350 blocks/s (2 pairs); 1 KiB
 /// 584 vs 507 blocks/s, p50 1.23 vs 1.35 ms (2 pairs). The price is the tail: a journal flush
 /// that queues behind one of these larger flushes waits longer (p99 at 100 KiB 23-24 ms
 /// against 17-18 ms).
