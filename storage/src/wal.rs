@@ -30,9 +30,10 @@
 //! allocate blocks and journal that allocation at every flush. Measured (`haseqd bench --nodes
 //! 3 --block-bytes 100KiB --blocks 6000`, alternating with the code before, 3 pairs): 334 vs
 //! 306 blocks/s, commit p50 1.64 vs 1.81 ms, p99 11.7 vs 13.7 ms, CPU 5.24 vs 5.52 ms per
-//! block. A 2,000-block run barely reaches its second recycled segment and shows no
-//! difference. The old records left in a recycled file cannot pass for new ones: their
-//! checksums cover the old segment's number.
+//! block (64 MiB segments then: a 2,000-block run barely reached its second recycled segment
+//! and showed no difference; see [`SEGMENT_BYTES`] for why they are 8 MiB now). The old
+//! records left in a recycled file cannot pass for new ones: their checksums cover the old
+//! segment's number.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -58,8 +59,16 @@ const MAGIC_V1: &[u8; 8] = b"HASEQWL1";
 const SPARE: &str = "spare";
 /// Bytes before a record's body: its length and checksum.
 const RECORD_HEADER_BYTES: usize = 8;
-/// A segment is checkpointed and replaced once it holds this much.
-pub(crate) const SEGMENT_BYTES: u64 = 64 << 20;
+/// A segment is checkpointed and replaced once it holds this much. Small, so that recycled
+/// segments (see the module doc) take over soon after an open: only the first two segments
+/// after it are fresh sparse files, whose flushes are slower (a 100 KiB write and `fdatasync`:
+/// 0.40-0.47 ms at the median over a file's existing blocks, 0.66-0.69 ms into a sparse one).
+/// Measured with `haseqd bench --nodes 3 --block-bytes 100KiB --blocks 2000`, alternating
+/// runs, 4 pairs each, means: 8 MiB 142.0 vs 138.6 blocks/s at 64 MiB, commit p50 3.45 vs
+/// 3.63 ms; 16 MiB 136.9 vs 125.5 at 64 MiB, p50 3.52 vs 4.11 ms; 8 MiB 139.6 vs 135.1 at
+/// 16 MiB; 10 KiB blocks, 8 MiB 364 vs 346 at 64 MiB (2 pairs). A checkpoint costs one full
+/// LMDB commit: at 100 KiB blocks, one per 80 blocks.
+pub(crate) const SEGMENT_BYTES: u64 = 8 << 20;
 /// The checksum: CRC-32C (Castagnoli), as etcd's WAL and most storage formats use. Slice-by-16
 /// tables (16 KiB): the crate's default bytewise table made the checksum of a 100 KiB block a
 /// measurable part of its commit (100 KiB blocks: p50 2.5 ms -> 2.0 ms, `haseqd bench`).
@@ -576,9 +585,9 @@ const BUF_KEEP_BYTES: usize = 4 << 20;
 /// Starts the next segment at once, and queues a full LMDB commit behind every job queued so
 /// far: once it is done, everything the old segment holds is durable in LMDB, and the old
 /// segment is recycled as the spare (or deleted, see [`Journal::retire`]). Appends never wait
-/// for either: that step runs on a thread of its own, since unlinking a 64 MiB file is
-/// file-system work that took 40-50 ms under load (measured: one commit that slow right after
-/// each checkpoint while the journal thread did it).
+/// for either: that step runs on a thread of its own, since unlinking a segment (64 MiB then)
+/// is file-system work that took 40-50 ms under load (measured: one commit that slow right
+/// after each checkpoint while the journal thread did it).
 fn checkpoint(journal: &mut Journal, writer: &Writer) -> Result<(), StorageError> {
     let old = journal.start_next()?;
     let path = journal.path_of(old);
