@@ -83,21 +83,28 @@ fn read_block_as<'t, T: serde::Deserialize<'t>>(
     Ok(Some(block))
 }
 
-/// The newest `count` stored blocks at or below `head`, ascending. Stops at the first gap
+/// The newest `count` stored blocks at or below `head`, ascending, whose payloads hold at most
+/// `max_bytes` together (the head block is taken whatever its size). Stops at the first gap
 /// (older blocks may not have been fetched yet after a snapshot install).
 pub(crate) fn recent_blocks(
     txn: &RoTxn<'_>,
     dbs: &Dbs,
     head: Head,
     count: usize,
+    max_bytes: usize,
 ) -> Result<Vec<Block>, StorageError> {
     let mut out: Vec<Block> = Vec::with_capacity(count.min(head.height.0 as usize));
+    let mut bytes = 0usize;
     let mut expected_hash = head.hash;
     let mut height = head.height.0;
     while height > 0 && out.len() < count {
         let Some(block) = get_block(txn, dbs, Height(height))? else {
             break;
         };
+        bytes = bytes.saturating_add(block.payload.len());
+        if !out.is_empty() && bytes > max_bytes {
+            break;
+        }
         // Follow parent links, not just heights: the chain we carry must end at the head.
         if block.hash != expected_hash {
             return Err(StorageError::SnapshotBlocks {

@@ -54,6 +54,10 @@ use crate::writer::Writer;
 /// written, so this is a ceiling, not an allocation.
 pub const DEFAULT_MAP_SIZE_BYTES: usize = 64 << 30;
 
+/// Default [`StoreOptions::snapshot_recent_bytes`]: 16 MiB, the 1,024 default blocks up to
+/// 16 KiB each; 163 blocks of 100 KiB (instead of 100 MiB held and sent in one snapshot).
+pub const DEFAULT_SNAPSHOT_RECENT_BYTES: usize = 16 << 20;
+
 /// How a store is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -62,6 +66,10 @@ pub struct StoreOptions {
     /// How many of the newest blocks a snapshot carries, so that a node installing it can
     /// replay and serve the chain tip at once.
     pub snapshot_recent_blocks: usize,
+    /// The most payload bytes those blocks may hold together: a snapshot is built, held and
+    /// sent whole, so at large blocks this bound, not the count, limits it. The head block is
+    /// carried whatever its size.
+    pub snapshot_recent_bytes: usize,
     /// LMDB map size: the most the environment may ever hold. A multiple of the page size.
     pub map_size_bytes: usize,
 }
@@ -71,6 +79,7 @@ impl Default for StoreOptions {
         StoreOptions {
             snap_count: 3,
             snapshot_recent_blocks: 1024,
+            snapshot_recent_bytes: DEFAULT_SNAPSHOT_RECENT_BYTES,
             map_size_bytes: DEFAULT_MAP_SIZE_BYTES,
         }
     }
@@ -134,6 +143,7 @@ pub fn open(dir: &Path, opts: StoreOptions) -> Result<Storage, StorageError> {
         dir.to_path_buf(),
         opts.snap_count,
         opts.snapshot_recent_blocks,
+        opts.snapshot_recent_bytes,
     );
     snapshots.remove_temp_files()?;
 
@@ -195,7 +205,7 @@ fn inspect(dir: &Path) -> Result<bool, StorageError> {
     if !dir.exists() {
         return Ok(false);
     }
-    let snapshots = SnapshotDir::new(dir.to_path_buf(), usize::MAX, 0);
+    let snapshots = SnapshotDir::new(dir.to_path_buf(), usize::MAX, 0, 0);
     if !snapshots.list()?.is_empty() || wal::has_records(dir)? {
         return Ok(true);
     }

@@ -44,6 +44,7 @@ pub(crate) struct SnapshotDir {
     dir: PathBuf,
     keep: usize,
     recent_blocks: usize,
+    recent_bytes: usize,
 }
 
 /// The file name for a snapshot at `applied`.
@@ -72,17 +73,24 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 }
 
 impl SnapshotDir {
-    pub(crate) fn new(dir: PathBuf, keep: usize, recent_blocks: usize) -> Self {
+    pub(crate) fn new(
+        dir: PathBuf,
+        keep: usize,
+        recent_blocks: usize,
+        recent_bytes: usize,
+    ) -> Self {
         SnapshotDir {
             dir,
             keep,
             recent_blocks,
+            recent_bytes,
         }
     }
 
-    /// How many recent blocks a snapshot carries.
-    pub(crate) fn recent_blocks(&self) -> usize {
-        self.recent_blocks
+    /// How many recent blocks a snapshot carries, and the most payload bytes they may hold
+    /// together (the head block aside).
+    pub(crate) fn recent_limits(&self) -> (usize, usize) {
+        (self.recent_blocks, self.recent_bytes)
     }
 
     /// Deletes temp files left by a crash mid-write. Returns how many there were.
@@ -308,7 +316,10 @@ impl SnapshotBuilder {
                 applied: read_applied(&rtxn, dbs)?,
                 membership: read_membership(&rtxn, dbs)?,
                 head,
-                blocks: recent_blocks(&rtxn, dbs, head, dir.recent_blocks())?,
+                blocks: {
+                    let (count, max_bytes) = dir.recent_limits();
+                    recent_blocks(&rtxn, dbs, head, count, max_bytes)?
+                },
             }
             // The read transaction ends here, before the file I/O: a long reader pins pages.
         };

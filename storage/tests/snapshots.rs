@@ -50,6 +50,7 @@ fn opts(snap_count: usize, recent: usize) -> StoreOptions {
         snap_count,
         snapshot_recent_blocks: recent,
         map_size_bytes: 64 << 20,
+        ..StoreOptions::default()
     }
 }
 
@@ -81,6 +82,28 @@ async fn apply_blocks(store: &mut Storage, from: u64, to: u64) {
         .expect("apply");
 }
 
+/// Builds a snapshot of `store` (through openraft's builder).
+async fn build(store: &mut Storage) -> openraft::type_config::alias::SnapshotOf<TC, Vec<u8>> {
+    store
+        .sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build")
+}
+
+/// Builds a snapshot of `src` and installs it on a fresh store in `dst_dir` (`opts(3, 8)`).
+async fn build_and_install(src: &mut Storage, dst_dir: &Path) -> Storage {
+    let snap = build(src).await;
+    let mut dst = open(dst_dir, opts(3, 8));
+    dst.sm
+        .install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .expect("install");
+    dst
+}
+
 fn files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(dir)
         .expect("read dir")
@@ -109,13 +132,7 @@ async fn build_writes_one_complete_file_and_no_temp_file() {
     );
     apply_blocks(&mut store, 1, 10).await;
 
-    let snap = store
-        .sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("build");
+    let snap = build(&mut store).await;
     assert_eq!(snap.meta.last_log_id, Some(log_id(1, 11)));
     assert_eq!(snap.meta.last_membership.log_id(), &Some(log_id(1, 1)));
 
@@ -149,13 +166,7 @@ async fn leftover_temp_file_is_removed_on_open_and_never_read() {
     let snap = {
         let mut store = open(dir.path(), opts(3, 4));
         apply_blocks(&mut store, 1, 5).await;
-        store
-            .sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .expect("build")
+        build(&mut store).await
     };
     // A crash mid-write of a newer snapshot: a torn temp file with a newer name.
     let torn = dir
@@ -184,13 +195,7 @@ async fn only_the_newest_snap_count_files_are_kept() {
     let mut built = Vec::new();
     for round in 0..5u64 {
         apply_blocks(&mut store, round * 3 + 1, round * 3 + 3).await;
-        let snap = store
-            .sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .expect("build");
+        let snap = build(&mut store).await;
         built.push(snap.meta.clone());
         let snp = files(dir.path(), ".snp");
         assert_eq!(
@@ -226,13 +231,7 @@ async fn install_on_a_fresh_store_gives_the_same_state_and_survives_reopen() {
     let dst_dir = tempfile::tempdir().expect("tempdir");
     let mut src = open(src_dir.path(), opts(3, 8));
     apply_blocks(&mut src, 1, 50).await;
-    let snap = src
-        .sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("build");
+    let snap = build(&mut src).await;
     let src_state = src.sm.applied_state().await.expect("applied state");
     let src_head = src.reader.head().expect("head");
     assert_eq!(
@@ -258,6 +257,34 @@ async fn install_on_a_fresh_store_gives_the_same_state_and_survives_reopen() {
     // Reopen: the installed state and the snapshot file are on disk, not in memory.
     let mut dst = open(dst_dir.path(), opts(3, 8));
     check_installed(&mut dst, &src_state, src_head, &snap.meta).await;
+}
+
+/// At large blocks a snapshot's byte bound, not its block count, limits the recent blocks it
+/// carries; the head block is carried whatever its size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_carries_recent_blocks_up_to_its_byte_bound() {
+    // Every payload is 100 bytes; the count bound (8) is never the one reached.
+    for (max_bytes, carried) in [(250, 2), (300, 3), (0, 1)] {
+        let src_dir = tempfile::tempdir().expect("tempdir");
+        let dst_dir = tempfile::tempdir().expect("tempdir");
+        let mut src = open(
+            src_dir.path(),
+            StoreOptions {
+                snapshot_recent_bytes: max_bytes,
+                ..opts(3, 8)
+            },
+        );
+        apply_blocks(&mut src, 1, 20).await;
+        let dst = build_and_install(&mut src, dst_dir.path()).await;
+        for h in 1..=20u64 {
+            let want = (h > 20 - carried).then(|| block(h));
+            assert_eq!(
+                dst.reader.block(Height(h)).expect("block"),
+                want,
+                "bound {max_bytes} bytes: block {h}"
+            );
+        }
+    }
 }
 
 async fn check_installed(
@@ -308,13 +335,7 @@ async fn install_refuses_data_that_does_not_match_its_meta() {
     let dst_dir = tempfile::tempdir().expect("tempdir");
     let mut src = open(src_dir.path(), opts(3, 8));
     apply_blocks(&mut src, 1, 5).await;
-    let snap = src
-        .sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("build");
+    let snap = build(&mut src).await;
 
     let mut dst = open(dst_dir.path(), opts(3, 8));
     let mut meta = snap.meta.clone();
@@ -374,19 +395,7 @@ async fn backfill_after_install_accepts_only_the_linked_chain() {
     let dst_dir = tempfile::tempdir().expect("tempdir");
     let mut src = open(src_dir.path(), opts(3, 8));
     apply_blocks(&mut src, 1, 30).await;
-    let snap = src
-        .sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("build");
-
-    let mut dst = open(dst_dir.path(), opts(3, 8));
-    dst.sm
-        .install_snapshot(&snap.meta, snap.snapshot)
-        .await
-        .expect("install");
+    let dst = build_and_install(&mut src, dst_dir.path()).await;
     let backfill = dst.backfill();
     assert_eq!(dst.reader.block(Height(22)).expect("block"), None);
 
