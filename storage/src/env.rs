@@ -24,7 +24,7 @@ pub(crate) type LmdbEnv = Env<WithoutTls>;
 /// Name of the environment's subdirectory under the node's directory.
 const ENV_SUBDIR: &str = "db";
 
-/// How many named databases the environment may hold (we use five; room to grow).
+/// How many named databases the environment may hold (we use six; room to grow).
 const MAX_DBS: u32 = 16;
 
 /// How long `open` waits for a just-dropped store on the same directory to finish closing
@@ -34,8 +34,12 @@ pub(crate) const REOPEN_WAIT_MAX: Duration = Duration::from_secs(10);
 /// The databases of one environment. `Copy`: a handle is only a number.
 #[derive(Clone, Copy)]
 pub(crate) struct Dbs {
-    /// Raft log: index (big-endian) -> postcard entry.
+    /// Raft log: index (big-endian) -> postcard entry. Holds every entry except those of
+    /// applied blocks, which are in `log_blocks`; an index is in one or the other.
     pub(crate) log: Database<'static, U64<BE>, Bytes>,
+    /// Raft log entries of applied blocks: index (big-endian) -> postcard
+    /// [`crate::records::BlockEntryRow`], the payload being the block store's.
+    pub(crate) log_blocks: Database<'static, U64<BE>, Bytes>,
     /// Raft metadata: vote, committed, last purged.
     pub(crate) meta: Database<'static, Str, Bytes>,
     /// State machine: applied log id, membership, head.
@@ -93,21 +97,24 @@ pub(crate) fn create_dbs(env: &LmdbEnv) -> Result<Dbs, StorageError> {
     let wtxn = env
         .write_txn()
         .map_err(StorageError::lmdb("begin: create databases"))?;
-    let (log, meta, sm, blocks, hashes) = env
+    let (log, log_blocks, meta, sm, blocks, hashes) = env
         .create_databases_and_commit(wtxn, |dbo, wtxn| -> Result<_, heed::Error> {
             let log = dbo.create_database::<U64<BE>, Bytes>(wtxn, Some("log"))?;
+            // Created on the first open by a version that has it; older stores lack it.
+            let log_blocks = dbo.create_database::<U64<BE>, Bytes>(wtxn, Some("log_blocks"))?;
             let meta = dbo.create_database::<Str, Bytes>(wtxn, Some("meta"))?;
             let sm = dbo.create_database::<Str, Bytes>(wtxn, Some("sm"))?;
             let blocks = dbo.create_database::<U64<BE>, Bytes>(wtxn, Some("blocks"))?;
             let hashes = dbo.create_database::<Bytes, U64<BE>>(wtxn, Some("block_hashes"))?;
             Ok(CommitOrAbort::<_, ()>::Commit((
-                log, meta, sm, blocks, hashes,
+                log, log_blocks, meta, sm, blocks, hashes,
             )))
         })
         .map_err(StorageError::lmdb("create databases"))?
         .unwrap_commit();
     Ok(Dbs {
         log,
+        log_blocks,
         meta,
         sm,
         blocks,
@@ -115,8 +122,21 @@ pub(crate) fn create_dbs(env: &LmdbEnv) -> Result<Dbs, StorageError> {
     })
 }
 
-/// Opens the existing databases read-only, `None` when the environment has none yet.
-pub(crate) fn open_dbs(env: &LmdbEnv) -> Result<Option<Dbs>, StorageError> {
+/// The databases [`open_dbs`] opens: what tells whether a store holds any state.
+#[derive(Clone, Copy)]
+pub(crate) struct InspectDbs {
+    /// See [`Dbs::log`].
+    pub(crate) log: Database<'static, U64<BE>, Bytes>,
+    /// See [`Dbs::meta`].
+    pub(crate) meta: Database<'static, Str, Bytes>,
+    /// See [`Dbs::sm`].
+    pub(crate) sm: Database<'static, Str, Bytes>,
+}
+
+/// Opens the existing databases that [`InspectDbs`] names, read-only; `None` when the
+/// environment has none yet. (Not `log_blocks`: a store written by an older version lacks it,
+/// and a store with a row there has an applied log id in `sm` anyway.)
+pub(crate) fn open_dbs(env: &LmdbEnv) -> Result<Option<InspectDbs>, StorageError> {
     let rtxn = env
         .read_txn()
         .map_err(StorageError::lmdb("begin: open databases"))?;
@@ -125,23 +145,15 @@ pub(crate) fn open_dbs(env: &LmdbEnv) -> Result<Option<Dbs>, StorageError> {
             let log = dbo.open_database::<U64<BE>, Bytes>(rtxn, Some("log"))?;
             let meta = dbo.open_database::<Str, Bytes>(rtxn, Some("meta"))?;
             let sm = dbo.open_database::<Str, Bytes>(rtxn, Some("sm"))?;
-            let blocks = dbo.open_database::<U64<BE>, Bytes>(rtxn, Some("blocks"))?;
-            let hashes = dbo.open_database::<Bytes, U64<BE>>(rtxn, Some("block_hashes"))?;
-            Ok(match (log, meta, sm, blocks, hashes) {
-                (Some(log), Some(meta), Some(sm), Some(blocks), Some(hashes)) => {
-                    CommitOrAbort::Commit((log, meta, sm, blocks, hashes))
-                }
+            Ok(match (log, meta, sm) {
+                (Some(log), Some(meta), Some(sm)) => CommitOrAbort::Commit((log, meta, sm)),
                 _ => CommitOrAbort::Abort(()),
             })
         })
         .map_err(StorageError::lmdb("open databases"))?;
-    Ok(res.commit().map(|(log, meta, sm, blocks, hashes)| Dbs {
-        log,
-        meta,
-        sm,
-        blocks,
-        hashes,
-    }))
+    Ok(res
+        .commit()
+        .map(|(log, meta, sm)| InspectDbs { log, meta, sm }))
 }
 
 /// Reads and decodes the value under a string key, `None` if absent.

@@ -92,6 +92,20 @@ pub enum StorageError {
         got: u64,
     },
 
+    /// A log entry stored as a reference to an applied block finds another block, or none,
+    /// at that height in the block store.
+    #[error("log entry {index} refers to block {height} {hash}, which the block store {found}")]
+    LogBlockMissing {
+        /// The entry's index.
+        index: u64,
+        /// The block's height.
+        height: u64,
+        /// The block's hash, printed.
+        hash: String,
+        /// What the block store holds instead, as "does not hold" or "holds <hash> there".
+        found: String,
+    },
+
     /// A read found a hole inside the log.
     #[error("log hole: expected index {expected}, found {got}")]
     LogHole {

@@ -37,6 +37,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use haseq_messages::TC;
 use tokio::sync::watch;
 
 pub use crate::blocks::{BACKFILL_BLOCKS_MAX, BlockBackfill, BlockReader};
@@ -157,7 +158,12 @@ pub fn open(dir: &Path, opts: StoreOptions) -> Result<Storage, StorageError> {
     let (writer, dbs) = Writer::start(env.clone())?;
     let writer = Arc::new(writer);
     // Before anything reads the log: what the journal holds goes into LMDB first.
-    let journal = Arc::new(wal::JournalHandle::start(dir, writer.clone())?);
+    let log_shared = log::LogShared::default();
+    let journal = Arc::new(wal::JournalHandle::start(
+        dir,
+        writer.clone(),
+        log_shared.clone(),
+    )?);
 
     let initial = {
         let rtxn = env
@@ -172,7 +178,13 @@ pub fn open(dir: &Path, opts: StoreOptions) -> Result<Storage, StorageError> {
 
     let tail = applied_tail::AppliedTail::default();
     Ok(Storage {
-        log: LogStore::new(writer.clone(), journal, env.clone(), dbs),
+        log: LogStore::new(
+            writer.clone(),
+            journal,
+            env.clone(),
+            dbs,
+            log_shared.clone(),
+        ),
         sm: StateMachineStore::new(
             writer,
             env.clone(),
@@ -180,6 +192,7 @@ pub fn open(dir: &Path, opts: StoreOptions) -> Result<Storage, StorageError> {
             snapshots,
             applied_tx,
             tail.clone(),
+            log_shared,
         ),
         reader: BlockReader::new(env, dbs, applied_rx, tail),
     })
@@ -220,9 +233,21 @@ fn inspect(dir: &Path) -> Result<bool, StorageError> {
     let rtxn = env
         .read_txn()
         .map_err(StorageError::lmdb("inspect: begin read"))?;
-    let has = log::read_vote(&rtxn, &dbs)?.is_some()
-        || log::read_last_entry_id(&rtxn, &dbs)?.is_some()
-        || log::read_last_purged(&rtxn, &dbs)?.is_some()
-        || sm::read_applied(&rtxn, &dbs)?.is_some();
+    let meta_has = |key: &str| -> Result<bool, StorageError> {
+        Ok(dbs
+            .meta
+            .get(&rtxn, key)
+            .map_err(StorageError::lmdb("inspect: read meta"))?
+            .is_some())
+    };
+    let applied: Option<Option<openraft::type_config::alias::LogIdOf<TC>>> =
+        env::get_rec(&rtxn, dbs.sm, "applied log id", records::sm_key::APPLIED)?;
+    let has = meta_has(records::meta_key::VOTE)?
+        || meta_has(records::meta_key::LAST_PURGED)?
+        || !dbs
+            .log
+            .is_empty(&rtxn)
+            .map_err(StorageError::lmdb("inspect: read log"))?
+        || applied.flatten().is_some();
     Ok(has)
 }

@@ -7,6 +7,16 @@
 //! `IOFlushed` callback fires from the journal thread once the record is durable. The leader
 //! thus replicates an entry while its own flush is under way, instead of after it. The vote is
 //! not journalled: it is rare, and a full LMDB commit of its own.
+//!
+//! One copy of a block: an entry that proposes a block is not carried into the `log` database
+//! with the others. It stays in the tail until the state machine applies it, and the apply's
+//! transaction, which puts the block into the block store, stores the entry as a reference to
+//! that block (`log_blocks`, a [`BlockEntryRow`]); a read rebuilds the entry from the block
+//! store in the same read transaction. At 100 KiB blocks this halves what the storage writer
+//! copies into the page cache. A rejected proposal (no block stored) is stored in full by its
+//! apply; a journal checkpoint stores in full every block entry still waiting for its apply,
+//! since the segment it frees held the only durable copy (see `wal`); a journal replay at open
+//! stores its entries in full, and their re-apply turns them into references.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
@@ -16,18 +26,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::Stream;
-use haseq_messages::TC;
+use haseq_messages::{Block, Command, TC};
 use heed::{RoTxn, RwTxn};
-use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
+use openraft::{EntryPayload, OptionalSend};
 
-use crate::blocks::BlockBackfill;
+use crate::blocks::{BlockBackfill, get_block};
 use crate::env::{self, Dbs, LmdbEnv};
 use crate::error::StorageError;
 use crate::metrics::LOG_APPEND_SECONDS;
-use crate::records::{decode_rec, encode_rec, meta_key};
+use crate::records::{BlockEntryRow, decode_rec, encode_rec, meta_key};
 use crate::wal::{ByteBuf, JournalHandle, Op, Request};
 use crate::writer::{Durability, Writer};
 
@@ -40,17 +50,175 @@ pub const LOG_READ_ENTRIES_MAX: u64 = 4096;
 pub struct LogStore {
     writer: Arc<Writer>,
     journal: Arc<JournalHandle>,
-    /// Set when a journalled change failed to reach LMDB: the log takes no more writes.
-    failed: Arc<Mutex<Option<String>>>,
+    /// The tail, and whether the log has stopped taking writes.
+    shared: LogShared,
     env: LmdbEnv,
     dbs: Dbs,
     /// The newest committed log id openraft saved in this process (`None`: none saved yet).
     /// It reaches the disk with the next write transaction (see `save_committed`).
     committed: Arc<Mutex<Option<Option<LogIdOf<TC>>>>>,
-    /// The tail: entries appended whose transaction has not committed yet, by index. Readers
-    /// see them at once (openraft replicates an entry as soon as `append` returns); each
-    /// leaves the tail once its transaction has committed.
+}
+
+/// What the log holds outside LMDB, shared by the log store, the journal's checkpoints and the
+/// state machine. Cheap to clone.
+#[derive(Clone, Default)]
+pub(crate) struct LogShared {
+    /// The tail: entries appended that no committed LMDB transaction holds yet, by index.
+    /// Readers see them at once (openraft replicates an entry as soon as `append` returns).
+    /// An entry leaves the tail once a committed transaction holds it: its append job's, or
+    /// for a block entry its apply's (as a reference) or a journal checkpoint's (in full).
     tail: Arc<Mutex<BTreeMap<u64, EntryOf<TC>>>>,
+    /// Set when a journalled change failed to reach LMDB: the log takes no more writes.
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+impl LogShared {
+    /// Drops the entries with these ids from the tail, once a committed transaction holds
+    /// them (an entry replaced meanwhile under the same index stays).
+    pub(crate) fn forget(&self, ids: &[LogIdOf<TC>]) {
+        let mut t = lock(&self.tail);
+        for id in ids {
+            if t.get(&id.index).is_some_and(|e| e.log_id() == *id) {
+                t.remove(&id.index);
+            }
+        }
+    }
+
+    /// Stops the log: every later write is refused with `detail`.
+    fn fail(&self, detail: String) {
+        lock(&self.failed).get_or_insert(detail);
+    }
+
+    /// For a journal checkpoint, in its transaction: stores in full every block entry of the
+    /// tail that waits for its apply (the segment being freed held its only durable copy), and
+    /// returns their ids. An entry stored as a reference already (applied in this same
+    /// transaction, before this job) is left so.
+    pub(crate) fn carry(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        dbs: &Dbs,
+    ) -> Result<Vec<LogIdOf<TC>>, StorageError> {
+        let waiting: Vec<EntryOf<TC>> = lock(&self.tail)
+            .values()
+            .filter(|e| block_of(e).is_some())
+            .cloned()
+            .collect();
+        let mut carried = Vec::with_capacity(waiting.len());
+        for e in waiting {
+            let index = e.index();
+            if dbs
+                .log_blocks
+                .get(wtxn, &index)
+                .map_err(StorageError::lmdb("log: get block entry"))?
+                .is_none()
+            {
+                put_entry_row(wtxn, dbs, index, &encode_rec("log entry", &e)?)?;
+            }
+            carried.push(e.log_id());
+        }
+        Ok(carried)
+    }
+
+    /// A checkpoint's outcome: its carried entries leave the tail, or the log stops.
+    pub(crate) fn carried(&self, res: Result<Vec<LogIdOf<TC>>, StorageError>) {
+        match res {
+            Ok(ids) => self.forget(&ids),
+            Err(e) => {
+                tracing::error!(error = %e, "a journal checkpoint failed to store the log's waiting block entries");
+                self.fail(e.to_string());
+            }
+        }
+    }
+}
+
+/// The block an entry proposes, if it is a block entry.
+fn block_of(e: &EntryOf<TC>) -> Option<&Block> {
+    match &e.payload {
+        EntryPayload::Normal(Command::Block(b)) => Some(b),
+        _ => None,
+    }
+}
+
+/// Stores an entry in full (its encoding) at `index`, replacing a reference row there.
+pub(crate) fn put_entry_row(
+    wtxn: &mut RwTxn<'_>,
+    dbs: &Dbs,
+    index: u64,
+    bytes: &[u8],
+) -> Result<(), StorageError> {
+    dbs.log
+        .put(wtxn, &index, bytes)
+        .map_err(StorageError::lmdb("log: put entry"))?;
+    dbs.log_blocks
+        .delete(wtxn, &index)
+        .map_err(StorageError::lmdb("log: delete block entry"))?;
+    Ok(())
+}
+
+/// Stores the entry `log_id` that proposed `block` as a reference to the block store, which
+/// must hold `block` at its height in this same transaction; replaces a full row there.
+pub(crate) fn put_block_entry(
+    wtxn: &mut RwTxn<'_>,
+    dbs: &Dbs,
+    log_id: LogIdOf<TC>,
+    block: &Block,
+) -> Result<(), StorageError> {
+    let row = BlockEntryRow {
+        log_id,
+        height: block.height,
+        hash: block.hash,
+    };
+    dbs.log_blocks
+        .put(wtxn, &log_id.index, &encode_rec("log block entry", &row)?)
+        .map_err(StorageError::lmdb("log: put block entry"))?;
+    dbs.log
+        .delete(wtxn, &log_id.index)
+        .map_err(StorageError::lmdb("log: delete entry"))?;
+    Ok(())
+}
+
+/// Rebuilds the entry a reference row stands for, from the block store.
+fn entry_of_row(
+    txn: &RoTxn<'_>,
+    dbs: &Dbs,
+    key: u64,
+    bytes: &[u8],
+) -> Result<EntryOf<TC>, StorageError> {
+    let row: BlockEntryRow = decode_rec("log block entry", key, bytes)?;
+    if row.log_id.index != key {
+        return Err(StorageError::LogKeyMismatch {
+            key,
+            got: row.log_id.index,
+        });
+    }
+    let missing = |found: String| StorageError::LogBlockMissing {
+        index: key,
+        height: row.height.0,
+        hash: row.hash.to_string(),
+        found,
+    };
+    match get_block(txn, dbs, row.height)? {
+        Some(b) if b.hash == row.hash => {
+            Ok(EntryOf::<TC>::new_normal(row.log_id, Command::Block(b)))
+        }
+        Some(b) => Err(missing(format!("holds {} there", b.hash))),
+        None => Err(missing("does not hold".to_string())),
+    }
+}
+
+/// The newest stored index in either log database.
+fn last_stored_index(txn: &RoTxn<'_>, dbs: &Dbs) -> Result<Option<u64>, StorageError> {
+    let full = dbs
+        .log
+        .last(txn)
+        .map_err(StorageError::lmdb("log: read last key"))?
+        .map(|(k, _)| k);
+    let refs = dbs
+        .log_blocks
+        .last(txn)
+        .map_err(StorageError::lmdb("log: read last block entry key"))?
+        .map(|(k, _)| k);
+    Ok(full.max(refs))
 }
 
 impl Debug for LogStore {
@@ -69,26 +237,35 @@ pub(crate) fn read_last_purged(
     env::get_rec(txn, dbs.meta, "last purged log id", meta_key::LAST_PURGED)
 }
 
-/// Reads the newest entry's log id, checking it is stored under its own index.
+/// Reads the newest stored entry's log id, checking it is stored under its own index.
 pub(crate) fn read_last_entry_id(
     txn: &RoTxn<'_>,
     dbs: &Dbs,
 ) -> Result<Option<LogIdOf<TC>>, StorageError> {
-    let Some((key, bytes)) = dbs
+    let full = dbs
         .log
         .last(txn)
-        .map_err(StorageError::lmdb("log: read last entry"))?
-    else {
-        return Ok(None);
+        .map_err(StorageError::lmdb("log: read last entry"))?;
+    let refs = dbs
+        .log_blocks
+        .last(txn)
+        .map_err(StorageError::lmdb("log: read last block entry"))?;
+    let (key, id) = match (full, refs) {
+        (None, None) => return Ok(None),
+        (Some((key, bytes)), r) if r.is_none_or(|(rk, _)| rk < key) => {
+            let entry: EntryOf<TC> = decode_rec("log entry", key, bytes)?;
+            (key, entry.log_id())
+        }
+        (_, Some((key, bytes))) => {
+            let row: BlockEntryRow = decode_rec("log block entry", key, bytes)?;
+            (key, row.log_id)
+        }
+        (Some(_), None) => unreachable!("matched by the arm above"),
     };
-    let entry: EntryOf<TC> = decode_rec("log entry", key, bytes)?;
-    if entry.index() != key {
-        return Err(StorageError::LogKeyMismatch {
-            key,
-            got: entry.index(),
-        });
+    if id.index != key {
+        return Err(StorageError::LogKeyMismatch { key, got: id.index });
     }
-    Ok(Some(entry.log_id()))
+    Ok(Some(id))
 }
 
 /// Reads the saved committed log id (stored as an `Option`: openraft may save `None`).
@@ -115,11 +292,7 @@ pub(crate) fn read_vote(txn: &RoTxn<'_>, dbs: &Dbs) -> Result<Option<VoteOf<TC>>
 /// The index the next appended entry must have, `None` when the log has never held anything
 /// (the first entry may then have any index; openraft starts at 0, a snapshot elsewhere).
 fn next_index(txn: &RoTxn<'_>, dbs: &Dbs) -> Result<Option<u64>, StorageError> {
-    if let Some((key, _)) = dbs
-        .log
-        .last(txn)
-        .map_err(StorageError::lmdb("log: read last key"))?
-    {
+    if let Some(key) = last_stored_index(txn, dbs)? {
         return Ok(Some(key + 1));
     }
     Ok(read_last_purged(txn, dbs)?.map(|p| p.index + 1))
@@ -142,18 +315,7 @@ fn put_meta(
 pub(crate) fn apply_op(wtxn: &mut RwTxn<'_>, dbs: &Dbs, op: &Op) -> Result<(), StorageError> {
     match op {
         Op::Append { entries, committed } => {
-            for (index, bytes) in entries {
-                dbs.log
-                    .put(wtxn, index, &bytes.0)
-                    .map_err(StorageError::lmdb("log: put entry"))?;
-            }
-            if let Some(bytes) = committed {
-                let new: Option<LogIdOf<TC>> =
-                    decode_rec("committed log id", meta_key::COMMITTED, &bytes.0)?;
-                if new > read_committed(wtxn, dbs)? {
-                    put_meta(wtxn, dbs, meta_key::COMMITTED, &bytes.0)?;
-                }
-            }
+            apply_append(wtxn, dbs, entries, committed.as_ref(), |_| false)?;
         }
         Op::Truncate { after } => {
             let from = match after {
@@ -163,16 +325,46 @@ pub(crate) fn apply_op(wtxn: &mut RwTxn<'_>, dbs: &Dbs, op: &Op) -> Result<(), S
             dbs.log
                 .delete_range(wtxn, &(from, Bound::Unbounded))
                 .map_err(StorageError::lmdb("log: delete range"))?;
+            dbs.log_blocks
+                .delete_range(wtxn, &(from, Bound::Unbounded))
+                .map_err(StorageError::lmdb("log: delete block entries"))?;
         }
         Op::Purge { upto, log_id } => {
             dbs.log
                 .delete_range(wtxn, &(..=*upto))
                 .map_err(StorageError::lmdb("log: delete range"))?;
+            dbs.log_blocks
+                .delete_range(wtxn, &(..=*upto))
+                .map_err(StorageError::lmdb("log: delete block entries"))?;
             let new: LogIdOf<TC> =
                 decode_rec("last purged log id", meta_key::LAST_PURGED, &log_id.0)?;
             if read_last_purged(wtxn, dbs)?.is_none_or(|current| current < new) {
                 put_meta(wtxn, dbs, meta_key::LAST_PURGED, &log_id.0)?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Stores an append's entries in full, except those `skip` names (block entries waiting for
+/// their apply), and raises the committed pointer that rides with them.
+fn apply_append(
+    wtxn: &mut RwTxn<'_>,
+    dbs: &Dbs,
+    entries: &[(u64, ByteBuf)],
+    committed: Option<&ByteBuf>,
+    skip: impl Fn(u64) -> bool,
+) -> Result<(), StorageError> {
+    for (index, bytes) in entries {
+        if !skip(*index) {
+            put_entry_row(wtxn, dbs, *index, &bytes.0)?;
+        }
+    }
+    if let Some(bytes) = committed {
+        let new: Option<LogIdOf<TC>> =
+            decode_rec("committed log id", meta_key::COMMITTED, &bytes.0)?;
+        if new > read_committed(wtxn, dbs)? {
+            put_meta(wtxn, dbs, meta_key::COMMITTED, &bytes.0)?;
         }
     }
     Ok(())
@@ -184,15 +376,15 @@ impl LogStore {
         journal: Arc<JournalHandle>,
         env: LmdbEnv,
         dbs: Dbs,
+        shared: LogShared,
     ) -> Self {
         LogStore {
             writer,
             journal,
-            failed: Arc::default(),
+            shared,
             env,
             dbs,
             committed: Arc::default(),
-            tail: Arc::default(),
         }
     }
 
@@ -218,54 +410,51 @@ impl LogStore {
         &self,
         range: (Bound<u64>, Bound<u64>),
     ) -> Result<Vec<EntryOf<TC>>, StorageError> {
-        // The tail first: an entry leaves it only after its transaction committed, so one
-        // missing from this copy is in the read transaction opened after it.
-        let tail: Vec<EntryOf<TC>> = lock(&self.tail)
+        // The tail first: an entry leaves it only after a transaction holding it committed, so
+        // one missing from this copy is in the read transaction opened after it. The tail may
+        // hold entries below stored ones (block entries waiting for their apply), so the two
+        // are merged by index, the tail's copy first (the same entry).
+        let mut merged: BTreeMap<u64, EntryOf<TC>> = lock(&self.shared.tail)
             .range(range)
-            .map(|(_, e)| e.clone())
+            .map(|(i, e)| (*i, e.clone()))
             .collect();
-        let mut out = self.read_stored(range)?;
-        for e in tail {
-            match out.last() {
-                Some(last) if last.index() >= e.index() => {
-                    // Committed meanwhile: the stored copy is the same entry.
-                    if let Ok(pos) = out.binary_search_by_key(&e.index(), |x| x.index()) {
-                        out[pos] = e;
-                    }
-                }
-                Some(last) if last.index() + 1 != e.index() => {
-                    return Err(StorageError::LogHole {
-                        expected: last.index() + 1,
-                        got: e.index(),
-                    });
-                }
-                _ => out.push(e),
+        for e in self.read_stored(range, &merged)? {
+            merged.entry(e.index()).or_insert(e);
+        }
+        let mut out: Vec<EntryOf<TC>> = Vec::with_capacity(merged.len());
+        for (index, e) in merged {
+            if let Some(prev) = out.last()
+                && index != prev.index() + 1
+            {
+                return Err(StorageError::LogHole {
+                    expected: prev.index() + 1,
+                    got: index,
+                });
             }
+            out.push(e);
         }
         Ok(out)
     }
 
-    /// Reads the stored entries in `range` in one read transaction, refusing a hole inside it.
+    /// Reads the stored entries in `range` in one read transaction, both the full rows and the
+    /// references to applied blocks (rebuilt from the block store), skipping those `have`
+    /// holds already. Not checked for holes: the caller merges them with the tail first.
     fn read_stored(
         &self,
         range: (Bound<u64>, Bound<u64>),
+        have: &BTreeMap<u64, EntryOf<TC>>,
     ) -> Result<Vec<EntryOf<TC>>, StorageError> {
         self.read(|txn| {
-            let iter = self
+            let mut out: Vec<EntryOf<TC>> = Vec::new();
+            let full = self
                 .dbs
                 .log
                 .range(txn, &range)
                 .map_err(StorageError::lmdb("log: range"))?;
-            let mut out: Vec<EntryOf<TC>> = Vec::new();
-            for item in iter {
+            for item in full {
                 let (key, bytes) = item.map_err(StorageError::lmdb("log: iterate"))?;
-                if let Some(prev) = out.last()
-                    && key != prev.index() + 1
-                {
-                    return Err(StorageError::LogHole {
-                        expected: prev.index() + 1,
-                        got: key,
-                    });
+                if have.contains_key(&key) {
+                    continue;
                 }
                 let entry: EntryOf<TC> = decode_rec("log entry", key, bytes)?;
                 if entry.index() != key {
@@ -276,6 +465,18 @@ impl LogStore {
                 }
                 out.push(entry);
             }
+            let refs = self
+                .dbs
+                .log_blocks
+                .range(txn, &range)
+                .map_err(StorageError::lmdb("log: range of block entries"))?;
+            for item in refs {
+                let (key, bytes) =
+                    item.map_err(StorageError::lmdb("log: iterate block entries"))?;
+                if !have.contains_key(&key) {
+                    out.push(entry_of_row(txn, &self.dbs, key, bytes)?);
+                }
+            }
             Ok(out)
         })
     }
@@ -285,11 +486,20 @@ impl LogStore {
     /// # Errors
     /// On an LMDB failure or a corrupt record.
     pub fn log_state(&self) -> Result<LogState<TC>, StorageError> {
-        let tail_last = lock(&self.tail).values().next_back().map(|e| e.log_id());
+        let tail_last = lock(&self.shared.tail)
+            .values()
+            .next_back()
+            .map(|e| e.log_id());
         self.read(|txn| {
             let last_purged_log_id = read_last_purged(txn, &self.dbs)?;
             let stored_last = read_last_entry_id(txn, &self.dbs)?;
-            let last_log_id = tail_last.or(stored_last).or(last_purged_log_id);
+            // The tail may end below what is stored (a block entry waiting for its apply, with
+            // later entries stored already): the newer of the two.
+            let newest = match (tail_last, stored_last) {
+                (Some(t), Some(s)) => Some(if t.index >= s.index { t } else { s }),
+                (t, s) => t.or(s),
+            };
+            let last_log_id = newest.or(last_purged_log_id);
             Ok(LogState {
                 last_purged_log_id,
                 last_log_id,
@@ -350,13 +560,13 @@ impl LogStore {
         };
         let durable: Box<dyn FnOnce(Result<(), String>) + Send> = Box::new(durable);
         // No hole, ever: openraft only looks at the last log id, so a gap would go unnoticed
-        // until an entry in it is read back. Checked here against the tail (so the caller
-        // hears of it at once) and again in the transaction against what is on disk.
-        let tail_next = lock(&self.tail).keys().next_back().map(|i| i + 1);
-        let expected = match tail_next {
-            Some(n) => Some(n),
-            None => self.read(|txn| next_index(txn, &self.dbs))?,
-        };
+        // until an entry in it is read back. Checked here, against the newer of the tail and
+        // what is stored (either may end the log, see `log_state`), so the caller hears of it
+        // at once. Not again in the transaction: block entries reach LMDB with their apply,
+        // so what LMDB holds there may end below or above this append.
+        let tail_next = lock(&self.shared.tail).keys().next_back().map(|i| i + 1);
+        let stored_next = self.read(|txn| next_index(txn, &self.dbs))?;
+        let expected = tail_next.max(stored_next);
         if let Some(expected) = expected
             && first != expected
         {
@@ -393,42 +603,37 @@ impl LogStore {
             },
             None => None,
         };
-        let ids: Vec<LogIdOf<TC>> = entries.iter().map(|e| e.log_id()).collect();
-        lock(&self.tail).extend(entries.into_iter().map(|e| (e.index(), e)));
-        let tail = self.tail.clone();
-        let failed = self.failed.clone();
-        let in_lmdb = move |res: Result<(), StorageError>| {
-            if let Err(e) = res {
+        // Block entries wait in the tail for their apply (see the module's note); the others
+        // are carried into LMDB by this append's job.
+        let (waiting, carried): (Vec<&EntryOf<TC>>, Vec<&EntryOf<TC>>) =
+            entries.iter().partition(|e| block_of(e).is_some());
+        let waiting: Vec<u64> = waiting.iter().map(|e| e.index()).collect();
+        let ids: Vec<LogIdOf<TC>> = carried.iter().map(|e| e.log_id()).collect();
+        lock(&self.shared.tail).extend(entries.into_iter().map(|e| (e.index(), e)));
+        let shared = self.shared.clone();
+        let in_lmdb = move |res: Result<(), StorageError>| match res {
+            // In LMDB: the tail need not hold them any longer. A reader takes the tail before
+            // its read transaction, so it finds them in one or the other.
+            Ok(()) => shared.forget(&ids),
+            Err(e) => {
                 // Durable in the journal all the same: the entries stay readable from the
                 // tail, and the log takes no more writes (the journal puts them into LMDB
                 // on the next open, once LMDB can take them).
                 tracing::error!(error = %e, "journalled log append failed to reach LMDB");
-                lock(&failed).get_or_insert(e.to_string());
-                return;
-            }
-            // In LMDB: the tail need not hold them any longer. A reader takes the tail before
-            // its read transaction, so it finds them in one or the other.
-            let mut t = lock(&tail);
-            for id in &ids {
-                if t.get(&id.index).is_some_and(|e| e.log_id() == *id) {
-                    t.remove(&id.index);
-                }
+                shared.fail(e.to_string());
             }
         };
         let on_durable: crate::wal::OnDurable = Box::new(move |res| match res {
             Ok((writer, op)) => {
                 // Durable in the journal: acknowledge, and carry it into LMDB.
                 durable(Ok(()));
-                let job = move |wtxn: &mut RwTxn<'_>, dbs: &Dbs| {
-                    if let Some(expected) = next_index(wtxn, dbs)?
-                        && first != expected
-                    {
-                        return Err(StorageError::LogNotContiguous {
-                            expected,
-                            got: first,
-                        });
+                let job = move |wtxn: &mut RwTxn<'_>, dbs: &Dbs| match &op {
+                    Op::Append { entries, committed } => {
+                        apply_append(wtxn, dbs, entries, committed.as_ref(), |i| {
+                            waiting.binary_search(&i).is_ok()
+                        })
                     }
-                    apply_op(wtxn, dbs, &op)
+                    other => apply_op(wtxn, dbs, other),
                 };
                 // A writer that is gone means the store is closing; nothing more to carry.
                 if let Err(e) =
@@ -480,7 +685,7 @@ impl LogStore {
 
     /// Refuses a write once a journalled change failed to reach LMDB.
     fn check_failed(&self) -> Result<(), StorageError> {
-        match &*lock(&self.failed) {
+        match &*lock(&self.shared.failed) {
             Some(detail) => Err(StorageError::Commit {
                 op: "log",
                 detail: format!("an earlier journalled log change failed to reach LMDB: {detail}"),
@@ -632,7 +837,8 @@ impl RaftLogStorage<TC> for LogStore {
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TC>>) -> Result<(), io::Error> {
         // Entries still in the tail go at once; their queued LMDB jobs run before this one,
         // which deletes them.
-        lock(&self.tail).retain(|i, _| last_log_id.as_ref().is_some_and(|id| *i <= id.index));
+        lock(&self.shared.tail)
+            .retain(|i, _| last_log_id.as_ref().is_some_and(|id| *i <= id.index));
         self.change(
             "log: truncate",
             Op::Truncate {
@@ -647,6 +853,9 @@ impl RaftLogStorage<TC> for LogStore {
     /// one transaction. Purging never goes backwards.
     async fn purge(&mut self, log_id: LogIdOf<TC>) -> Result<(), io::Error> {
         let bytes = encode_rec("last purged log id", &log_id)?;
+        // Block entries a snapshot covers may still wait in the tail (installed, never
+        // applied): they go at once, so that no checkpoint stores them below the purge.
+        lock(&self.shared.tail).retain(|i, _| *i > log_id.index);
         self.change(
             "log: purge",
             Op::Purge {
@@ -656,5 +865,159 @@ impl RaftLogStorage<TC> for LogStore {
         )
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Goal: an applied block's entry is stored once (a reference to the block store), a
+    //! rejected proposal's and every other entry in full, and every entry reads back whole:
+    //! before the apply (from the tail), after it, after a reopen (journal replay), and after a
+    //! purge. Method: a real store in a temp dir, driven through openraft's traits, its LMDB
+    //! databases looked at directly.
+
+    use std::time::{Duration, Instant};
+
+    use futures::stream;
+    use haseq_messages::{BlockHash, Height, NodeId};
+    use openraft::LogId;
+    use openraft::storage::RaftStateMachine;
+    use openraft::type_config::TypeConfigExt;
+    use openraft::vote::leader_id_std::CommittedLeaderId;
+
+    use super::*;
+    use crate::{Storage, StoreOptions};
+
+    fn log_id(index: u64) -> LogIdOf<TC> {
+        LogId::new(CommittedLeaderId::new(1), index)
+    }
+
+    fn hash(h: u64) -> BlockHash {
+        let mut b = [0u8; 32];
+        b[..8].copy_from_slice(&h.to_be_bytes());
+        b[31] = 1;
+        BlockHash(b)
+    }
+
+    fn block_entry(index: u64, height: u64, parent_hash: BlockHash) -> EntryOf<TC> {
+        let b = Block {
+            height: Height(height),
+            parent_hash,
+            hash: hash(height * 1000 + index),
+            timestamp: height,
+            proposer: NodeId::from(1u64),
+            payload: vec![(index % 251) as u8; 10_000].into(),
+        };
+        EntryOf::<TC>::new_normal(log_id(index), Command::Block(b))
+    }
+
+    /// Index 1 blank; 2..=6 the blocks at heights 1..=5, each on the one before; 7 a stale
+    /// proposal at height 3 (rejected); 8 blank.
+    fn entries() -> Vec<EntryOf<TC>> {
+        let mut out = vec![EntryOf::<TC>::new_blank(log_id(1))];
+        let mut parent = BlockHash::ZERO;
+        for h in 1..=5u64 {
+            let e = block_entry(h + 1, h, parent);
+            parent = block_of(&e).expect("a block entry").hash;
+            out.push(e);
+        }
+        out.push(block_entry(7, 3, hash(2 * 1000 + 3)));
+        out.push(EntryOf::<TC>::new_blank(log_id(8)));
+        out
+    }
+
+    fn open(dir: &std::path::Path) -> Storage {
+        let o = StoreOptions {
+            map_size_bytes: 256 << 20,
+            ..StoreOptions::default()
+        };
+        crate::open(dir, o).expect("open store")
+    }
+
+    /// Which indexes each log database holds: (full rows, reference rows).
+    fn stored(log: &LogStore) -> (Vec<u64>, Vec<u64>) {
+        log.read(|txn| {
+            let keys = |db: heed::Database<
+                'static,
+                heed::types::U64<heed::byteorder::BE>,
+                heed::types::Bytes,
+            >| {
+                db.iter(txn)
+                    .expect("iter")
+                    .map(|kv| kv.expect("row").0)
+                    .collect::<Vec<u64>>()
+            };
+            Ok((keys(log.dbs.log), keys(log.dbs.log_blocks)))
+        })
+        .expect("read")
+    }
+
+    /// Waits (bounded) until `what` holds.
+    async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_applied_block_entry_is_stored_once_and_every_entry_reads_back_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let all = entries();
+        {
+            let mut store = open(dir.path());
+            let (tx, rx) = TC::oneshot();
+            store
+                .log
+                .append(all.clone(), IOFlushed::signal(tx))
+                .await
+                .expect("append");
+            rx.await.expect("callback").expect("durable");
+            // Before the apply: the blank entries reach LMDB, the block entries wait in the
+            // tail, and everything reads back.
+            wait_for("the blank entries in LMDB", || {
+                stored(&store.log).0 == vec![1, 8]
+            })
+            .await;
+            assert_eq!(store.log.entries(..).expect("read"), all);
+            assert_eq!(
+                store.log.log_state().expect("state").last_log_id,
+                Some(log_id(8)),
+                "the log ends with the newest entry, stored or not"
+            );
+
+            let stream = stream::iter(all.clone().into_iter().map(|e| Ok((e, None))));
+            store.sm.apply(stream).await.expect("apply");
+            wait_for("the applied entries to leave the tail", || {
+                lock(&store.log.shared.tail).is_empty()
+            })
+            .await;
+            assert_eq!(
+                stored(&store.log),
+                (vec![1, 7, 8], vec![2, 3, 4, 5, 6]),
+                "accepted blocks' entries are references; the rejected proposal is in full"
+            );
+            assert_eq!(store.log.entries(..).expect("read"), all);
+            assert_eq!(store.log.entries(3..5).expect("read"), all[2..4].to_vec());
+            assert_eq!(
+                store.log.log_state().expect("state").last_log_id,
+                Some(log_id(8))
+            );
+        }
+        // A reopen replays the journal (full rows again) and reads the same entries.
+        let mut store = open(dir.path());
+        assert_eq!(store.log.entries(..).expect("read after reopen"), all);
+        store.log.purge(log_id(4)).await.expect("purge");
+        let read = store.log.entries(..).expect("read after purge");
+        assert_eq!(
+            read.iter().map(|e| e.index()).collect::<Vec<_>>(),
+            vec![5, 6, 7, 8]
+        );
+        let (full, refs) = stored(&store.log);
+        assert!(
+            full.iter().chain(&refs).all(|i| *i > 4),
+            "{full:?} {refs:?}"
+        );
     }
 }

@@ -48,6 +48,20 @@ pub(crate) mod sm_key {
     pub(crate) const HEAD: &str = "head";
 }
 
+/// The log row of an applied block's entry (the `log_blocks` database): the entry is
+/// `Normal(Command::Block(b))` with `log_id`, where `b` is the block the block store holds at
+/// `height`, whose hash is `hash`. The state machine writes it in the transaction that puts the
+/// block there, so that the log and the block store share one copy of the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BlockEntryRow {
+    /// The entry's log id.
+    pub(crate) log_id: LogIdOf<TC>,
+    /// The block's height.
+    pub(crate) height: Height,
+    /// The block's hash.
+    pub(crate) hash: BlockHash,
+}
+
 /// Version of [`SnapshotFile`]'s layout; bump on any change to it.
 pub(crate) const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 

@@ -23,6 +23,7 @@ use crate::applied_tail::{AppliedTail, TailState};
 use crate::blocks::{self, put_block, read_head};
 use crate::env::{self, Dbs, LmdbEnv};
 use crate::error::StorageError;
+use crate::log::{LogShared, put_block_entry, put_entry_row};
 use crate::metrics::{APPLIED_HEIGHT, PROPOSALS_REJECTED_TOTAL, SNAPSHOT_INSTALLS_TOTAL};
 use crate::records::{Head, SnapshotFile, encode_rec, sm_key};
 use crate::snapshot::{self, SnapshotBuilder, SnapshotDir};
@@ -116,6 +117,8 @@ pub struct StateMachineStore {
     applied_tx: Arc<watch::Sender<AppliedState>>,
     /// Applies whose transaction has not committed yet (see `applied_tail`).
     tail: AppliedTail,
+    /// The log's tail, where block entries wait for their apply to store them (see `log`).
+    log: LogShared,
 }
 
 impl std::fmt::Debug for StateMachineStore {
@@ -134,6 +137,7 @@ impl StateMachineStore {
         snapshots: SnapshotDir,
         applied_tx: Arc<watch::Sender<AppliedState>>,
         tail: AppliedTail,
+        log: LogShared,
     ) -> Self {
         StateMachineStore {
             writer,
@@ -142,6 +146,7 @@ impl StateMachineStore {
             snapshots,
             applied_tx,
             tail,
+            log,
         }
     }
 
@@ -227,7 +232,10 @@ impl StateMachineStore {
         let mut head = before.head;
         let mut membership = before.membership.clone();
         let mut membership_changed = false;
-        let mut accepted: Vec<Block> = Vec::new();
+        let mut accepted: Vec<(LogIdOf<TC>, Block)> = Vec::new();
+        // Rejected proposals' entries, stored in full (no block to refer to).
+        let mut rejected_rows: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut block_entries: Vec<LogIdOf<TC>> = Vec::new();
         let mut outcomes = Vec::with_capacity(entries.len());
         let mut rejected = 0u64;
         for entry in entries {
@@ -242,22 +250,27 @@ impl StateMachineStore {
             }
             let outcome = match entry.payload {
                 EntryPayload::Blank => ApplyOutcome::None,
-                EntryPayload::Normal(Command::Block(block)) => match check_block(&head, &block) {
-                    Ok(()) => {
-                        head = Head {
-                            height: block.height,
-                            hash: block.hash,
-                        };
-                        let height = block.height;
-                        accepted.push(block);
-                        ApplyOutcome::Accepted { height }
+                EntryPayload::Normal(Command::Block(block)) => {
+                    block_entries.push(id);
+                    match check_block(&head, &block) {
+                        Ok(()) => {
+                            head = Head {
+                                height: block.height,
+                                hash: block.hash,
+                            };
+                            let height = block.height;
+                            accepted.push((id, block));
+                            ApplyOutcome::Accepted { height }
+                        }
+                        Err(reason) => {
+                            tracing::info!(log_id = %id, height = %block.height, ?reason, "proposal rejected");
+                            rejected += 1;
+                            let entry = EntryOf::<TC>::new_normal(id, Command::Block(block));
+                            rejected_rows.push((id.index, encode_rec("log entry", &entry)?));
+                            ApplyOutcome::Rejected(reason)
+                        }
                     }
-                    Err(reason) => {
-                        tracing::info!(log_id = %id, height = %block.height, ?reason, "proposal rejected");
-                        rejected += 1;
-                        ApplyOutcome::Rejected(reason)
-                    }
-                },
+                }
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(id), m);
                     membership_changed = true;
@@ -280,9 +293,10 @@ impl StateMachineStore {
             .then(|| encode_rec("membership", &membership))
             .transpose()?;
         let written: Vec<(Height, BlockHash)> =
-            accepted.iter().map(|b| (b.height, b.hash)).collect();
+            accepted.iter().map(|(_, b)| (b.height, b.hash)).collect();
+        let accepted_blocks: Vec<Block> = accepted.iter().map(|(_, b)| b.clone()).collect();
         self.tail.push(
-            &accepted,
+            &accepted_blocks,
             TailState {
                 applied,
                 head,
@@ -299,8 +313,14 @@ impl StateMachineStore {
                     got: format!("a batch applied on {first:?}"),
                 });
             }
-            for b in &accepted {
+            // Each accepted block's log entry becomes a reference to it (one copy of the
+            // payload); a rejected proposal's entry is stored in full.
+            for (id, b) in &accepted {
                 put_block(wtxn, dbs, b)?;
+                put_block_entry(wtxn, dbs, *id, b)?;
+            }
+            for (index, bytes) in &rejected_rows {
+                put_entry_row(wtxn, dbs, *index, bytes)?;
             }
             let put = |wtxn: &mut heed::RwTxn<'_>, key: &'static str, bytes: &[u8]| {
                 dbs.sm
@@ -317,7 +337,13 @@ impl StateMachineStore {
             Ok(())
         };
         let tail = self.tail.clone();
-        let done = move |res: Result<(), StorageError>| tail.done(&written, res);
+        let log = self.log.clone();
+        let done = move |res: Result<(), StorageError>| {
+            if res.is_ok() {
+                log.forget(&block_entries);
+            }
+            tail.done(&written, res)
+        };
         // Data-only durability: a power loss may undo the last applies (never corrupt them);
         // openraft re-applies them from the durable log. See `writer`.
         self.writer

@@ -46,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::error::StorageError;
+use crate::log::LogShared;
 use crate::writer::{Durability, Writer};
 
 /// The journal's subdirectory under the node's directory.
@@ -447,7 +448,13 @@ pub(crate) struct JournalHandle {
 impl JournalHandle {
     /// Recovers the journal under `dir` into LMDB (one full commit through `writer`), starts
     /// a fresh segment, then the thread. Blocks until recovery is done (start-up only).
-    pub(crate) fn start(dir: &Path, writer: Arc<Writer>) -> Result<JournalHandle, StorageError> {
+    /// `log` is the log's state outside LMDB: each checkpoint stores the block entries that
+    /// wait there for their apply (see `log`).
+    pub(crate) fn start(
+        dir: &Path,
+        writer: Arc<Writer>,
+        log: LogShared,
+    ) -> Result<JournalHandle, StorageError> {
         let (tx, rx) = mpsc::channel::<Request>(QUEUE_REQUESTS_MAX);
         let (init_tx, init_rx) = std::sync::mpsc::sync_channel::<Result<(), StorageError>>(1);
         let dir = dir.to_path_buf();
@@ -464,7 +471,7 @@ impl JournalHandle {
                 if init_tx.send(Ok(())).is_err() {
                     return;
                 }
-                run(journal, &writer, rx);
+                run(journal, &writer, &log, rx);
                 tracing::debug!(dir = %dir.display(), "log journal stopped");
             })
             .map_err(StorageError::io(
@@ -529,7 +536,7 @@ fn recover(dir: &Path, writer: &Writer) -> Result<Journal, StorageError> {
 
 /// The journal thread's loop: each turn writes every queued request as one flush, then tells
 /// each one. After a failed write nothing more is written: every later request hears the error.
-fn run(mut journal: Journal, writer: &Writer, mut rx: mpsc::Receiver<Request>) {
+fn run(mut journal: Journal, writer: &Writer, log: &LogShared, mut rx: mpsc::Receiver<Request>) {
     let mut failed: Option<String> = None;
     let mut buf: Vec<u8> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -567,7 +574,7 @@ fn run(mut journal: Journal, writer: &Writer, mut rx: mpsc::Receiver<Request>) {
             (req.on_durable)(Ok((writer, req.op)));
         }
         if journal.is_full()
-            && let Err(e) = checkpoint(&mut journal, writer)
+            && let Err(e) = checkpoint(&mut journal, writer, log)
         {
             tracing::error!(error = %e, "log journal checkpoint failed; the log takes no more writes");
             failed = Some(e.to_string());
@@ -588,16 +595,22 @@ const BUF_KEEP_BYTES: usize = 4 << 20;
 /// for either: that step runs on a thread of its own, since unlinking a segment (64 MiB then)
 /// is file-system work that took 40-50 ms under load (measured: one commit that slow right
 /// after each checkpoint while the journal thread did it).
-fn checkpoint(journal: &mut Journal, writer: &Writer) -> Result<(), StorageError> {
+///
+/// The old segment may hold the only durable copy of block entries that wait for their apply
+/// (the log carries those into LMDB with the apply, see `log`): the checkpoint's transaction
+/// stores them in full first ([`LogShared::carry`]).
+fn checkpoint(journal: &mut Journal, writer: &Writer, log: &LogShared) -> Result<(), StorageError> {
     let old = journal.start_next()?;
     let path = journal.path_of(old);
     let dir = journal.dir.clone();
+    let (carry, carried) = (log.clone(), log.clone());
     writer.submit_blocking(
         "log: journal checkpoint",
         Durability::Full,
-        |_, _| Ok(()),
-        move |res: Result<(), StorageError>| match res {
-            Ok(()) => {
+        move |wtxn, dbs| carry.carry(wtxn, dbs),
+        move |res| match res {
+            Ok(ids) => {
+                carried.carried(Ok(ids));
                 let remove = move || {
                     // A segment left behind costs disk and replay time on the next open,
                     // nothing else (its ops are applied again, harmlessly).
@@ -612,9 +625,12 @@ fn checkpoint(journal: &mut Journal, writer: &Writer) -> Result<(), StorageError
                     tracing::warn!(error = %e, "no thread to remove a checkpointed journal segment; it stays until the next open");
                 }
             }
-            // The segment stays, and is replayed on the next open; the LMDB jobs that failed
-            // have stopped the log already.
-            Err(e) => tracing::error!(error = %e, segment = old, "journal checkpoint commit failed"),
+            // The segment stays, and is replayed on the next open; the log takes no more
+            // writes (whichever job failed, this one or one before it).
+            Err(e) => {
+                tracing::error!(error = %e, segment = old, "journal checkpoint commit failed");
+                carried.carried(Err(e));
+            }
         },
     )
 }
