@@ -169,6 +169,8 @@ pub fn open(dir: &Path, opts: StoreOptions) -> Result<Storage, StorageError> {
         let rtxn = env
             .read_txn()
             .map_err(StorageError::lmdb("open: begin read"))?;
+        // Everything the journal held is in LMDB now (no append has been queued yet).
+        log_shared.init(log::last_stored_index(&rtxn, &dbs)?);
         sm::read_applied_state(&rtxn, &dbs)?
     };
     tracing::info!(dir = %dir.display(), applied = ?initial.applied, head = %initial.head_height, "store opened");

@@ -14,9 +14,12 @@
 //! that block (`log_blocks`, a [`BlockEntryRow`]); a read rebuilds the entry from the block
 //! store in the same read transaction. At 100 KiB blocks this halves what the storage writer
 //! copies into the page cache. A rejected proposal (no block stored) is stored in full by its
-//! apply; a journal checkpoint stores in full every block entry still waiting for its apply,
-//! since the segment it frees held the only durable copy (see `wal`); a journal replay at open
-//! stores its entries in full, and their re-apply turns them into references.
+//! apply. LMDB never holds an entry above one it lacks (a crash would leave a hole): an apply
+//! that runs before its entry's append job (openraft applies what was submitted, not only what
+//! is flushed) leaves the row to that job ([`Ledger`]). A journal checkpoint stores in full the
+//! block entries still waiting whose append job has run, since the segment it frees may hold
+//! their only durable copy (see `wal`). A journal replay at open stores its entries in full;
+//! those applied again afterwards become references, the others stay full until purged.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
@@ -70,9 +73,138 @@ pub(crate) struct LogShared {
     tail: Arc<Mutex<BTreeMap<u64, EntryOf<TC>>>>,
     /// Set when a journalled change failed to reach LMDB: the log takes no more writes.
     failed: Arc<Mutex<Option<String>>>,
+    /// Kept by the jobs on the writer thread, so in transaction order.
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+/// What the writer thread knows of the log's rows. LMDB must never hold an entry above one it
+/// lacks (a crash would leave a hole), and openraft applies what was submitted to the log, not
+/// only what is flushed: an apply can run before its entry's append job.
+#[derive(Debug, Default)]
+struct Ledger {
+    /// Every entry up to this index has had its append job run (or was stored before this
+    /// process started): LMDB holds it, unless it is a block entry that waits for its apply.
+    journalled_upto: Option<u64>,
+    /// Block entries applied before their append job ran: that job stores them.
+    applied_early: BTreeMap<u64, Early>,
+}
+
+/// How an entry applied early is to be stored by its append job.
+#[derive(Debug)]
+enum Early {
+    /// An accepted block: as a reference to the block store.
+    Ref(BlockEntryRow),
+    /// A rejected proposal: in full (the append job has its bytes).
+    Full(LogIdOf<TC>),
 }
 
 impl LogShared {
+    /// Starts the ledger at what LMDB holds after the journal's replay.
+    pub(crate) fn init(&self, stored_upto: Option<u64>) {
+        lock(&self.ledger).journalled_upto = stored_upto;
+    }
+
+    /// In an append job, after the entries it stores: stores the block entries of `waiting`
+    /// applied before this job ran (their bytes from `entries`), and raises the ledger to the
+    /// append's last index. Returns the ids stored.
+    fn appended(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        dbs: &Dbs,
+        entries: &[(u64, ByteBuf)],
+        waiting: &[u64],
+    ) -> Result<Vec<LogIdOf<TC>>, StorageError> {
+        let mut ledger = lock(&self.ledger);
+        let mut stored = Vec::new();
+        for index in waiting {
+            match ledger.applied_early.remove(index) {
+                None => {}
+                Some(Early::Ref(row)) => {
+                    put_block_entry_row(wtxn, dbs, &row)?;
+                    stored.push(row.log_id);
+                }
+                Some(Early::Full(id)) => {
+                    let bytes = entries
+                        .iter()
+                        .find(|(i, _)| i == index)
+                        .map(|(_, b)| &b.0)
+                        .ok_or(StorageError::LogHole {
+                            expected: *index,
+                            got: entries.first().map_or(0, |(i, _)| *i),
+                        })?;
+                    put_entry_row(wtxn, dbs, *index, bytes)?;
+                    stored.push(id);
+                }
+            }
+        }
+        if let Some((last, _)) = entries.last() {
+            ledger.journalled_upto = Some(*last);
+        }
+        Ok(stored)
+    }
+
+    /// In an apply job, after the blocks are stored: each accepted block's entry becomes a
+    /// reference to its block, each rejected proposal's entry is stored in full, or, for an
+    /// entry whose append job has not run yet, that job will do it. Returns the ids stored.
+    pub(crate) fn applied(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        dbs: &Dbs,
+        accepted: &[(LogIdOf<TC>, Block)],
+        rejected: &[(LogIdOf<TC>, Vec<u8>)],
+    ) -> Result<Vec<LogIdOf<TC>>, StorageError> {
+        let mut ledger = lock(&self.ledger);
+        let upto = ledger.journalled_upto;
+        let mut stored = Vec::new();
+        for (id, b) in accepted {
+            let row = BlockEntryRow {
+                log_id: *id,
+                height: b.height,
+                hash: b.hash,
+            };
+            if upto.is_some_and(|u| id.index <= u) {
+                put_block_entry_row(wtxn, dbs, &row)?;
+                stored.push(*id);
+            } else {
+                ledger.applied_early.insert(id.index, Early::Ref(row));
+            }
+        }
+        for (id, bytes) in rejected {
+            if upto.is_some_and(|u| id.index <= u) {
+                put_entry_row(wtxn, dbs, id.index, bytes)?;
+                stored.push(*id);
+            } else {
+                ledger.applied_early.insert(id.index, Early::Full(*id));
+            }
+        }
+        Ok(stored)
+    }
+
+    /// In a truncate's or purge's job, after its rows are deleted: the ledger follows.
+    fn changed(&self, op: &Op) {
+        if let Op::Truncate { after } = op {
+            let mut ledger = lock(&self.ledger);
+            ledger.journalled_upto = ledger.journalled_upto.min(*after);
+            let after = *after;
+            ledger
+                .applied_early
+                .retain(|i, _| after.is_some_and(|a| *i <= a));
+        }
+    }
+
+    /// Once a truncate or purge has committed: its entries leave the tail. Not before, so
+    /// that a checkpoint in between still finds (and stores) what the change has not yet
+    /// durably removed.
+    fn prune(&self, op: &Op) {
+        match op {
+            Op::Truncate { after } => {
+                lock(&self.tail).retain(|i, _| after.is_some_and(|a| *i <= a));
+            }
+            Op::Purge { upto, .. } => lock(&self.tail).retain(|i, _| *i > *upto),
+            Op::Append { .. } => {}
+        }
+    }
+
     /// Drops the entries with these ids from the tail, once a committed transaction holds
     /// them (an entry replaced meanwhile under the same index stays).
     pub(crate) fn forget(&self, ids: &[LogIdOf<TC>]) {
@@ -90,16 +222,26 @@ impl LogShared {
     }
 
     /// For a journal checkpoint, in its transaction: stores in full every block entry of the
-    /// tail that waits for its apply (the segment being freed held its only durable copy), and
-    /// returns their ids. An entry stored as a reference already (applied in this same
-    /// transaction, before this job) is left so.
+    /// tail that waits for its apply and whose append job has run (the segment being freed
+    /// may hold its only durable copy; every append job of that segment ran before this one),
+    /// and returns their ids. Not the entries above (their records are in the next segment,
+    /// and storing one before the entries below it could leave a hole), nor those at or below
+    /// the purge point, nor one stored as a reference already.
     pub(crate) fn carry(
         &self,
         wtxn: &mut RwTxn<'_>,
         dbs: &Dbs,
     ) -> Result<Vec<LogIdOf<TC>>, StorageError> {
+        let Some(upto) = lock(&self.ledger).journalled_upto else {
+            return Ok(Vec::new());
+        };
+        let above = read_last_purged(wtxn, dbs)?.map_or(0, |p| p.index + 1);
+        if above > upto {
+            return Ok(Vec::new());
+        }
         let waiting: Vec<EntryOf<TC>> = lock(&self.tail)
-            .values()
+            .range(above..=upto)
+            .map(|(_, e)| e)
             .filter(|e| block_of(e).is_some())
             .cloned()
             .collect();
@@ -155,24 +297,19 @@ pub(crate) fn put_entry_row(
     Ok(())
 }
 
-/// Stores the entry `log_id` that proposed `block` as a reference to the block store, which
-/// must hold `block` at its height in this same transaction; replaces a full row there.
-pub(crate) fn put_block_entry(
+/// Stores a block's entry as a reference to the block store, which must hold that block at
+/// its height (in this transaction or before); replaces a full row there.
+fn put_block_entry_row(
     wtxn: &mut RwTxn<'_>,
     dbs: &Dbs,
-    log_id: LogIdOf<TC>,
-    block: &Block,
+    row: &BlockEntryRow,
 ) -> Result<(), StorageError> {
-    let row = BlockEntryRow {
-        log_id,
-        height: block.height,
-        hash: block.hash,
-    };
+    let index = row.log_id.index;
     dbs.log_blocks
-        .put(wtxn, &log_id.index, &encode_rec("log block entry", &row)?)
+        .put(wtxn, &index, &encode_rec("log block entry", row)?)
         .map_err(StorageError::lmdb("log: put block entry"))?;
     dbs.log
-        .delete(wtxn, &log_id.index)
+        .delete(wtxn, &index)
         .map_err(StorageError::lmdb("log: delete entry"))?;
     Ok(())
 }
@@ -207,7 +344,7 @@ fn entry_of_row(
 }
 
 /// The newest stored index in either log database.
-fn last_stored_index(txn: &RoTxn<'_>, dbs: &Dbs) -> Result<Option<u64>, StorageError> {
+pub(crate) fn last_stored_index(txn: &RoTxn<'_>, dbs: &Dbs) -> Result<Option<u64>, StorageError> {
     let full = dbs
         .log
         .last(txn)
@@ -608,13 +745,17 @@ impl LogStore {
         let (waiting, carried): (Vec<&EntryOf<TC>>, Vec<&EntryOf<TC>>) =
             entries.iter().partition(|e| block_of(e).is_some());
         let waiting: Vec<u64> = waiting.iter().map(|e| e.index()).collect();
-        let ids: Vec<LogIdOf<TC>> = carried.iter().map(|e| e.log_id()).collect();
+        let mut ids: Vec<LogIdOf<TC>> = carried.iter().map(|e| e.log_id()).collect();
         lock(&self.shared.tail).extend(entries.into_iter().map(|e| (e.index(), e)));
         let shared = self.shared.clone();
-        let in_lmdb = move |res: Result<(), StorageError>| match res {
+        let ledger = self.shared.clone();
+        let in_lmdb = move |res: Result<Vec<LogIdOf<TC>>, StorageError>| match res {
             // In LMDB: the tail need not hold them any longer. A reader takes the tail before
             // its read transaction, so it finds them in one or the other.
-            Ok(()) => shared.forget(&ids),
+            Ok(early) => {
+                ids.extend(early);
+                shared.forget(&ids);
+            }
             Err(e) => {
                 // Durable in the journal all the same: the entries stay readable from the
                 // tail, and the log takes no more writes (the journal puts them into LMDB
@@ -631,9 +772,10 @@ impl LogStore {
                     Op::Append { entries, committed } => {
                         apply_append(wtxn, dbs, entries, committed.as_ref(), |i| {
                             waiting.binary_search(&i).is_ok()
-                        })
+                        })?;
+                        ledger.appended(wtxn, dbs, entries, &waiting)
                     }
-                    other => apply_op(wtxn, dbs, other),
+                    other => apply_op(wtxn, dbs, other).map(|()| Vec::new()),
                 };
                 // A writer that is gone means the store is closing; nothing more to carry.
                 if let Err(e) =
@@ -661,16 +803,25 @@ impl LogStore {
     async fn change(&self, what: &'static str, op: Op) -> Result<(), StorageError> {
         self.check_failed()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), StorageError>>();
+        let (ledger, shared) = (self.shared.clone(), self.shared.clone());
         let on_durable: crate::wal::OnDurable = Box::new(move |res| match res {
             Ok((writer, op)) => {
                 // Full: the caller waits, so it ends the writer's linger (and it is rare). A
                 // job that cannot be queued is dropped with its completion, and the caller
                 // hears `WriterStopped` from the closed reply channel.
+                let done_op = op.clone();
                 let _ = writer.submit_blocking(
                     what,
                     Durability::Full,
-                    move |wtxn, dbs| apply_op(wtxn, dbs, &op),
+                    move |wtxn, dbs| {
+                        apply_op(wtxn, dbs, &op)?;
+                        ledger.changed(&op);
+                        Ok(())
+                    },
                     move |res| {
+                        if res.is_ok() {
+                            shared.prune(&done_op);
+                        }
                         let _ = tx.send(res);
                     },
                 );
@@ -835,10 +986,8 @@ impl RaftLogStorage<TC> for LogStore {
 
     /// Keeps `last_log_id` and deletes every later entry; `None` deletes them all.
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TC>>) -> Result<(), io::Error> {
-        // Entries still in the tail go at once; their queued LMDB jobs run before this one,
-        // which deletes them.
-        lock(&self.shared.tail)
-            .retain(|i, _| last_log_id.as_ref().is_some_and(|id| *i <= id.index));
+        // Entries in the tail above it go once the change has committed (see `prune`); their
+        // queued LMDB jobs run before this one, which deletes them.
         self.change(
             "log: truncate",
             Op::Truncate {
@@ -854,8 +1003,7 @@ impl RaftLogStorage<TC> for LogStore {
     async fn purge(&mut self, log_id: LogIdOf<TC>) -> Result<(), io::Error> {
         let bytes = encode_rec("last purged log id", &log_id)?;
         // Block entries a snapshot covers may still wait in the tail (installed, never
-        // applied): they go at once, so that no checkpoint stores them below the purge.
-        lock(&self.shared.tail).retain(|i, _| *i > log_id.index);
+        // applied): they go once the purge has committed (see `prune`).
         self.change(
             "log: purge",
             Op::Purge {
@@ -1019,5 +1167,75 @@ mod tests {
             full.iter().chain(&refs).all(|i| *i > 4),
             "{full:?} {refs:?}"
         );
+    }
+
+    /// openraft applies what was submitted to the log, not only what is flushed: an apply can
+    /// run before its entry's append job. The entry is then stored by that job, never before
+    /// the entries below it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_entry_applied_before_its_append_job_is_stored_by_that_job() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = open(dir.path());
+        let accepted = block_entry(1, 1, BlockHash::ZERO);
+        let stale = block_entry(2, 1, BlockHash::ZERO);
+        let b = block_of(&accepted).expect("a block").clone();
+        let rejected_bytes = encode_rec("log entry", &stale).expect("encode");
+        let shared = store.log.shared.clone();
+        let (id1, id2) = (accepted.log_id(), stale.log_id());
+        let stored_now = store
+            .log
+            .writer
+            .write("test: apply first", move |wtxn, dbs| {
+                crate::blocks::put_block(wtxn, dbs, &b)?;
+                shared.applied(wtxn, dbs, &[(id1, b)], &[(id2, rejected_bytes)])
+            })
+            .await
+            .expect("apply job");
+        assert!(stored_now.is_empty(), "{stored_now:?}");
+        assert_eq!(
+            stored(&store.log),
+            (vec![], vec![]),
+            "nothing above a missing entry"
+        );
+
+        let all = vec![accepted, stale];
+        let (tx, rx) = TC::oneshot();
+        store
+            .log
+            .append(all.clone(), IOFlushed::signal(tx))
+            .await
+            .expect("append");
+        rx.await.expect("callback").expect("durable");
+        wait_for("the append job to store both", || {
+            lock(&store.log.shared.tail).is_empty()
+        })
+        .await;
+        assert_eq!(stored(&store.log), (vec![2], vec![1]));
+        assert_eq!(store.log.entries(..).expect("read"), all);
+    }
+
+    /// A checkpoint stores the waiting block entries whose append job has run, and none above
+    /// (their records are in the next segment).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checkpoint_stores_waiting_block_entries_up_to_the_ledger_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let shared = store.log.shared.clone();
+        let mut parent = BlockHash::ZERO;
+        for i in 1..=3u64 {
+            let e = block_entry(i, i, parent);
+            parent = block_of(&e).expect("a block").hash;
+            lock(&shared.tail).insert(i, e);
+        }
+        shared.init(Some(2));
+        let carry = shared.clone();
+        let carried = store
+            .log
+            .writer
+            .write("test: checkpoint", move |wtxn, dbs| carry.carry(wtxn, dbs))
+            .await
+            .expect("checkpoint job");
+        assert_eq!(carried, vec![log_id(1), log_id(2)]);
+        assert_eq!(stored(&store.log), (vec![1, 2], vec![]));
     }
 }

@@ -23,7 +23,7 @@ use crate::applied_tail::{AppliedTail, TailState};
 use crate::blocks::{self, put_block, read_head};
 use crate::env::{self, Dbs, LmdbEnv};
 use crate::error::StorageError;
-use crate::log::{LogShared, put_block_entry, put_entry_row};
+use crate::log::LogShared;
 use crate::metrics::{APPLIED_HEIGHT, PROPOSALS_REJECTED_TOTAL, SNAPSHOT_INSTALLS_TOTAL};
 use crate::records::{Head, SnapshotFile, encode_rec, sm_key};
 use crate::snapshot::{self, SnapshotBuilder, SnapshotDir};
@@ -234,8 +234,7 @@ impl StateMachineStore {
         let mut membership_changed = false;
         let mut accepted: Vec<(LogIdOf<TC>, Block)> = Vec::new();
         // Rejected proposals' entries, stored in full (no block to refer to).
-        let mut rejected_rows: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut block_entries: Vec<LogIdOf<TC>> = Vec::new();
+        let mut rejected_rows: Vec<(LogIdOf<TC>, Vec<u8>)> = Vec::new();
         let mut outcomes = Vec::with_capacity(entries.len());
         let mut rejected = 0u64;
         for entry in entries {
@@ -250,27 +249,24 @@ impl StateMachineStore {
             }
             let outcome = match entry.payload {
                 EntryPayload::Blank => ApplyOutcome::None,
-                EntryPayload::Normal(Command::Block(block)) => {
-                    block_entries.push(id);
-                    match check_block(&head, &block) {
-                        Ok(()) => {
-                            head = Head {
-                                height: block.height,
-                                hash: block.hash,
-                            };
-                            let height = block.height;
-                            accepted.push((id, block));
-                            ApplyOutcome::Accepted { height }
-                        }
-                        Err(reason) => {
-                            tracing::info!(log_id = %id, height = %block.height, ?reason, "proposal rejected");
-                            rejected += 1;
-                            let entry = EntryOf::<TC>::new_normal(id, Command::Block(block));
-                            rejected_rows.push((id.index, encode_rec("log entry", &entry)?));
-                            ApplyOutcome::Rejected(reason)
-                        }
+                EntryPayload::Normal(Command::Block(block)) => match check_block(&head, &block) {
+                    Ok(()) => {
+                        head = Head {
+                            height: block.height,
+                            hash: block.hash,
+                        };
+                        let height = block.height;
+                        accepted.push((id, block));
+                        ApplyOutcome::Accepted { height }
                     }
-                }
+                    Err(reason) => {
+                        tracing::info!(log_id = %id, height = %block.height, ?reason, "proposal rejected");
+                        rejected += 1;
+                        let entry = EntryOf::<TC>::new_normal(id, Command::Block(block));
+                        rejected_rows.push((id, encode_rec("log entry", &entry)?));
+                        ApplyOutcome::Rejected(reason)
+                    }
+                },
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(id), m);
                     membership_changed = true;
@@ -304,6 +300,7 @@ impl StateMachineStore {
             },
         );
         let first = before.applied;
+        let log_rows = self.log.clone();
         let job = move |wtxn: &mut heed::RwTxn<'_>, dbs: &Dbs| {
             // Applies commit in the order they were queued, each on the one before.
             let on_disk = read_applied(wtxn, dbs)?;
@@ -313,14 +310,8 @@ impl StateMachineStore {
                     got: format!("a batch applied on {first:?}"),
                 });
             }
-            // Each accepted block's log entry becomes a reference to it (one copy of the
-            // payload); a rejected proposal's entry is stored in full.
-            for (id, b) in &accepted {
+            for (_, b) in &accepted {
                 put_block(wtxn, dbs, b)?;
-                put_block_entry(wtxn, dbs, *id, b)?;
-            }
-            for (index, bytes) in &rejected_rows {
-                put_entry_row(wtxn, dbs, *index, bytes)?;
             }
             let put = |wtxn: &mut heed::RwTxn<'_>, key: &'static str, bytes: &[u8]| {
                 dbs.sm
@@ -334,14 +325,14 @@ impl StateMachineStore {
             if let Some(b) = &membership_bytes {
                 put(wtxn, sm_key::MEMBERSHIP, b)?;
             }
-            Ok(())
+            // Each accepted block's log entry becomes a reference to it (one copy of the
+            // payload); a rejected proposal's entry is stored in full (see `log`).
+            log_rows.applied(wtxn, dbs, &accepted, &rejected_rows)
         };
         let tail = self.tail.clone();
         let log = self.log.clone();
-        let done = move |res: Result<(), StorageError>| {
-            if res.is_ok() {
-                log.forget(&block_entries);
-            }
+        let done = move |res: Result<Vec<LogIdOf<TC>>, StorageError>| {
+            let res = res.map(|stored| log.forget(&stored));
             tail.done(&written, res)
         };
         // Data-only durability: a power loss may undo the last applies (never corrupt them);
