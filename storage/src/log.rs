@@ -1100,6 +1100,15 @@ mod tests {
         .expect("read")
     }
 
+    /// Appends `entries` and waits until the journal holds them.
+    async fn append_durably(log: &mut LogStore, entries: Vec<EntryOf<TC>>) {
+        let (tx, rx) = TC::oneshot();
+        log.append(entries, IOFlushed::signal(tx))
+            .await
+            .expect("append");
+        rx.await.expect("callback").expect("durable");
+    }
+
     /// Waits (bounded) until `what` holds.
     async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -1115,13 +1124,7 @@ mod tests {
         let all = entries();
         {
             let mut store = open(dir.path());
-            let (tx, rx) = TC::oneshot();
-            store
-                .log
-                .append(all.clone(), IOFlushed::signal(tx))
-                .await
-                .expect("append");
-            rx.await.expect("callback").expect("durable");
+            append_durably(&mut store.log, all.clone()).await;
             // Before the apply: the blank entries reach LMDB, the block entries wait in the
             // tail, and everything reads back.
             wait_for("the blank entries in LMDB", || {
@@ -1199,13 +1202,7 @@ mod tests {
         );
 
         let all = vec![accepted, stale];
-        let (tx, rx) = TC::oneshot();
-        store
-            .log
-            .append(all.clone(), IOFlushed::signal(tx))
-            .await
-            .expect("append");
-        rx.await.expect("callback").expect("durable");
+        append_durably(&mut store.log, all.clone()).await;
         wait_for("the append job to store both", || {
             lock(&store.log.shared.tail).is_empty()
         })
