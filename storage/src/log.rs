@@ -14,9 +14,10 @@
 //! that block (`log_blocks`, a [`BlockEntryRow`]); a read rebuilds the entry from the block
 //! store in the same read transaction. At 100 KiB blocks this halves what the storage writer
 //! copies into the page cache. A rejected proposal (no block stored) is stored in full by its
-//! apply. LMDB never holds an entry above one it lacks (a crash would leave a hole): an apply
-//! that runs before its entry's append job (openraft applies what was submitted, not only what
-//! is flushed) leaves the row to that job ([`Ledger`]). A journal checkpoint stores in full the
+//! apply. What LMDB holds together with the journal segments still on disk never has a hole
+//! (a crash would leave one in the log): an apply that runs before its entry's append job
+//! (openraft applies what was submitted, not only what is flushed) leaves the row to that job
+//! ([`Ledger`]), and a checkpoint keeps its segment once the log has stopped. A journal checkpoint stores in full the
 //! block entries still waiting whose append job has run, since the segment it frees may hold
 //! their only durable copy (see `wal`). A journal replay at open stores its entries in full;
 //! those applied again afterwards become references, the others stay full until purged.
@@ -77,9 +78,10 @@ pub(crate) struct LogShared {
     ledger: Arc<Mutex<Ledger>>,
 }
 
-/// What the writer thread knows of the log's rows. LMDB must never hold an entry above one it
-/// lacks (a crash would leave a hole), and openraft applies what was submitted to the log, not
-/// only what is flushed: an apply can run before its entry's append job.
+/// What the writer thread knows of the log's rows. LMDB must never hold an entry above one
+/// that neither it nor a journal segment still on disk holds (a crash would leave a hole), and
+/// openraft applies what was submitted to the log, not only what is flushed: an apply can run
+/// before its entry's append job.
 #[derive(Debug, Default)]
 struct Ledger {
     /// Every entry up to this index has had its append job run (or was stored before this
@@ -119,11 +121,13 @@ impl LogShared {
         for index in waiting {
             match ledger.applied_early.remove(index) {
                 None => {}
-                Some(Early::Ref(row)) => {
+                // A reference only to a block this transaction's block store holds (an apply
+                // rolled back after it recorded the entry stored none); else in full.
+                Some(Early::Ref(row)) if block_stored(wtxn, dbs, &row)? => {
                     put_block_entry_row(wtxn, dbs, &row)?;
                     stored.push(row.log_id);
                 }
-                Some(Early::Full(id)) => {
+                Some(Early::Ref(BlockEntryRow { log_id: id, .. }) | Early::Full(id)) => {
                     let bytes = entries
                         .iter()
                         .find(|(i, _)| i == index)
@@ -156,6 +160,8 @@ impl LogShared {
         let mut ledger = lock(&self.ledger);
         let upto = ledger.journalled_upto;
         let mut stored = Vec::new();
+        // Recorded in the ledger only once every row of this job is written.
+        let mut early = Vec::new();
         for (id, b) in accepted {
             let row = BlockEntryRow {
                 log_id: *id,
@@ -166,7 +172,7 @@ impl LogShared {
                 put_block_entry_row(wtxn, dbs, &row)?;
                 stored.push(*id);
             } else {
-                ledger.applied_early.insert(id.index, Early::Ref(row));
+                early.push((id.index, Early::Ref(row)));
             }
         }
         for (id, bytes) in rejected {
@@ -174,9 +180,10 @@ impl LogShared {
                 put_entry_row(wtxn, dbs, id.index, bytes)?;
                 stored.push(*id);
             } else {
-                ledger.applied_early.insert(id.index, Early::Full(*id));
+                early.push((id.index, Early::Full(*id)));
             }
         }
+        ledger.applied_early.extend(early);
         Ok(stored)
     }
 
@@ -261,13 +268,20 @@ impl LogShared {
         Ok(carried)
     }
 
-    /// A checkpoint's outcome: its carried entries leave the tail, or the log stops.
-    pub(crate) fn carried(&self, res: Result<Vec<LogIdOf<TC>>, StorageError>) {
+    /// A checkpoint's outcome: its carried entries leave the tail, or the log stops. Returns
+    /// whether the freed segment may go: not if the log has stopped, since a job before the
+    /// checkpoint (in its group, or earlier) may have failed to store what only that segment
+    /// holds durably (completions run in queue order, so such a job's has run already).
+    pub(crate) fn carried(&self, res: Result<Vec<LogIdOf<TC>>, StorageError>) -> bool {
         match res {
-            Ok(ids) => self.forget(&ids),
+            Ok(ids) => {
+                self.forget(&ids);
+                lock(&self.failed).is_none()
+            }
             Err(e) => {
                 tracing::error!(error = %e, "a journal checkpoint failed to store the log's waiting block entries");
                 self.fail(e.to_string());
+                false
             }
         }
     }
@@ -312,6 +326,15 @@ fn put_block_entry_row(
         .delete(wtxn, &index)
         .map_err(StorageError::lmdb("log: delete entry"))?;
     Ok(())
+}
+
+/// Whether the block store holds the block a reference row names.
+fn block_stored(txn: &RoTxn<'_>, dbs: &Dbs, row: &BlockEntryRow) -> Result<bool, StorageError> {
+    let at = dbs
+        .hashes
+        .get(txn, &row.hash.0[..])
+        .map_err(StorageError::lmdb("log: look up a block's height"))?;
+    Ok(at == Some(row.height.0))
 }
 
 /// Rebuilds the entry a reference row stands for, from the block store.
@@ -819,8 +842,11 @@ impl LogStore {
                         Ok(())
                     },
                     move |res| {
-                        if res.is_ok() {
-                            shared.prune(&done_op);
+                        match &res {
+                            Ok(()) => shared.prune(&done_op),
+                            // Journalled, not in LMDB: as for a failed append, no more writes
+                            // (and no checkpoint frees the segment that holds it).
+                            Err(e) => shared.fail(e.to_string()),
                         }
                         let _ = tx.send(res);
                     },
@@ -1209,6 +1235,33 @@ mod tests {
         .await;
         assert_eq!(stored(&store.log), (vec![2], vec![1]));
         assert_eq!(store.log.entries(..).expect("read"), all);
+    }
+
+    /// An entry recorded as applied early whose block the block store does not hold (its
+    /// apply rolled back) is stored in full by its append job, never as a dangling reference.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_early_apply_whose_block_is_not_stored_leaves_the_entry_in_full() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = open(dir.path());
+        let e = block_entry(1, 1, BlockHash::ZERO);
+        let b = block_of(&e).expect("a block").clone();
+        let shared = store.log.shared.clone();
+        let id = e.log_id();
+        store
+            .log
+            .writer
+            .write("test: apply without its block", move |wtxn, dbs| {
+                shared.applied(wtxn, dbs, &[(id, b)], &[])
+            })
+            .await
+            .expect("apply job");
+        append_durably(&mut store.log, vec![e.clone()]).await;
+        wait_for("the append job to store it", || {
+            lock(&store.log.shared.tail).is_empty()
+        })
+        .await;
+        assert_eq!(stored(&store.log), (vec![1], vec![]));
+        assert_eq!(store.log.entries(..).expect("read"), vec![e]);
     }
 
     /// A checkpoint stores the waiting block entries whose append job has run, and none above

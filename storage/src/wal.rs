@@ -610,7 +610,10 @@ fn checkpoint(journal: &mut Journal, writer: &Writer, log: &LogShared) -> Result
         move |wtxn, dbs| carry.carry(wtxn, dbs),
         move |res| match res {
             Ok(ids) => {
-                carried.carried(Ok(ids));
+                if !carried.carried(Ok(ids)) {
+                    tracing::error!(segment = old, "the log has stopped: keeping the checkpointed journal segment for the next open's replay");
+                    return;
+                }
                 let remove = move || {
                     // A segment left behind costs disk and replay time on the next open,
                     // nothing else (its ops are applied again, harmlessly).
@@ -629,7 +632,7 @@ fn checkpoint(journal: &mut Journal, writer: &Writer, log: &LogShared) -> Result
             // writes (whichever job failed, this one or one before it).
             Err(e) => {
                 tracing::error!(error = %e, segment = old, "journal checkpoint commit failed");
-                carried.carried(Err(e));
+                let _ = carried.carried(Err(e));
             }
         },
     )
