@@ -190,7 +190,26 @@ fn slow_follower_never_loses_progress_across_leader_changes_and_catches_up() {
             } else {
                 c.kill(leader).await;
                 let (nl, _) = c.wait_leader(Duration::from_secs(10)).await;
-                assert_eq!(nl, other, "only the caught-up survivor may win");
+                if nl != other {
+                    // Raft's own rule can bar the caught-up survivor: when the killed leader's
+                    // last entry reached the slow node alone, the slow node (longer log)
+                    // refuses the survivor's votes and the survivor refuses the slow node's
+                    // (exec lag). After RELAX_AFTER with no leader the most caught-up node by
+                    // Raft log, the slow one, may win; it must hand over to the survivor at
+                    // once (seen under CPU load, at a23d465 too: 1 run in 8).
+                    assert_eq!(nl, slow, "only the survivors can win");
+                    wait_until(
+                        Duration::from_secs(3),
+                        "the lagging winner handed over to the caught-up survivor",
+                        || async {
+                            match c.agreed_leader().await {
+                                Some((l, _)) if l == other => Ok(()),
+                                got => Err(format!("leader {got:?}")),
+                            }
+                        },
+                    )
+                    .await;
+                }
                 c.check_invariants();
                 c.restart(leader).await;
                 let target = c.top_applied();
