@@ -109,6 +109,17 @@ async fn sample(
     s
 }
 
+/// Waits (bounded) until the nodes agree that `want` leads.
+async fn wait_agreed_leader(c: &Cluster, want: usize, within: Duration, what: &str) {
+    wait_until(within, what, || async {
+        match c.agreed_leader().await {
+            Some((l, _)) if l == want => Ok(()),
+            got => Err(format!("leader {got:?}")),
+        }
+    })
+    .await;
+}
+
 #[test]
 fn slow_follower_never_loses_progress_across_leader_changes_and_catches_up() {
     run(async {
@@ -174,18 +185,8 @@ fn slow_follower_never_loses_progress_across_leader_changes_and_catches_up() {
                     .transfer_leader(c.members[other].id.clone())
                     .await
                     .expect("transfer_leader");
-                let want = other;
-                wait_until(
-                    Duration::from_secs(10),
-                    "the transfer completed",
-                    || async {
-                        match c.agreed_leader().await {
-                            Some((l, _)) if l == want => Ok(()),
-                            other => Err(format!("leader {other:?}")),
-                        }
-                    },
-                )
-                .await;
+                wait_agreed_leader(&c, other, Duration::from_secs(10), "the transfer completed")
+                    .await;
                 "transferred"
             } else {
                 c.kill(leader).await;
@@ -198,15 +199,11 @@ fn slow_follower_never_loses_progress_across_leader_changes_and_catches_up() {
                     // Raft log, the slow one, may win; it must hand over to the survivor at
                     // once (seen under CPU load, at a23d465 too: 1 run in 8).
                     assert_eq!(nl, slow, "only the survivors can win");
-                    wait_until(
+                    wait_agreed_leader(
+                        &c,
+                        other,
                         Duration::from_secs(3),
                         "the lagging winner handed over to the caught-up survivor",
-                        || async {
-                            match c.agreed_leader().await {
-                                Some((l, _)) if l == other => Ok(()),
-                                got => Err(format!("leader {got:?}")),
-                            }
-                        },
                     )
                     .await;
                 }

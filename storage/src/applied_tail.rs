@@ -55,7 +55,7 @@ impl AppliedTail {
     }
 
     /// Records an apply about to be queued: its accepted blocks and the state after it.
-    pub(crate) fn push(&self, blocks: &[Block], state: TailState) {
+    pub(crate) fn push<'b>(&self, blocks: impl IntoIterator<Item = &'b Block>, state: TailState) {
         let mut t = self.lock();
         for b in blocks {
             t.blocks.insert(b.height.0, b.clone());

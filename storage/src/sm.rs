@@ -290,9 +290,8 @@ impl StateMachineStore {
             .transpose()?;
         let written: Vec<(Height, BlockHash)> =
             accepted.iter().map(|(_, b)| (b.height, b.hash)).collect();
-        let accepted_blocks: Vec<Block> = accepted.iter().map(|(_, b)| b.clone()).collect();
         self.tail.push(
-            &accepted_blocks,
+            accepted.iter().map(|(_, b)| b),
             TailState {
                 applied,
                 head,
