@@ -23,6 +23,9 @@ use rand::{Rng as _, SeedableRng as _};
 
 const BLOCK_TIME: Duration = Duration::from_millis(20);
 const ROUNDS: usize = 8;
+/// How far the transfer target's engine may trail the head when the transfer starts: well
+/// inside the voters' `max_exec_lag_blocks` (10).
+const TARGET_EXEC_LAG_MAX: u64 = 2;
 /// A generous bound on one production gap; the figures printed are the measurement.
 const GAP_MAX: Duration = Duration::from_secs(5);
 
@@ -75,11 +78,21 @@ fn target_crashing_mid_transfer_leaves_no_fork_and_production_resumes() {
             };
             let mut rx = c.node(target).raft.metrics();
             // The guard judges the target by the leader's last poll of it; a refusal while
-            // that view catches up is retried (bounded), anything else fails below.
+            // that view catches up is retried (bounded), anything else fails below. The
+            // target's engine must be near the head by its own reading too: the guard's view
+            // is up to a poll old, and voters that see the target past max_exec_lag_blocks
+            // refuse it (under CPU load a rejoined node's engine trails by several blocks).
             let to = wait_until(
                 Duration::from_secs(5),
                 &format!("the transfer to {tid} accepted"),
                 || async {
+                    let (eh, _) = c
+                        .engine_head(target)
+                        .ok_or_else(|| format!("{tid} has no embedded engine"))?;
+                    let top = c.top_applied();
+                    if eh + TARGET_EXEC_LAG_MAX < top {
+                        return Err(format!("{tid}'s engine at {eh}, head {top}"));
+                    }
                     c.node(leader)
                         .elector
                         .get()
