@@ -313,9 +313,10 @@ async fn step(
                     return Ok(Step::Idle);
                 };
                 // The batch's last block (its end, or the time bound reached) is imported and
-                // made the head in one call: one engine write per block in steady state.
+                // made the head in one call: one engine write per block in steady state. An
+                // engine whose head moves cheaply (the embedded one) gets every block so.
                 let last = h == to || batch_start.elapsed() >= REPLAY_BATCH_TIME_MAX;
-                let status = if last {
+                let status = if last || engine.head_moves_with_each_import() {
                     engine
                         .import_and_set_head(&b.payload, b.hash)
                         .await
@@ -382,5 +383,196 @@ impl actix::Handler<crate::supervisor::StopActor> for ExecReplayer {
 
     fn handle(&mut self, _: crate::supervisor::StopActor, ctx: &mut Context<Self>) {
         actix::ActorContext::stop(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! How the replayer feeds a batch to an engine.
+    //!
+    //! Goal: an engine whose head moves cheaply (the embedded one) gets every block of a batch
+    //! as a new head, so it writes the batch behind instead of one durable import per block;
+    //! any other engine gets the batch imported and its head moved once. Either way the engine
+    //! ends at the applied head.
+    //! Method: a real block store holding 40 blocks built by one embedded engine, replayed into
+    //! a fresh embedded engine behind a wrapper that counts the calls and says whether head
+    //! moves are cheap.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::stream;
+    use haseq_engine::{
+        BuildParams, BuiltPayload, EmbeddedConfig, EmbeddedEngine, EngineFuture, ExecutionEngine,
+        PayloadId, PayloadStatus,
+    };
+    use haseq_messages::{Block, BlockHash, Command, Height, NodeId, TC};
+    use haseq_storage::{Storage, StoreOptions};
+    use openraft::LogId;
+    use openraft::entry::RaftEntry;
+    use openraft::storage::RaftStateMachine;
+    use openraft::type_config::alias::EntryOf;
+    use openraft::vote::leader_id_std::CommittedLeaderId;
+    use tokio::sync::watch;
+
+    use super::{ExecStatus, REPLAY_BATCH_BLOCKS_MAX, Step, step};
+
+    const BLOCKS: u64 = 40;
+    // The whole gap is one batch.
+    const _: () = assert!(BLOCKS <= REPLAY_BATCH_BLOCKS_MAX);
+    /// Steps allowed to reach the head: one batch and the idle step after it, with room.
+    const STEPS_MAX: usize = 10;
+
+    /// An embedded engine that counts imports and says what it is told about head moves.
+    struct Counting {
+        inner: EmbeddedEngine,
+        head_moves_cheap: bool,
+        new_payloads: AtomicUsize,
+        head_imports: AtomicUsize,
+    }
+
+    impl ExecutionEngine for Counting {
+        fn build_payload(&self, params: BuildParams) -> EngineFuture<'_, PayloadId> {
+            self.inner.build_payload(params)
+        }
+        fn get_payload(&self, id: PayloadId) -> EngineFuture<'_, BuiltPayload> {
+            self.inner.get_payload(id)
+        }
+        fn new_payload<'a>(&'a self, encoded: &'a [u8]) -> EngineFuture<'a, PayloadStatus> {
+            self.new_payloads.fetch_add(1, Ordering::Relaxed);
+            self.inner.new_payload(encoded)
+        }
+        fn set_head(
+            &self,
+            head: BlockHash,
+            safe: BlockHash,
+            finalized: BlockHash,
+        ) -> EngineFuture<'_, ()> {
+            self.inner.set_head(head, safe, finalized)
+        }
+        fn import_and_set_head<'a>(
+            &'a self,
+            encoded: &'a [u8],
+            head: BlockHash,
+        ) -> EngineFuture<'a, PayloadStatus> {
+            self.head_imports.fetch_add(1, Ordering::Relaxed);
+            self.inner.import_and_set_head(encoded, head)
+        }
+        fn head_moves_with_each_import(&self) -> bool {
+            self.head_moves_cheap
+        }
+        fn head(&self) -> EngineFuture<'_, (Height, BlockHash)> {
+            self.inner.head()
+        }
+        fn block_hash_at(&self, height: Height) -> EngineFuture<'_, Option<BlockHash>> {
+            self.inner.block_hash_at(height)
+        }
+    }
+
+    fn engine(dir: &std::path::Path) -> EmbeddedEngine {
+        let mut c = EmbeddedConfig::new(dir);
+        c.txs_per_block = 4;
+        c.tx_bytes = 256;
+        c.map_size_bytes = 64 << 20;
+        EmbeddedEngine::open(c).expect("open engine")
+    }
+
+    /// A store whose applied chain is `BLOCKS` blocks built (and imported) by an engine of its
+    /// own, as a leader's would be.
+    async fn committed_chain(dir: &std::path::Path) -> Storage {
+        let mut store = haseq_storage::open(
+            &dir.join("store"),
+            StoreOptions {
+                map_size_bytes: 64 << 20,
+                ..StoreOptions::default()
+            },
+        )
+        .expect("open store");
+        let leader = engine(&dir.join("leader-engine"));
+        let mut parent = leader.block_hash_at(Height(0)).await.unwrap().unwrap();
+        let mut applied_parent = BlockHash::ZERO;
+        for h in 1..=BLOCKS {
+            let id = leader
+                .build_payload(BuildParams {
+                    parent,
+                    parent_height: Height(h - 1),
+                    timestamp: h,
+                    fee_recipient: [0; 20],
+                })
+                .await
+                .expect("build");
+            let built = leader.get_payload(id).await.expect("get payload");
+            leader
+                .import_and_set_head(&built.encoded, built.block_hash)
+                .await
+                .expect("leader import");
+            let block = Block {
+                height: Height(h),
+                parent_hash: applied_parent,
+                hash: built.block_hash,
+                timestamp: built.timestamp,
+                proposer: NodeId::from(1u64),
+                payload: built.encoded.into(),
+            };
+            let entry = EntryOf::<TC>::new_normal(
+                LogId::new(CommittedLeaderId::new(1), h),
+                Command::Block(block),
+            );
+            store
+                .sm
+                .apply(stream::iter([Ok((entry, None))]))
+                .await
+                .expect("apply");
+            parent = built.block_hash;
+            applied_parent = built.block_hash;
+        }
+        store
+    }
+
+    /// Replays the store's chain into a fresh engine; returns (new_payload, import_and_set_head)
+    /// call counts.
+    async fn replay(head_moves_cheap: bool) -> (usize, usize) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = committed_chain(dir.path()).await;
+        let follower = Counting {
+            inner: engine(&dir.path().join("follower-engine")),
+            head_moves_cheap,
+            new_payloads: AtomicUsize::new(0),
+            head_imports: AtomicUsize::new(0),
+        };
+        let (status, _rx) = watch::channel(ExecStatus::unknown());
+        let mut steps = 0;
+        while let Step::Progress = step(&follower, &store.reader, &status)
+            .await
+            .expect("replay step")
+        {
+            steps += 1;
+            assert!(steps < STEPS_MAX, "replay did not reach the head");
+        }
+        let applied = store.reader.head().expect("applied head");
+        assert_eq!(applied.height, Height(BLOCKS));
+        assert_eq!(
+            follower.head().await.expect("engine head"),
+            (applied.height, applied.hash),
+            "the engine ends at the applied head"
+        );
+        assert!(status.borrow().at(applied.height, applied.hash));
+        (
+            follower.new_payloads.load(Ordering::Relaxed),
+            follower.head_imports.load(Ordering::Relaxed),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_engine_whose_head_moves_cheaply_gets_every_block_as_its_head() {
+        let (new_payloads, head_imports) = replay(true).await;
+        assert_eq!(new_payloads, 0, "no bare import (a durable write each)");
+        assert_eq!(head_imports, BLOCKS as usize);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn any_other_engine_gets_the_batch_imported_and_its_head_moved_once() {
+        let (new_payloads, head_imports) = replay(false).await;
+        assert_eq!(new_payloads, BLOCKS as usize - 1);
+        assert_eq!(head_imports, 1);
     }
 }

@@ -78,6 +78,17 @@ pub trait ExecutionEngine: Send + Sync {
         })
     }
 
+    /// Whether making an imported block the head at once
+    /// ([`ExecutionEngine::import_and_set_head`]) costs no more than importing it alone. The
+    /// replayer then moves the head with every block of a batch; otherwise it imports a batch
+    /// and moves the head once, at its end (one `forkchoiceUpdated` per batch over the Engine
+    /// API). The embedded engine says yes: it writes a child of its head behind, with the
+    /// blocks around it in one transaction, while a bare import is a durable transaction of
+    /// its own.
+    fn head_moves_with_each_import(&self) -> bool {
+        false
+    }
+
     /// The engine's canonical head, read back from the engine.
     ///
     /// # Errors

@@ -600,6 +600,10 @@ impl ExecutionEngine for EmbeddedEngine {
         }))
     }
 
+    fn head_moves_with_each_import(&self) -> bool {
+        true
+    }
+
     fn set_head(
         &self,
         head: BlockHash,
