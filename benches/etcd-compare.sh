@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # etcd beside haseq, from one run on this machine.
 #
-# Starts a 3-member etcd cluster on 127.0.0.1 (Debian's etcd-server, installed if missing) with
-# the same election timing as haseq's guide configuration (etcd needs election >= 5 x heartbeat:
-# --heartbeat-interval 73 --election-timeout 368) and its default durable WAL (fsync per write)
-# in a temporary directory, writes values of 1 KiB, 10 KiB and 100 KiB one at a time (the
-# concurrency of haseq's producer: one block in flight), then stops it and runs
-# `haseqd bench --nodes 3 --json` for the same sizes. Prints one table: both systems and the
-# ratios.
+# For each size (1 KiB, 10 KiB, 100 KiB): starts a fresh 3-member etcd cluster on 127.0.0.1
+# (Debian's etcd-server, installed if missing) with the same election timing as haseq's guide
+# configuration (etcd needs election >= 5 x heartbeat: --heartbeat-interval 73
+# --election-timeout 368) and its default durable WAL (fsync per write) in a temporary
+# directory, writes values of that size one at a time (the concurrency of haseq's producer: one
+# block in flight), stops and removes it, then runs `haseqd bench --nodes 3 --json` (a fresh
+# cluster too) for the same size. Each size's two figures are thus taken about a minute apart:
+# on a machine whose speed drifts (shared virtual machines do, by a third within an hour), the
+# ratio compares like with like. Prints one table: both systems and the ratios.
 #
 # What is measured on each side:
 # - etcd: sequential puts over gRPC (`etcdserverpb.KV/Put`, grpcio from PyPI in a venv the
@@ -98,34 +100,36 @@ for s in socks:
 print("\n".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
-mapfile -t PORTS < <(free_ports 6)
-CLUSTER=""
-CLIENTS=""
-for i in 1 2 3; do
-    peer="http://127.0.0.1:${PORTS[$((2 * i - 2))]}"
-    CLUSTER+="${CLUSTER:+,}m$i=$peer"
-    CLIENTS+="${CLIENTS:+,}http://127.0.0.1:${PORTS[$((2 * i - 1))]}"
-done
 # sed, not head: head would close the pipe early and pipefail would fail on SIGPIPE.
 etcd_version="$(etcd --version | sed -n 1p)"
-say "starting 3 etcd members ($etcd_version) in $WORK"
-for i in 1 2 3; do
-    peer="http://127.0.0.1:${PORTS[$((2 * i - 2))]}"
-    client="http://127.0.0.1:${PORTS[$((2 * i - 1))]}"
-    setpriv --pdeathsig KILL -- etcd \
-        --name "m$i" --data-dir "$WORK/m$i" \
-        --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
-        --listen-client-urls "$client" --advertise-client-urls "$client" \
-        --initial-cluster "$CLUSTER" --initial-cluster-state new \
-        --initial-cluster-token haseq-etcd-compare \
-        --heartbeat-interval 73 --election-timeout 368 \
-        --logger zap --log-level error >"$WORK/m$i.log" 2>&1 &
-    ETCD_PIDS+=("$!")
-done
-
-leader=""
-for ((attempt = 0; attempt < 300; attempt++)); do
-    leader="$(etcdctl --endpoints "$CLIENTS" endpoint status -w json 2>/dev/null | python3 -c '
+ETCD_RUNS=0
+LEADER=""
+# Starts a fresh 3-member cluster (new ports, new data directories) and sets LEADER.
+start_etcd() {
+    local PORTS CLUSTER="" CLIENTS="" i peer client attempt leader=""
+    ETCD_RUNS=$((ETCD_RUNS + 1))
+    mapfile -t PORTS < <(free_ports 6)
+    for i in 1 2 3; do
+        peer="http://127.0.0.1:${PORTS[$((2 * i - 2))]}"
+        CLUSTER+="${CLUSTER:+,}m$i=$peer"
+        CLIENTS+="${CLIENTS:+,}http://127.0.0.1:${PORTS[$((2 * i - 1))]}"
+    done
+    say "starting 3 etcd members ($etcd_version) in $WORK/etcd-$ETCD_RUNS"
+    for i in 1 2 3; do
+        peer="http://127.0.0.1:${PORTS[$((2 * i - 2))]}"
+        client="http://127.0.0.1:${PORTS[$((2 * i - 1))]}"
+        setpriv --pdeathsig KILL -- etcd \
+            --name "m$i" --data-dir "$WORK/etcd-$ETCD_RUNS/m$i" \
+            --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+            --listen-client-urls "$client" --advertise-client-urls "$client" \
+            --initial-cluster "$CLUSTER" --initial-cluster-state new \
+            --initial-cluster-token haseq-etcd-compare \
+            --heartbeat-interval 73 --election-timeout 368 \
+            --logger zap --log-level error >"$WORK/etcd-$ETCD_RUNS-m$i.log" 2>&1 &
+        ETCD_PIDS+=("$!")
+    done
+    for ((attempt = 0; attempt < 300; attempt++)); do
+        leader="$(etcdctl --endpoints "$CLIENTS" endpoint status -w json 2>/dev/null | python3 -c '
 import json, sys
 try:
     for e in json.load(sys.stdin):
@@ -135,11 +139,13 @@ try:
 except Exception:
     pass
 ' || true)"
-    [[ -n "$leader" ]] && break
-    sleep 0.1
-done
-[[ -n "$leader" ]] || { say "no etcd leader within 30s"; tail -n 20 "$WORK"/m*.log >&2; exit 1; }
-say "etcd leader: $leader; $OPS sequential puts per size"
+        [[ -n "$leader" ]] && break
+        sleep 0.1
+    done
+    [[ -n "$leader" ]] || { say "no etcd leader within 30s"; tail -n 20 "$WORK"/etcd-*.log >&2; exit 1; }
+    LEADER="$leader"
+    say "etcd leader: $LEADER; $OPS sequential puts"
+}
 
 # The client: gRPC (etcd's own protocol; grpcio from PyPI in a throw-away venv), or, when that
 # cannot be installed, the HTTP/JSON gateway (slower: about 0.4 ms more per call here).
@@ -155,9 +161,14 @@ fi
 # writeback of an earlier run's data would slow whichever runs next).
 settle() { sync; sleep 1; }
 
+# Each size: a fresh etcd cluster measured, stopped and removed, then a fresh haseq cluster, so
+# the two figures compared are taken about a minute apart, and neither system starts with the
+# other's (or an earlier size's) data.
 for size in "${SIZES[@]}"; do
+    # --- etcd ----------------------------------------------------------------------------------
     settle
-    "$PY" - "$leader" "$size" "$OPS" "$CLIENT" >"$WORK/etcd-$size.json" <<'EOF'
+    start_etcd
+    "$PY" - "$LEADER" "$size" "$OPS" "$CLIENT" >"$WORK/etcd-$size.json" <<'EOF'
 import base64, http.client, json, math, sys, time, urllib.parse
 
 endpoint, size, ops, client = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -237,15 +248,13 @@ print(json.dumps({"p50_ms": rank(50) * 1e3, "p99_ms": rank(99) * 1e3, "max_ms": 
                   "client": client, "client_floor_p50_ms": floor[len(floor) // 2] * 1e3}))
 EOF
     say "etcd $size: $(cat "$WORK/etcd-$size.json")"
-done
-stop_etcd
-# Its data is no longer needed, and its gigabyte or so of files would stay in the page cache
-# and on the disk haseq now writes to.
-rm -rf "$WORK"/m[0-9]*
-say "etcd stopped"
+    stop_etcd
+    # Its data is no longer needed, and its files would stay in the page cache and on the disk
+    # haseq now writes to.
+    rm -rf "$WORK/etcd-$ETCD_RUNS"
+    say "etcd stopped"
 
-# --- haseq -------------------------------------------------------------------------------------
-for size in "${SIZES[@]}"; do
+    # --- haseq ---------------------------------------------------------------------------------
     settle
     say "haseqd bench --nodes 3 --block-bytes $size --blocks $OPS"
     "$HASEQD" bench --nodes 3 --block-bytes "$size" --blocks "$OPS" --json \
