@@ -54,6 +54,12 @@ pub const RELAX_AFTER: Duration = Duration::from_secs(2);
 pub const TRANSFER_TARGET_FRESH: Duration = Duration::from_millis(350);
 /// The least time between two leadership transfers this node starts.
 pub const TRANSFER_SPACING: Duration = Duration::from_secs(1);
+/// How long a transfer's target gets to take over before it is asked again.
+const TRANSFER_RETRY_AFTER: Duration = Duration::from_millis(60);
+/// The most times one transfer asks its target: together within the guide's election timeout
+/// (368 ms), after which the followers, whose leases the first request disabled, elect a
+/// leader by themselves.
+const TRANSFER_ATTEMPTS_MAX: u32 = 5;
 
 /// What the Elector needs; cheap to clone.
 #[derive(Clone)]
@@ -271,10 +277,28 @@ impl Elector {
         tracing::warn!(to = %to, why, "transferring leadership");
         metrics::counter!("haseq_leader_transfers_total").increment(1);
         let raft = self.d.raft.clone();
+        // The target ignores a request it does not receive (a link down for a moment) or that
+        // overtook the leader's last entry on its way (openraft's target campaigns only with
+        // that entry in its log), and the leader has stopped proposing once it asked: asked
+        // once only, the cluster would wait for an election timeout and any node could win.
+        // So the target is asked again until this node no longer leads. Each request also
+        // resumes the replication to a target that was backing off.
         tokio::spawn(async move {
-            if let Err(e) = raft.trigger().transfer_leader(to.clone()).await {
-                tracing::error!(to = %to, error = %e, "leadership transfer failed");
+            for attempt in 1..=TRANSFER_ATTEMPTS_MAX {
+                if let Err(e) = raft.trigger().transfer_leader(to.clone()).await {
+                    tracing::error!(to = %to, error = %e, "leadership transfer failed");
+                    return;
+                }
+                let handed = raft
+                    .wait(Some(TRANSFER_RETRY_AFTER))
+                    .metrics(|m| m.state != ServerState::Leader, "leadership handed over")
+                    .await;
+                if handed.is_ok() {
+                    return;
+                }
+                tracing::info!(to = %to, attempt, "transfer target has not taken over yet");
             }
+            tracing::warn!(to = %to, "transfer target did not take over; the followers will elect a leader");
         });
     }
 
