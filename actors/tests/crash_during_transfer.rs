@@ -13,7 +13,7 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use harness::leadership::{min_median_max, ms};
+use harness::leadership::{min_median_max, ms, random_follower};
 use harness::{Cluster, enable_production, run, test_seed, wait_until};
 use haseq_actors::elector::TransferLeadership;
 use haseq_messages::Height;
@@ -64,11 +64,7 @@ fn target_crashing_mid_transfer_leaves_no_fork_and_production_resumes() {
             .await;
             let h = c.top_applied();
             c.wait_block_above(h, Duration::from_secs(10)).await;
-            let target = if rng.random_bool(0.5) {
-                (leader + 1) % 3
-            } else {
-                (leader + 2) % 3
-            };
+            let target = random_follower(&mut rng, leader);
             let tid = names[target].clone();
             // 0: as soon as it campaigns or leads; otherwise that many ms after it leads.
             let extra_ms: u64 = if rng.random_bool(0.4) {

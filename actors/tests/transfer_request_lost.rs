@@ -15,12 +15,12 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use harness::leadership::{min_median_max, ms};
+use harness::leadership::{min_median_max, ms, random_follower};
 use harness::{Cluster, enable_production, run, test_seed};
 use haseq_actors::elector::TransferLeadership;
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver as _;
-use rand::{Rng as _, SeedableRng as _};
+use rand::SeedableRng as _;
 
 const BLOCK_TIME: Duration = Duration::from_millis(5);
 const ROUNDS: usize = 12;
@@ -48,11 +48,7 @@ fn a_transfer_whose_first_request_is_lost_still_hands_leadership_to_its_target()
             let (leader, term) = c.wait_leader(Duration::from_secs(10)).await;
             let h = c.top_applied();
             c.wait_block_above(h, Duration::from_secs(10)).await;
-            let target = if rng.random_bool(0.5) {
-                (leader + 1) % 3
-            } else {
-                (leader + 2) % 3
-            };
+            let target = random_follower(&mut rng, leader);
             let tid = names[target].clone();
             let mut rx = c.node(target).raft.metrics();
             // The target misses the last few blocks (its links cut), and the transfer is asked

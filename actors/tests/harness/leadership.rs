@@ -339,6 +339,15 @@ pub fn min_median_max(v: &mut [Duration]) -> (Duration, Duration, Duration) {
 }
 
 /// Milliseconds with one decimal, for figures.
+/// One of the two other nodes of a 3-node cluster than `leader`, chosen by `rng`.
+pub fn random_follower(rng: &mut impl rand::Rng, leader: usize) -> usize {
+    if rng.random_bool(0.5) {
+        (leader + 1) % 3
+    } else {
+        (leader + 2) % 3
+    }
+}
+
 pub fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
