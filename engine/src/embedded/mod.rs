@@ -334,6 +334,7 @@ impl EmbeddedEngine {
         &self,
         method: &'static str,
         p: ExecPayload,
+        encoded: &[u8],
     ) -> Result<Imported, EngineError> {
         let hash = p.block_hash();
         let p = match self.check_import(method, p).await? {
@@ -349,7 +350,7 @@ impl EmbeddedEngine {
         if let Some(p) = &p {
             self.slow_down().await;
             // The common case, a child of the head: acknowledged now, written behind.
-            if self.store.extend_behind(p).await? {
+            if self.store.extend_behind(p, encoded).await? {
                 return Ok(valid(hash));
             }
         }
@@ -596,7 +597,7 @@ impl ExecutionEngine for EmbeddedEngine {
                     got: p.block_hash().to_string(),
                 });
             }
-            Ok(self.import_as_head(M, p).await?.status)
+            Ok(self.import_as_head(M, p, encoded).await?.status)
         }))
     }
 

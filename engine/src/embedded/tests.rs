@@ -495,13 +495,19 @@ async fn import_and_set_head_imports_and_moves_the_head_in_one_step() {
         .expect("some");
     assert_eq!(safe.block_hash(), built.block_hash);
     assert_eq!(fin.block_hash(), built.block_hash);
-    // Persisted: a reopen finds the block and the head.
+    // Persisted: a reopen finds the block and the head, and the block is the one imported,
+    // byte for byte (the import stores the bytes it was given).
     drop(engine);
     let engine = open(dir.path());
     assert_eq!(
         engine.head().await.expect("head"),
         (Height(3), built.block_hash)
     );
+    let stored = engine
+        .canonical_block("test", BlockRef::Number(Height(3)))
+        .expect("read")
+        .expect("stored");
+    assert_eq!(encode_payload(&stored), built.encoded);
     // The same block again (a replay after a restart) only confirms the head.
     let status = engine
         .import_and_set_head(&built.encoded, built.block_hash)
