@@ -244,6 +244,7 @@ elapsed = time.perf_counter() - t0
 lat.sort()
 rank = lambda p: lat[max(1, math.ceil(p / 100 * len(lat))) - 1]
 print(json.dumps({"p50_ms": rank(50) * 1e3, "p99_ms": rank(99) * 1e3, "max_ms": lat[-1] * 1e3,
+                  "mean_ms": sum(lat) / len(lat) * 1e3,
                   "ops_per_s": len(lat) / elapsed, "ops": len(lat), "bytes": nbytes,
                   "client": client, "client_floor_p50_ms": floor[len(floor) // 2] * 1e3}))
 EOF
@@ -281,14 +282,15 @@ client = json.load(open(f"{work}/etcd-{sizes[0]}.json"))["client"]
 via = "gRPC (grpcio)" if client == "grpc" else "the HTTP/JSON gateway"
 print(f"etcd: client-timed sequential puts over {via} to the leader; "
       "haseq: leader commit latency (proposal -> applied), block_time 0")
-head = ("size", "etcd p50", "etcd p99", "etcd puts/s", "haseq p50", "haseq p99", "haseq blocks/s",
-        "p50 haseq/etcd", "rate haseq/etcd")
+head = ("size", "etcd p50", "etcd p99", "etcd mean", "etcd puts/s", "haseq p50", "haseq p99",
+        "haseq mean", "haseq blocks/s", "p50 haseq/etcd", "rate haseq/etcd")
 rows = []
 for s in sizes:
     e = json.load(open(f"{work}/etcd-{s}.json"))
     h = json.load(open(f"{work}/haseq-{s}.json"))
-    rows.append((s, f"{e['p50_ms']:.3f} ms", f"{e['p99_ms']:.3f} ms", f"{e['ops_per_s']:.0f}",
-                 f"{h['p50_ms']:.3f} ms", f"{h['p99_ms']:.3f} ms", f"{h['blocks_per_s']:.0f}",
+    rows.append((s, f"{e['p50_ms']:.3f} ms", f"{e['p99_ms']:.3f} ms", f"{e['mean_ms']:.3f} ms",
+                 f"{e['ops_per_s']:.0f}", f"{h['p50_ms']:.3f} ms", f"{h['p99_ms']:.3f} ms",
+                 f"{h['mean_ms']:.3f} ms", f"{h['blocks_per_s']:.0f}",
                  f"{h['p50_ms'] / e['p50_ms']:.2f}", f"{h['blocks_per_s'] / e['ops_per_s']:.2f}"))
 w = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
 line = lambda r: "  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r))
