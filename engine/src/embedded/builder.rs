@@ -141,3 +141,20 @@ fn synthetic_tx(number: u64, timestamp: u64, index: u64, len: usize) -> Bytes {
     }
     Bytes::from(out)
 }
+
+/// Block 1 on the genesis block with `txs_per_block` synthetic transactions of `tx_bytes`.
+#[cfg(test)]
+pub(crate) fn test_block(txs_per_block: usize, tx_bytes: usize) -> ExecPayload {
+    let g = genesis();
+    build(&BuildInput {
+        parent: g.block_hash(),
+        parent_number: 0,
+        timestamp: 1,
+        fee_recipient: Address::ZERO,
+        prev_randao: B256::ZERO,
+        parent_beacon_block_root: B256::ZERO,
+        withdrawals: Vec::new(),
+        txs_per_block,
+        tx_bytes,
+    })
+}
