@@ -90,9 +90,8 @@ pub struct EmbeddedEngine {
     faults: Mutex<Faults>,
     /// Recently built payloads, oldest first, at most [`BUILT_PAYLOADS_MAX`].
     built: Mutex<VecDeque<(PayloadId, ExecPayload)>>,
-    /// Checks the hashes of imported blocks of [`VERIFY_INLINE_TX_BYTES_MAX`] or more;
-    /// `None` without a thread (the blocking pool does it then).
-    verifier: Option<Verifier>,
+    /// Checks the hashes of imported blocks of [`VERIFY_INLINE_TX_BYTES_MAX`] or more.
+    verifier: Verifier,
 }
 
 /// The outcome of a fork-choice update that was applied or could not be (no error).
@@ -432,19 +431,11 @@ impl EmbeddedEngine {
             // 100 KiB): off the async workers, so the node's network and Raft tasks do not
             // queue behind it (100 KiB blocks, 3 nodes on 2 cores: follower receive latency
             // and commit p50 both dropped), and on a thread of lower priority (see `verify`).
-            let failed = |e| EngineError::storage(format!("{method}: verify block hash"), e);
-            let (p, verdict) = match &self.verifier {
-                Some(v) => {
-                    let verdict = v.verify(&p).await.map_err(failed)?;
-                    (p, verdict)
-                }
-                None => tokio::task::spawn_blocking(move || {
-                    let verdict = p.verify_block_hash();
-                    (p, verdict)
-                })
+            let verdict = self
+                .verifier
+                .verify(&p)
                 .await
-                .map_err(failed)?,
-            };
+                .map_err(|e| EngineError::storage(format!("{method}: verify block hash"), e))?;
             if let Err(reason) = verdict {
                 return Ok(Err(Imported {
                     status: PayloadStatus::Invalid { reason },
