@@ -704,3 +704,43 @@ async fn blocks_imported_as_head_are_readable_at_once_and_all_reach_the_disk() {
         .expect("some");
     assert_eq!(fin.block_hash(), hashes[BLOCKS as usize - 1]);
 }
+
+#[tokio::test]
+async fn large_blocks_are_checked_off_the_async_workers_and_a_changed_transaction_is_refused() {
+    // 40 KiB of transactions: over VERIFY_INLINE_TX_BYTES_MAX, so the verifier checks them.
+    let open_large = |dir: &std::path::Path| {
+        let mut cfg = EmbeddedConfig::new(dir);
+        cfg.txs_per_block = 40;
+        cfg.tx_bytes = 1024;
+        EmbeddedEngine::open(cfg).expect("open")
+    };
+    const { assert!(40 * 1024 >= VERIFY_INLINE_TX_BYTES_MAX) };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open_large(dir_a.path()), open_large(dir_b.path()));
+    let built = build_next(&a, 7_000).await;
+
+    // One transaction's last byte changed, the claimed hash kept: the transactions root, so
+    // the header's hash, no longer matches. Refused, nothing stored.
+    let mut p = decode_payload(&built.encoded).expect("decode");
+    let txs = &mut p.payload.payload_inner.payload_inner.transactions;
+    let mut tx = txs[17].to_vec();
+    *tx.last_mut().expect("bytes") ^= 1;
+    txs[17] = tx.into();
+    let status = b
+        .import_and_set_head(&encode_payload(&p), built.block_hash)
+        .await
+        .expect("answer");
+    assert!(
+        matches!(&status, PayloadStatus::Invalid { reason } if reason.contains("hash mismatch")),
+        "{status:?}"
+    );
+    assert_eq!(b.block_hash_at(Height(1)).await.expect("at"), None);
+
+    // The block as built: valid on the other engine, and its head.
+    let status = b
+        .import_and_set_head(&built.encoded, built.block_hash)
+        .await
+        .expect("import");
+    assert_eq!(status, PayloadStatus::Valid);
+    assert_eq!(b.head().await.expect("head"), (Height(1), built.block_hash));
+}
