@@ -13,6 +13,8 @@
 //! Modules:
 //! - `env`: the environment, its databases, the directory layout;
 //! - `writer`: the writer thread;
+//! - [`drop_behind`]: after each commit, the page cache let go of what the data file grew by
+//!   two commits earlier (also used by the embedded engine's environment);
 //! - `wal`: the log journal, which makes a log change durable with one flush, ahead of LMDB;
 //! - `log`: Raft log, vote, committed and purged pointers ([`LogStore`]);
 //! - `sm`: the apply rule, head and membership ([`StateMachineStore`], [`check_block`]);
@@ -24,6 +26,7 @@
 
 mod applied_tail;
 mod blocks;
+pub mod drop_behind;
 mod env;
 pub mod error;
 mod log;

@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use haseq_messages::{BlockHash, Height};
+use haseq_storage::drop_behind::DropBehind;
 use heed::byteorder::BE;
 use heed::types::{Bytes, Str, U64};
 use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
@@ -36,7 +37,7 @@ use crate::payload::ExecPayload;
 pub(crate) type LmdbEnv = Env<WithoutTls>;
 
 /// Subdirectory of the data dir holding the environment.
-const ENV_SUBDIR: &str = "engine-db";
+pub(crate) const ENV_SUBDIR: &str = "engine-db";
 /// Named databases in the environment (four used).
 const DBS_MAX: u32 = 8;
 /// Write jobs that may queue for the writer thread before submitters wait.
@@ -247,6 +248,8 @@ impl Store {
         let writer = std::thread::Builder::new()
             .name("haseq-engine-writer".into())
             .spawn(move || {
+                // Blocks are written once and seldom read again (see `DropBehind`).
+                let mut drop_behind = DropBehind::for_env_dir(writer_env.path());
                 // Queued jobs still run after the last sender is gone: nothing handed to the
                 // writer is skipped.
                 let mut next = rx.blocking_recv();
@@ -272,6 +275,7 @@ impl Store {
                             write_extensions(&writer_env, &dbs, &unwritten_w, batch);
                         }
                     }
+                    drop_behind.after_commit();
                     if next.is_none() {
                         next = rx.blocking_recv();
                     }
