@@ -10,7 +10,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use haseq_storage::drop_behind::{DropBehind, LAG_COMMITS, page_bytes, resident_pages};
+use haseq_storage::drop_behind::{
+    DROP_CHUNK_BYTES, DropBehind, LAG_COMMITS, page_bytes, resident_pages,
+};
 
 const MIB: usize = 1 << 20;
 
@@ -37,6 +39,12 @@ fn count(r: &[bool], from_byte: usize, to_byte: usize) -> usize {
 #[test]
 fn the_growth_of_a_commit_is_dropped_lag_commits_later_and_mapped_pages_stay() {
     const { assert!(LAG_COMMITS >= 2, "commit 2's growth is checked below") };
+    const {
+        assert!(
+            DROP_CHUNK_BYTES <= MIB as u64,
+            "each commit below grows by 1 MiB"
+        )
+    };
     let lag = LAG_COMMITS;
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let path = dir.path().join("data.mdb");
@@ -118,6 +126,61 @@ fn the_growth_of_a_commit_is_dropped_lag_commits_later_and_mapped_pages_stay() {
     file.read_exact_at(&mut buf, (MIB + 3 * page) as u64)
         .expect("read");
     assert!(buf.iter().all(|b| *b == 1));
+}
+
+/// Growth in small steps (small blocks) is advised once it adds up to a chunk, in one call,
+/// still `LAG_COMMITS` commits behind.
+#[test]
+fn small_growth_is_dropped_once_it_adds_up_to_a_chunk() {
+    const STEP: usize = 64 * 1024;
+    let chunk = usize::try_from(DROP_CHUNK_BYTES).expect("chunk");
+    assert!(
+        chunk >= 4 * STEP && chunk % STEP == 0,
+        "a chunk is several steps"
+    );
+    let steps_per_chunk = chunk / STEP;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let path = dir.path().join("data.mdb");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("create");
+    grow(&file, STEP, 0);
+    let mut d = DropBehind::for_env_dir(dir.path());
+    let page = page_bytes();
+    // Until the growth of LAG_COMMITS commits ago adds up to a chunk, nothing goes.
+    for _ in 0..steps_per_chunk - 1 + LAG_COMMITS {
+        grow(&file, STEP, 1);
+        d.after_commit();
+    }
+    let r = resident(&path);
+    assert_eq!(
+        r.iter().filter(|b| **b).count(),
+        r.len(),
+        "nothing dropped before a chunk has settled"
+    );
+    // One commit more: the first chunk's growth has settled, and goes in one piece.
+    grow(&file, STEP, 1);
+    d.after_commit();
+    let r = resident(&path);
+    assert_eq!(
+        count(&r, 0, STEP),
+        STEP / page,
+        "what was there at open stays"
+    );
+    assert_eq!(
+        count(&r, STEP, STEP + chunk),
+        0,
+        "the settled chunk is dropped"
+    );
+    assert_eq!(
+        count(&r, STEP + chunk, r.len() * page),
+        LAG_COMMITS * STEP / page,
+        "the last {LAG_COMMITS} commits' growth stays"
+    );
 }
 
 #[test]

@@ -745,12 +745,12 @@ async fn large_blocks_are_checked_off_the_async_workers_and_a_changed_transactio
     assert_eq!(b.head().await.expect("head"), (Height(1), built.block_hash));
 }
 
-/// The engine's writer lets go of the blocks it wrote (`haseq_storage::drop_behind`): after 40
+/// The engine's writer lets go of the blocks it wrote (`haseq_storage::drop_behind`): after 80
 /// blocks of 100 KiB, the page cache holds little of its data file. Fails with the call taken
 /// out of the writer's loop.
 #[tokio::test]
 async fn written_blocks_leave_the_page_cache() {
-    const BLOCKS: u64 = 40;
+    const BLOCKS: u64 = 80;
     // On the build's disk: a tmpfs (often /tmp) keeps every page whatever the advice.
     let exe = std::env::current_exe().expect("test binary path");
     let dir = tempfile::tempdir_in(exe.parent().expect("its directory")).expect("tempdir");
