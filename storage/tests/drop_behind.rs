@@ -8,7 +8,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use haseq_storage::drop_behind::{
     DROP_CHUNK_BYTES, DropBehind, LAG_COMMITS, page_bytes, resident_pages,
@@ -19,6 +19,20 @@ const MIB: usize = 1 << 20;
 /// For each page of `path`, whether it is in the page cache.
 fn resident(path: &Path) -> Vec<bool> {
     resident_pages(path).expect("mincore")
+}
+
+/// A fresh `data.mdb` in a directory of its own, as LMDB names its data file.
+fn data_file() -> (tempfile::TempDir, PathBuf, File) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let path = dir.path().join("data.mdb");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("create");
+    (dir, path, file)
 }
 
 /// Writes `len` bytes at the end of the file and flushes them, as a commit does.
@@ -46,15 +60,7 @@ fn the_growth_of_a_commit_is_dropped_lag_commits_later_and_mapped_pages_stay() {
         )
     };
     let lag = LAG_COMMITS;
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    let path = dir.path().join("data.mdb");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .expect("create");
+    let (dir, path, file) = data_file();
     let page = page_bytes();
     let pages_per_mib = MIB / page;
     // There before the drop-behind starts: never dropped.
@@ -75,21 +81,21 @@ fn the_growth_of_a_commit_is_dropped_lag_commits_later_and_mapped_pages_stay() {
 
     // A page of commit 2's growth read through a mapping, as LMDB reads its tree pages.
     let mapped_at = 2 * MIB + 5 * page;
-    // SAFETY: as in `resident_pages`, and the one read below is inside the mapping.
-    let (addr, len) = unsafe {
-        let len = 3 * MIB;
+    let offset = libc::off_t::try_from(mapped_at).expect("offset");
+    // SAFETY: a read-only mapping of that one page of an open file, unmapped at the end; the
+    // one read is inside it.
+    let addr = unsafe {
         let addr = libc::mmap(
             std::ptr::null_mut(),
-            len,
+            page,
             libc::PROT_READ,
             libc::MAP_SHARED,
             file.as_raw_fd(),
-            0,
+            offset,
         );
         assert_ne!(addr, libc::MAP_FAILED, "mmap");
-        let byte = std::ptr::read_volatile(addr.cast::<u8>().add(mapped_at));
-        assert_eq!(byte, 2);
-        (addr, len)
+        assert_eq!(std::ptr::read_volatile(addr.cast::<u8>()), 2);
+        addr
     };
 
     // The next commit: commit 1's growth goes.
@@ -119,7 +125,7 @@ fn the_growth_of_a_commit_is_dropped_lag_commits_later_and_mapped_pages_stay() {
         "the last {lag} commits' growth stays"
     );
     // SAFETY: the mapping made above, not used after this.
-    unsafe { libc::munmap(addr, len) };
+    unsafe { libc::munmap(addr, page) };
 
     // The data is untouched: a dropped page reads back from the disk.
     let mut buf = vec![0u8; page];
@@ -139,15 +145,7 @@ fn small_growth_is_dropped_once_it_adds_up_to_a_chunk() {
         "a chunk is several steps"
     );
     let steps_per_chunk = chunk / STEP;
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    let path = dir.path().join("data.mdb");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .expect("create");
+    let (dir, path, file) = data_file();
     grow(&file, STEP, 0);
     let mut d = DropBehind::for_env_dir(dir.path());
     let page = page_bytes();
