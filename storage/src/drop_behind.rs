@@ -8,16 +8,18 @@
 //! balloon's free page reporting, as on the machine kind this project is measured on), fresh
 //! memory is the expensive kind: each first touch faults into the host. Measured there with
 //! Python (`pwrite` of 100 KiB to a growing file, a flush every 8 writes, 8,000 writes): 183 us
-//! per write into fresh pages, 40 us when the pages flushed before are dropped as it goes (the
-//! next writes reuse them), 20 us over pages already cached. In `haseqd bench` at 100 KiB the
-//! kernel's copy into fresh page-cache pages (`copy_folio_from_iter_atomic`) was 24% of all
-//! CPU, nearly all of it in the two LMDB writer threads, against 0.5% for the log journal,
-//! which writes as many bytes into its recycled segments' cached pages.
+//! per write into fresh pages, 40 us when what was written 80 writes before is dropped as it
+//! goes (the next writes reuse those pages), 20 us over pages already cached. In `haseqd bench`
+//! at 100 KiB the kernel's copy into fresh page-cache pages (`copy_folio_from_iter_atomic`) was
+//! 24% of all CPU, nearly all of it in the two LMDB writer threads, against 0.5% for the log
+//! journal, which writes as many bytes into its recycled segments' cached pages; with this,
+//! about 2%, and 100 KiB blocks/s +24% (benches/NOTES.md, tenth session).
 //!
 //! So after each commit the writer thread calls [`DropBehind::after_commit`], which asks the
 //! kernel (`posix_fadvise(POSIX_FADV_DONTNEED)`) to drop the pages by which the data file grew
-//! [`LAG_COMMITS`] commits earlier: by then they are clean (every commit flushes its data pages
-//! before it returns), so the kernel frees them, and the next commit's pages reuse that memory.
+//! up to [`LAG_COMMITS`] commits earlier, in pieces of at least [`DROP_CHUNK_BYTES`]: by then
+//! they are clean (every commit flushes its data pages before it returns), so the kernel frees
+//! them, and the next commits' pages reuse that memory.
 //! Only the cache is affected, never the data: a dropped page is read from the disk again if
 //! anything asks for it. The kernel keeps any page that is mapped, and LMDB reads through its
 //! memory map, so the B-tree pages that later transactions read (the tree's right spine, which

@@ -102,7 +102,7 @@ pub enum StorageError {
         height: u64,
         /// The block's hash, printed.
         hash: String,
-        /// What the block store holds instead, as "does not hold" or "holds <hash> there".
+        /// What the block store holds instead, as "does not hold" or "holds `<hash>` there".
         found: String,
     },
 
