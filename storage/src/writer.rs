@@ -538,7 +538,7 @@ mod tests {
     /// commits of a 100 KiB value each, the data file holds them all but the page cache holds
     /// little of it. Fails with the drop-behind call taken out of `run_writer`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn committed_values_leave_the_page_cache_two_commits_later() {
+    async fn committed_values_leave_the_page_cache() {
         const VALUE_BYTES: usize = 100 * 1024;
         const COMMITS: usize = 80;
         // On the build's disk: a tmpfs (often /tmp) keeps every page whatever the advice.
