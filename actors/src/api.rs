@@ -47,6 +47,8 @@ pub struct ApiState {
     pub view: tokio::sync::watch::Receiver<crate::elector::ElectorView>,
     /// The event feed.
     pub events: tokio::sync::broadcast::Sender<crate::events::NodeEvent>,
+    /// The Syncer's progress.
+    pub sync: tokio::sync::watch::Receiver<Option<crate::syncer::SyncProgress>>,
 }
 
 /// A configured peer as `/status` shows it.
@@ -92,6 +94,9 @@ pub struct Status {
     pub peer_status: Vec<crate::elector::PeerView>,
     /// The configured peers.
     pub peers: Vec<PeerInfo>,
+    /// The history being fetched from peers (`{from, to, done, blocks_per_s, eta_s}`), or
+    /// null while the store lacks nothing.
+    pub sync: Option<crate::syncer::SyncProgress>,
 }
 
 /// A committed block's header, as `GET /block/{height}` shows it.
@@ -236,6 +241,7 @@ async fn status(State(state): State<ApiState>) -> Response {
         best_exec_height: view.best_exec_height,
         peer_status: view.peers.clone(),
         peers: state.peers.clone(),
+        sync: state.sync.borrow().clone(),
     })
     .into_response()
 }

@@ -1,7 +1,7 @@
 //! Elector: the node's role policy. Decides whether this node may lead, whether it produces,
 //! and when a leader hands over.
 //!
-//! Owns: the peer table (polled over the node-to-node port), the persisted pause flag, the
+//! Owns: the peer table (as the P2P actor reports it), the persisted pause flag, the
 //! eligibility decision.
 //! Receives: its own tick (every [`TICK`]), `PeerPolled`, and admin calls `GetView`,
 //! `TransferLeadership`, `Pause`, `Resume`, `Handover`.
@@ -28,13 +28,12 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult};
 use haseq_messages::NodeId;
-use haseq_messages::wire::{PeerState, RpcRequest, RpcResponse};
+use haseq_messages::wire::PeerState;
 use haseq_storage::BlockReader;
 use openraft::async_runtime::WatchReceiver;
 use openraft::{Instant as _, ServerState};
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
-use tokio_util::sync::CancellationToken;
 
 use crate::HaseqRaft;
 use crate::events::{NodeEvent, now_unix_ms};
@@ -44,8 +43,8 @@ use crate::supervisor::{ExitGuard, Slot};
 
 /// How often the policy is re-evaluated.
 pub const TICK: Duration = Duration::from_millis(20);
-/// How often peers are polled for their status.
-pub const PEER_POLL: Duration = Duration::from_millis(100);
+/// How often peers are polled for their status (by the P2P actor).
+pub const PEER_POLL: Duration = crate::p2p::PEER_POLL;
 /// A peer's status older than this no longer counts.
 pub const PEER_STALE: Duration = Duration::from_secs(1);
 /// With no live leader for this long, the most caught-up node becomes eligible.
@@ -68,8 +67,8 @@ pub struct ElectorDeps {
     pub node_id: NodeId,
     /// The Raft handle.
     pub raft: HaseqRaft,
-    /// The transport, to poll peers.
-    pub network: haseq_net::Network,
+    /// Where the P2P actor publishes peers' states.
+    pub peer_feed: crate::p2p::PeerFeed,
     /// The configured peers.
     pub peers: Vec<(NodeId, String)>,
     /// The engine's position.
@@ -96,6 +95,8 @@ pub struct ElectorDeps {
     pub send_timeout: Duration,
     /// The file whose presence means "paused" (survives restarts).
     pub pause_file: PathBuf,
+    /// Fault knobs.
+    pub faults: crate::faults::PanicKnobs,
 }
 
 /// A peer as this node last saw it.
@@ -143,15 +144,7 @@ pub struct ElectorView {
     pub peers: Vec<PeerView>,
 }
 
-/// A peer's poll result.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PeerPolled {
-    /// Which peer.
-    pub id: NodeId,
-    /// Its state, or why the poll failed.
-    pub result: Result<PeerState, String>,
-}
+pub use crate::p2p::PeerPolled;
 
 /// Ask for the current view.
 #[derive(Message)]
@@ -204,7 +197,6 @@ pub struct Elector {
     behind_since: Option<Instant>,
     last_transfer: Option<Instant>,
     last_event: Option<(String, u64, Option<NodeId>, bool)>,
-    poll_cancel: CancellationToken,
     _exit: ExitGuard,
 }
 
@@ -236,7 +228,6 @@ impl Elector {
             behind_since: None,
             last_transfer: None,
             last_event: None,
-            poll_cancel: CancellationToken::new(),
             _exit: exit,
         }
     }
@@ -303,6 +294,7 @@ impl Elector {
     }
 
     fn tick(&mut self) {
+        self.d.faults.trip(crate::faults::PanicSite::Elector);
         let m = self.d.raft.metrics().borrow_watched().clone();
         let exec = self.d.exec.borrow().clone();
         let applied = self
@@ -598,49 +590,10 @@ impl Actor for Elector {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(TICK, |act, _| act.tick());
-        // Poll peers from a tokio task so a slow peer never delays the tick.
-        let addr = ctx.address();
-        let network = self.d.network.clone();
-        let peers = self.d.peers.clone();
-        let budget = self.d.send_timeout.max(Duration::from_millis(50));
-        let cancel = self.poll_cancel.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PEER_POLL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                let polls = peers.iter().map(|(id, a)| {
-                    let client =
-                        network.client(id.clone(), &haseq_messages::PeerNode { addr: a.clone() });
-                    async move {
-                        let r = match client.call(RpcRequest::PeerStatus, budget).await {
-                            Ok(RpcResponse::PeerStatus(s)) => Ok(s),
-                            Ok(other) => Err(format!("unexpected answer {other:?}")),
-                            Err(e) => Err(e.to_string()),
-                        };
-                        (id.clone(), r)
-                    }
-                });
-                for (id, result) in futures::future::join_all(polls).await {
-                    if addr.try_send(PeerPolled { id, result }).is_err() {
-                        return; // the actor is gone
-                    }
-                }
-            }
-        });
-    }
-
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        self.poll_cancel.cancel();
-    }
-}
-
-impl Drop for Elector {
-    fn drop(&mut self) {
-        self.poll_cancel.cancel();
+        // Peers' states come from the P2P actor, which polls them.
+        self.d
+            .peer_feed
+            .subscribe("elector", ctx.address().recipient());
     }
 }
 
@@ -651,8 +604,6 @@ impl Handler<PeerPolled> for Elector {
         if let Some(seen) = self.peers.get_mut(&msg.id) {
             match msg.result {
                 Ok(s) => {
-                    metrics::gauge!("haseq_peer_exec_height", "peer" => msg.id.to_string())
-                        .set(s.exec_height as f64);
                     seen.state = Some((s, Instant::now()));
                     seen.error = None;
                 }

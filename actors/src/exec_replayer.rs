@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, ActorContext, AsyncContext, Context, WrapFuture};
+use actix::{Actor, ActorContext, AsyncContext, Context};
 use haseq_engine::ExecutionEngine;
 use haseq_messages::{BlockHash, Height};
 use haseq_storage::BlockReader;
@@ -23,7 +23,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::supervisor::ExitGuard;
+use crate::faults::{PanicKnobs, PanicSite};
+use crate::supervisor::{ExitGuard, TaskGuard, spawn_task};
 
 /// The most blocks imported before the head is moved and read back.
 pub const REPLAY_BATCH_BLOCKS_MAX: u64 = 256;
@@ -35,6 +36,8 @@ const RETRY_DELAY_MIN: Duration = Duration::from_millis(50);
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(2);
 /// How often an idle replayer re-reads the engine's head (to notice a sick or rewound engine).
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How often the actor checks that its replay task still runs.
+const TASK_CHECK: Duration = Duration::from_millis(100);
 
 /// The execution side of a node, as the replayer last saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -84,6 +87,8 @@ pub struct ExecReplayer {
     blocks: BlockReader,
     status: watch::Sender<ExecStatus>,
     cancel: CancellationToken,
+    task: Option<TaskGuard>,
+    faults: PanicKnobs,
     _exit: ExitGuard,
 }
 
@@ -93,6 +98,7 @@ impl ExecReplayer {
         engine: Arc<dyn ExecutionEngine>,
         blocks: BlockReader,
         status: watch::Sender<ExecStatus>,
+        faults: PanicKnobs,
         exit: ExitGuard,
     ) -> ExecReplayer {
         ExecReplayer {
@@ -100,6 +106,8 @@ impl ExecReplayer {
             blocks,
             status,
             cancel: CancellationToken::new(),
+            task: None,
+            faults,
             _exit: exit,
         }
     }
@@ -109,23 +117,28 @@ impl Actor for ExecReplayer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let task = tokio::spawn(replay_loop(
-            self.engine.clone(),
-            self.blocks.clone(),
-            self.status.clone(),
-            self.cancel.clone(),
-        ));
-        // If the replay task ends (it only does on a panic, or when cancelled), stop the
-        // actor so the supervisor rebuilds it with a fresh task.
-        ctx.spawn(
-            async move {
-                if let Err(e) = task.await {
-                    tracing::error!(error = %e, "replay task died");
-                }
-            }
-            .into_actor(self)
-            .map(|_, _act, ctx: &mut Context<Self>| ctx.stop()),
+        let faults = self.faults.clone();
+        let task = spawn_task(
+            ctx,
+            "replay",
+            replay_loop(
+                self.engine.clone(),
+                self.blocks.clone(),
+                self.status.clone(),
+                self.cancel.clone(),
+                faults,
+            ),
         );
+        // A panic in the replay task stops this actor (spawn_task); so does the task ending
+        // any other way before it was told to, so the supervisor rebuilds both.
+        ctx.run_interval(TASK_CHECK, |act, ctx| {
+            act.faults.trip(PanicSite::ExecReplayer);
+            if act.task.as_ref().is_some_and(|t| t.is_finished()) && !act.cancel.is_cancelled() {
+                tracing::error!("replay task ended; restarting ExecReplayer");
+                ctx.stop();
+            }
+        });
+        self.task = Some(task);
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
@@ -139,8 +152,6 @@ impl Drop for ExecReplayer {
         self.cancel.cancel();
     }
 }
-
-use actix::fut::ActorFutureExt as _;
 
 /// The engine hash that stands for `(height, hash)` of the applied chain: height 0 is the
 /// engine's own genesis, which the state machine calls `BlockHash::ZERO`.
@@ -182,6 +193,7 @@ async fn replay_loop(
     blocks: BlockReader,
     status: watch::Sender<ExecStatus>,
     cancel: CancellationToken,
+    faults: PanicKnobs,
 ) {
     let mut applied_rx = blocks.subscribe();
     let mut delay = RETRY_DELAY_MIN;
@@ -189,6 +201,7 @@ async fn replay_loop(
         if cancel.is_cancelled() {
             return;
         }
+        faults.trip(PanicSite::ReplayTask);
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
             r = step(engine.as_ref(), &blocks, &status) => r,

@@ -4,8 +4,11 @@
 //! - `raft_core`: the RaftCore actor, owner of the openraft handle and its status;
 //! - `elector`: the Elector actor, the role policy (eligibility, lease, handover);
 //! - `producer`: the Producer actor, the leader's block production loop;
-//! - `syncer`: the Syncer actor, fetching blocks the store lacks from peers;
+//! - `syncer`: the Syncer actor, fetching blocks the store lacks from peers (through P2P);
+//! - `p2p`: the P2P actor (peer status exchange, block fetches, penalties) and the serving
+//!   side of the node-to-node port;
 //! - `exec_replayer`: the ExecReplayer actor, keeping the engine at the applied head;
+//! - `faults`: panic knobs, to test that every actor and task is rebuilt;
 //! - `settings`: what a node needs to start, and the timing map onto openraft;
 //! - `node`: assembles storage, transport, Raft, actors and the HTTP API;
 //! - `api`: the HTTP API; `metrics`: the Prometheus recorder and metric descriptions.
@@ -18,10 +21,11 @@ pub mod api;
 pub mod elector;
 pub mod events;
 pub mod exec_replayer;
+pub mod faults;
 pub mod http_client;
 pub mod metrics;
 pub mod node;
-pub mod peer_handler;
+pub mod p2p;
 pub mod producer;
 pub mod raft_core;
 pub mod settings;

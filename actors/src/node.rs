@@ -26,12 +26,14 @@ use crate::HaseqRaft;
 use crate::api::{ApiState, PeerInfo};
 use crate::elector::{Elector, ElectorDeps, ElectorView, vote_gate};
 use crate::exec_replayer::{ExecReplayer, ExecStatus};
-use crate::peer_handler::NodeHandler;
+use crate::faults::PanicKnobs;
+use crate::p2p::serve::{NodeHandler, ServeFaults, ServeLimits};
+use crate::p2p::{P2p, P2pDeps, PeerFeed};
 use crate::producer::{Producer, ProducerDeps};
 use crate::raft_core::RaftCore;
 use crate::settings::{EngineSettings, NodeSettings, openraft_config};
 use crate::supervisor::{Slot, Supervisor};
-use crate::syncer::{Syncer, SyncerDeps};
+use crate::syncer::{SyncProgress, Syncer, SyncerDeps};
 
 /// How long shutdown waits for the node's tasks after telling them to stop.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
@@ -98,6 +100,14 @@ pub struct Node {
     pub elector: Slot<Elector>,
     /// The Syncer's current address.
     pub syncer: Slot<Syncer>,
+    /// The P2P actor's current address.
+    pub p2p: Slot<P2p>,
+    /// The Syncer's progress (`None` while it has nothing to fetch).
+    pub sync: watch::Receiver<Option<SyncProgress>>,
+    /// Panic knobs of this node's actors and tasks (fault injection for tests).
+    pub faults: PanicKnobs,
+    /// What the serving side of P2P does wrong on purpose (fault injection for tests).
+    pub serve_faults: ServeFaults,
     /// The Elector's view: eligibility, peers.
     pub view: watch::Receiver<ElectorView>,
     /// Cut links to peers (fault injection for tests and drills).
@@ -226,11 +236,14 @@ pub async fn start_with_listeners(
         max_exec_lag_blocks: settings.max_exec_lag_blocks,
         ..ElectorView::default()
     });
+    let serve_faults = ServeFaults::default();
     let handler = Arc::new(NodeHandler {
         raft: haseq_net::RaftHandler::new(raft.clone()).with_vote_gate(vote_gate(view_rx.clone())),
         view: view_rx.clone(),
         blocks: storage.reader.clone(),
         cuts: net.link_cuts(),
+        limits: ServeLimits::default(),
+        faults: serve_faults.clone(),
     });
     {
         let shutdown = shutdown.clone();
@@ -265,11 +278,29 @@ pub async fn start_with_listeners(
     }
 
     let supervisor = Supervisor::new(shutdown.child_token());
+    let faults = PanicKnobs::default();
     let replayer = {
-        let (engine, blocks) = (engine.clone(), storage.reader.clone());
+        let (engine, blocks, faults) = (engine.clone(), storage.reader.clone(), faults.clone());
         supervisor.start("exec_replayer", move |exit| {
-            ExecReplayer::new(engine.clone(), blocks.clone(), exec_tx.clone(), exit)
+            ExecReplayer::new(
+                engine.clone(),
+                blocks.clone(),
+                exec_tx.clone(),
+                faults.clone(),
+                exit,
+            )
         })
+    };
+    let peer_feed = PeerFeed::default();
+    let p2p = {
+        let deps = P2pDeps {
+            peers: settings.peers.clone(),
+            network: net.clone(),
+            send_timeout: settings.timing.send_timeout,
+            feed: peer_feed.clone(),
+            faults: faults.clone(),
+        };
+        supervisor.start("p2p", move |exit| P2p::new(deps.clone(), exit))
     };
     let latencies = crate::stats::LatencyLog::default();
     let deps = ProducerDeps {
@@ -282,17 +313,19 @@ pub async fn start_with_listeners(
         strict_timestamps: matches!(settings.engine, EngineSettings::EngineApi { .. }),
         aggregator: settings.aggregator,
         latencies: latencies.clone(),
+        faults: faults.clone(),
     };
     let producer = supervisor.start("producer", move |exit| Producer::new(deps.clone(), exit));
     let core_raft = raft.clone();
+    let core_faults = faults.clone();
     let raft_core = supervisor.start("raft_core", move |exit| {
-        RaftCore::new(core_raft.clone(), exit)
+        RaftCore::new(core_raft.clone(), core_faults.clone(), exit)
     });
     let events = crate::events::channel();
     let elector_deps = ElectorDeps {
         node_id: id.clone(),
         raft: raft.clone(),
-        network: net.clone(),
+        peer_feed: peer_feed.clone(),
         peers: settings.peers.clone(),
         exec: exec_rx.clone(),
         blocks: storage.reader.clone(),
@@ -306,16 +339,20 @@ pub async fn start_with_listeners(
         leader_lease_timeout: settings.timing.leader_lease_timeout,
         send_timeout: settings.timing.send_timeout,
         pause_file: settings.raft_dir.join("paused"),
+        faults: faults.clone(),
     };
     let elector = supervisor.start("elector", move |exit| {
         Elector::new(elector_deps.clone(), exit)
     });
+    let (sync_tx, sync_rx) = watch::channel(None);
     let syncer_deps = SyncerDeps {
         blocks: storage.reader.clone(),
         backfill: backfill.clone(),
         exec: exec_rx.clone(),
-        network: net.clone(),
-        peers: settings.peers.clone(),
+        p2p: p2p.clone(),
+        feed: peer_feed.clone(),
+        progress: sync_tx,
+        faults: faults.clone(),
     };
     let syncer = supervisor.start("syncer", move |exit| Syncer::new(syncer_deps.clone(), exit));
 
@@ -360,6 +397,7 @@ pub async fn start_with_listeners(
         elector: elector.clone(),
         view: view_rx.clone(),
         events: events.clone(),
+        sync: sync_rx.clone(),
     });
     let blocks = storage.reader;
     {
@@ -386,6 +424,10 @@ pub async fn start_with_listeners(
         replayer,
         elector,
         syncer,
+        p2p,
+        sync: sync_rx,
+        faults,
+        serve_faults,
         view: view_rx,
         link_cuts: net.link_cuts(),
         raft_addr,
@@ -468,6 +510,11 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// How often each of this node's actors has been rebuilt since it started.
+    pub fn restarts(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.supervisor.restarts()
     }
 
     /// Stop the node: tell every part to stop, then wait for them, bounded.

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::HaseqRaft;
 use crate::exec_replayer::ExecStatus;
-use crate::supervisor::ExitGuard;
+use crate::supervisor::{ExitGuard, TaskGuard, spawn_task};
 
 /// Start (or keep) producing for `term`.
 #[derive(Message, Debug, Clone)]
@@ -70,12 +70,16 @@ pub struct ProducerDeps {
     pub aggregator: bool,
     /// Where each commit latency is logged (for `haseqd bench`).
     pub latencies: crate::stats::LatencyLog,
+    /// Fault knobs.
+    pub faults: crate::faults::PanicKnobs,
 }
 
 /// The actor; see the module doc.
 pub struct Producer {
     deps: ProducerDeps,
-    session: Option<(u64, CancellationToken)>,
+    /// The term produced for, its cancellation, and the watched task (a panic in it stops
+    /// this actor, to be rebuilt and told to produce again by the Elector).
+    session: Option<(u64, CancellationToken, TaskGuard)>,
     _exit: ExitGuard,
 }
 
@@ -90,7 +94,7 @@ impl Producer {
     }
 
     fn stop(&mut self, reason: StopReason) {
-        if let Some((term, cancel)) = self.session.take() {
+        if let Some((term, cancel, _task)) = self.session.take() {
             cancel.cancel();
             tracing::info!(term, ?reason, "block production stopped");
         }
@@ -107,15 +111,21 @@ impl Actor for Producer {
 
 impl Drop for Producer {
     fn drop(&mut self) {
-        if let Some((_, cancel)) = self.session.take() {
+        if let Some((_, cancel, _task)) = self.session.take() {
             cancel.cancel();
         }
     }
 }
 
 impl Producer {
-    fn start(&mut self, term: u64) {
-        if self.session.as_ref().is_some_and(|(t, _)| *t == term) {
+    fn start(&mut self, term: u64, ctx: &mut Context<Self>) {
+        // A session that ended by itself (Raft said another node leads) is over: a later
+        // `StartProducing` for the same term starts a new one.
+        if self
+            .session
+            .as_ref()
+            .is_some_and(|(t, _, task)| *t == term && !task.is_finished())
+        {
             return;
         }
         self.stop(StopReason::LostLeadership);
@@ -125,16 +135,21 @@ impl Producer {
             block_time_ms = self.deps.block_time.as_millis() as u64,
             "block production started"
         );
-        tokio::spawn(produce(self.deps.clone(), term, cancel.clone()));
-        self.session = Some((term, cancel));
+        let task = spawn_task(
+            ctx,
+            "production",
+            produce(self.deps.clone(), term, cancel.clone()),
+        );
+        self.session = Some((term, cancel, task));
     }
 }
 
 impl Handler<StartProducing> for Producer {
     type Result = ();
 
-    fn handle(&mut self, msg: StartProducing, _: &mut Context<Self>) {
-        self.start(msg.term);
+    fn handle(&mut self, msg: StartProducing, ctx: &mut Context<Self>) {
+        self.deps.faults.trip(crate::faults::PanicSite::Producer);
+        self.start(msg.term, ctx);
     }
 }
 
@@ -181,6 +196,7 @@ async fn produce(d: ProducerDeps, term: u64, cancel: CancellationToken) {
         } else if cancel.is_cancelled() {
             return;
         }
+        d.faults.trip(crate::faults::PanicSite::ProductionTask);
         // Never burst to catch up after a stall: the next slot is one block_time from now.
         next = (next + d.block_time).max(tokio::time::Instant::now());
 

@@ -137,22 +137,25 @@ pub struct CrashForTest;
 pub struct RaftCore {
     raft: HaseqRaft,
     status: RaftStatus,
+    faults: crate::faults::PanicKnobs,
     _exit: ExitGuard,
 }
 
 impl RaftCore {
     /// A RaftCore over `raft`. Its status starts from openraft's current metrics.
-    pub fn new(raft: HaseqRaft, exit: ExitGuard) -> RaftCore {
+    pub fn new(raft: HaseqRaft, faults: crate::faults::PanicKnobs, exit: ExitGuard) -> RaftCore {
         let status = RaftStatus::from_metrics(&raft.metrics().borrow_watched());
         RaftCore {
             raft,
             status,
+            faults,
             _exit: exit,
         }
     }
 
     /// Reads openraft's metrics now and takes them in.
     fn refresh(&mut self) {
+        self.faults.trip(crate::faults::PanicSite::RaftCore);
         let next = RaftStatus::from_metrics(&self.raft.metrics().borrow_watched());
         self.observe(next);
     }

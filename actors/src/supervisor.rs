@@ -8,11 +8,13 @@
 //! from handles that outlive the actor), publishes the new address in the actor's [`Slot`],
 //! and counts `haseq_actor_restarts_total{actor}`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr, Context};
+use actix::fut::ActorFutureExt as _;
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -66,6 +68,57 @@ impl Drop for ExitGuard {
 
 type Rebuild = Box<dyn Fn(ExitGuard)>;
 
+/// A tokio task an actor spawned, watched by that actor: if the task panics, the actor stops
+/// (and so is rebuilt by the supervisor, which starts the task afresh); when the actor goes
+/// away, for any reason, the task is aborted. Without it a panicking task ends silently and
+/// its duty stays undone until something else restarts it.
+#[must_use = "dropping the guard aborts the task"]
+#[derive(Debug)]
+pub struct TaskGuard {
+    abort: tokio::task::AbortHandle,
+}
+
+impl TaskGuard {
+    /// Whether the task has ended (finished, panicked or aborted).
+    pub fn is_finished(&self) -> bool {
+        self.abort.is_finished()
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.abort.abort();
+    }
+}
+
+/// Spawn `fut` on the tokio runtime (off the arbiter thread), watched by the actor of `ctx`:
+/// a panic in it stops the actor, to be rebuilt; the task is named `task` in the log and in
+/// `haseq_task_panics_total{task}`. The task runs until it returns, panics, or the returned
+/// guard is dropped (keep it in the actor's state).
+pub fn spawn_task<A, F>(ctx: &mut Context<A>, task: &'static str, fut: F) -> TaskGuard
+where
+    A: Actor<Context = Context<A>>,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let handle = tokio::spawn(fut);
+    let abort = handle.abort_handle();
+    ctx.spawn(
+        actix::fut::wrap_future::<_, A>(handle).map(move |r, _act, ctx: &mut Context<A>| {
+            if let Err(e) = r
+                && e.is_panic()
+            {
+                tracing::error!(task, "task panicked; restarting its actor");
+                metrics::counter!("haseq_task_panics_total", "task" => task).increment(1);
+                ctx.stop();
+            }
+        }),
+    );
+    TaskGuard { abort }
+}
+
+/// Restarts per actor, shared by the supervisor and whoever asks (tests, status).
+type RestartCounts = Arc<Mutex<BTreeMap<&'static str, u64>>>;
+
 /// Ask a supervised actor to stop for good (the node is shutting down): every supervised
 /// actor handles it with `ctx.stop()`.
 #[derive(actix::Message, Debug, Clone, Copy)]
@@ -87,6 +140,7 @@ pub struct Supervisor {
     tx: mpsc::UnboundedSender<&'static str>,
     entries: std::rc::Rc<std::cell::RefCell<HashMap<&'static str, Entry>>>,
     shutdown: CancellationToken,
+    restarts: RestartCounts,
 }
 
 impl Supervisor {
@@ -101,6 +155,8 @@ impl Supervisor {
         let loop_entries = entries.clone();
         let loop_tx = tx.clone();
         let loop_shutdown = shutdown.clone();
+        let restarts = RestartCounts::default();
+        let loop_restarts = restarts.clone();
         actix_rt::spawn(async move {
             loop {
                 let name = tokio::select! {
@@ -130,6 +186,11 @@ impl Supervisor {
                     "actor exited; rebuilding"
                 );
                 metrics::counter!("haseq_actor_restarts_total", "actor" => name).increment(1);
+                *loop_restarts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(name)
+                    .or_default() += 1;
                 if !delay.is_zero() {
                     tokio::select! {
                         _ = loop_shutdown.cancelled() => break,
@@ -149,7 +210,17 @@ impl Supervisor {
             tx,
             entries,
             shutdown,
+            restarts,
         }
+    }
+
+    /// How often each actor has been rebuilt since this supervisor started (the per-node
+    /// figure behind `haseq_actor_restarts_total`, which is per process).
+    pub fn restarts(&self) -> BTreeMap<&'static str, u64> {
+        self.restarts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Start an actor built by `factory` and keep it running: when it exits for any reason
@@ -297,6 +368,75 @@ mod tests {
             assert_eq!(bump_until_ok(&slot).await, 1);
             sup.shutdown(Duration::from_secs(1)).await;
             assert!(!slot.get().connected(), "shutdown stops the actor for good");
+        });
+    }
+
+    /// An actor whose job is a tokio task; the task panics when told to.
+    struct WithTask {
+        started: Arc<std::sync::atomic::AtomicU32>,
+        panic_now: Arc<std::sync::atomic::AtomicBool>,
+        task: Option<TaskGuard>,
+        _guard: ExitGuard,
+    }
+    impl Actor for WithTask {
+        type Context = Context<Self>;
+        fn started(&mut self, ctx: &mut Context<Self>) {
+            self.started
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let panic_now = self.panic_now.clone();
+            self.task = Some(spawn_task(ctx, "test_task", async move {
+                loop {
+                    if panic_now.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                        panic!("deliberate panic in a test task");
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }));
+        }
+    }
+    impl Handler<StopActor> for WithTask {
+        type Result = ();
+        fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {
+            ctx.stop();
+        }
+    }
+
+    #[test]
+    fn a_panicking_task_restarts_its_actor() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let sys = actix_rt::System::with_tokio_rt(move || rt);
+        sys.block_on(async {
+            let sup = Supervisor::new(CancellationToken::new());
+            let started = Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let panic_now = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (s, p) = (started.clone(), panic_now.clone());
+            let slot = sup.start("with_task", move |g| WithTask {
+                started: s.clone(),
+                panic_now: p.clone(),
+                task: None,
+                _guard: g,
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 1);
+            let first = slot.get();
+            panic_now.store(true, std::sync::atomic::Ordering::SeqCst);
+            let mut rebuilt = false;
+            for _ in 0..200 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if started.load(std::sync::atomic::Ordering::SeqCst) == 2 {
+                    rebuilt = true;
+                    break;
+                }
+            }
+            assert!(rebuilt, "the task's panic rebuilt its actor within 1 s");
+            assert!(!first.connected(), "the old actor stopped");
+            assert_eq!(sup.restarts().get("with_task"), Some(&1));
+            sup.shutdown(Duration::from_secs(1)).await;
+            assert!(!slot.get().connected());
         });
     }
 

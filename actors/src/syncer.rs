@@ -1,31 +1,70 @@
-//! Syncer: fetches committed blocks this node lacks (after catching up from a snapshot) from
-//! its peers, newest gap first, so ExecReplayer can replay them.
+//! Syncer: fetches the committed blocks this node lacks (history below a snapshot it
+//! installed) from its peers through the P2P actor, so that ExecReplayer can replay them.
 //!
-//! Owns: the fetch task. Receives: nothing (it watches the store and ExecReplayer's status).
-//! Sends: `FetchBlocks` to peers over the node-to-node port; writes what they return through
-//! `BlockBackfill`, which stores a block only if it hash-links to the chain above it (peers are
-//! not trusted). Progress is the store itself, so a restart or rebuild resumes where it was.
+//! Owns: the current sync job (the hole being filled, the fetches in flight, the verified
+//! ranges waiting for the range above them) and its progress.
+//! Receives: its own tick (every [`TICK`]); answers to its [`FetchBlocks`]; peers' states
+//! from the P2P actor's [`PeerFeed`].
+//! Sends: [`FetchBlocks`] and [`Penalise`] to P2P; ranges to the block store through
+//! [`BlockBackfill`]; its progress ([`SyncProgress`], `/status` `sync`) on a watch channel,
+//! a log line every [`LOG_EVERY`], and `haseq_blocks_fetched_total`.
+//!
+//! The hole is filled newest range first, from several peers at once (up to
+//! [`FETCHES_INFLIGHT_MAX`] ranges in flight; P2P spreads them over the peers). Each range
+//! is checked by P2P (heights, links among its blocks), its payloads are verified here (on a
+//! blocking thread), and the store takes it only if it hash-links to the stored chain above
+//! it: so the store only ever holds the committed chain, and a range from a lying peer costs
+//! that peer a penalty and is asked of another. Ranges that arrive out of order wait (bounded
+//! by [`READY_BYTES_MAX`]) for the range above them.
+//!
+//! Progress is the store itself: a restarted node, or a rebuilt Syncer, finds the hole's new
+//! top and goes on from there; nothing fetched is fetched again.
 
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
 
-use actix::{Actor, Context};
-use haseq_messages::wire::{RpcRequest, RpcResponse};
-use haseq_messages::{Height, NodeId, PeerNode};
+use actix::fut::ActorFutureExt as _;
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, WrapFuture};
+use haseq_messages::{Block, Height, NodeId};
 use haseq_storage::{BlockBackfill, BlockReader};
+use serde::Serialize;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use crate::exec_replayer::ExecStatus;
-use crate::supervisor::ExitGuard;
+use crate::faults::{PanicKnobs, PanicSite};
+use crate::p2p::check::{Violation, verify_payloads};
+use crate::p2p::{FETCH_BLOCKS_MAX, FetchBlocks, FetchError, P2p, PeerFeed, PeerPolled, Penalise};
+use crate::supervisor::{ExitGuard, Slot};
 
-/// Blocks asked of a peer in one call.
-pub const FETCH_BATCH_BLOCKS: u32 = 256;
-/// How long one fetch may take.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the store is checked for holes when there is nothing to fetch.
+/// How often the job is advanced (fetches dispatched, ranges stored, progress published).
+pub const TICK: Duration = Duration::from_millis(20);
+/// How often an idle Syncer looks for a hole.
 const IDLE_CHECK: Duration = Duration::from_millis(500);
-/// The most heights scanned for a hole in one pass (bounded work per pass).
-const SCAN_HEIGHTS_MAX: u64 = 1_000_000;
+/// Ranges being fetched at once.
+pub const FETCHES_INFLIGHT_MAX: usize = 4;
+/// Payload bytes of fetched ranges held while they wait for the range above them.
+pub const READY_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Progress is logged this often during a sync.
+pub const LOG_EVERY: Duration = Duration::from_secs(5);
+/// The rate is measured over this window.
+const RATE_WINDOW: Duration = Duration::from_secs(5);
+/// After "no peer can serve", dispatch pauses this long.
+const NO_PEER_BACKOFF: Duration = Duration::from_millis(200);
+
+/// A sync in progress, as `/status` shows it under `sync`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SyncProgress {
+    /// Lowest height of the hole being filled.
+    pub from: u64,
+    /// Highest height of the hole being filled.
+    pub to: u64,
+    /// Blocks of it stored so far.
+    pub done: u64,
+    /// Blocks stored per second, over the last few seconds.
+    pub blocks_per_s: f64,
+    /// Seconds left at that rate; `None` before there is a rate.
+    pub eta_s: Option<f64>,
+}
 
 /// What the Syncer needs; cheap to clone.
 #[derive(Clone)]
@@ -34,144 +73,505 @@ pub struct SyncerDeps {
     pub blocks: BlockReader,
     /// The store to fill.
     pub backfill: BlockBackfill,
-    /// Where the engine is: blocks below it are not needed.
+    /// Where the engine is: blocks at or below it are not needed.
     pub exec: watch::Receiver<ExecStatus>,
-    /// The transport.
-    pub network: haseq_net::Network,
-    /// Peers to fetch from.
-    pub peers: Vec<(NodeId, String)>,
+    /// Who fetches blocks.
+    pub p2p: Slot<P2p>,
+    /// Peers' states, from P2P.
+    pub feed: PeerFeed,
+    /// Where progress is published (`None` while idle).
+    pub progress: watch::Sender<Option<SyncProgress>>,
+    /// Fault knobs.
+    pub faults: PanicKnobs,
+}
+
+/// A range of heights, inclusive, newest first in ordered sets (by `top`, then `from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Range {
+    top: u64,
+    from: u64,
+}
+
+struct Ready {
+    peer: NodeId,
+    blocks: Vec<Block>,
+    bytes: usize,
+}
+
+struct Job {
+    /// The hole as first found: `from..=to`.
+    from: u64,
+    to: u64,
+    /// Every height from here up to `to` is stored (`to + 1` while nothing is).
+    stored_down_to: u64,
+    /// The highest height not yet asked for; requests go downward from here.
+    next_ask: u64,
+    /// Ranges to ask (again): a failed fetch, or the rest of a partial answer.
+    retry: BTreeSet<Range>,
+    inflight: usize,
+    /// Verified ranges waiting for the one above them, by their top height.
+    ready: BTreeMap<u64, Ready>,
+    ready_bytes: usize,
+    /// Ranges being verified.
+    verifying: usize,
+    inserting: bool,
+    started: Instant,
+    /// `(when, stored)` samples for the rate.
+    samples: VecDeque<(Instant, u64)>,
+    last_log: Instant,
+    no_peer_until: Option<Instant>,
+    no_peer_logged: bool,
+}
+
+impl Job {
+    fn new(from: u64, to: u64) -> Job {
+        let now = Instant::now();
+        Job {
+            from,
+            to,
+            stored_down_to: to + 1,
+            next_ask: to,
+            retry: BTreeSet::new(),
+            inflight: 0,
+            ready: BTreeMap::new(),
+            ready_bytes: 0,
+            verifying: 0,
+            inserting: false,
+            started: now,
+            samples: VecDeque::from([(now, 0)]),
+            last_log: now,
+            no_peer_until: None,
+            no_peer_logged: false,
+        }
+    }
+
+    fn stored(&self) -> u64 {
+        self.to + 1 - self.stored_down_to
+    }
+
+    fn total(&self) -> u64 {
+        self.to - self.from + 1
+    }
+
+    /// The next range to ask for: a range to retry (highest first), else the next one below
+    /// what was asked. While verified ranges hold [`READY_BYTES_MAX`], only the range right
+    /// below the stored chain is asked (it unblocks them), so memory stays bounded and the
+    /// job never waits on itself.
+    fn next_range(&mut self) -> Option<Range> {
+        let blocking = self.stored_down_to - 1;
+        let full = self.ready_bytes >= READY_BYTES_MAX;
+        if let Some(r) = self.retry.iter().next_back().copied()
+            && (!full || r.top == blocking)
+        {
+            self.retry.remove(&r);
+            return Some(r);
+        }
+        if full || self.next_ask < self.from {
+            return None;
+        }
+        let top = self.next_ask;
+        let from = top
+            .saturating_sub(FETCH_BLOCKS_MAX as u64 - 1)
+            .max(self.from);
+        self.next_ask = from - 1;
+        Some(Range { top, from })
+    }
+
+    fn progress(&mut self, now: Instant) -> SyncProgress {
+        let stored = self.stored();
+        self.samples.push_back((now, stored));
+        while self.samples.len() > 2
+            && self
+                .samples
+                .get(1)
+                .is_some_and(|(t, _)| now.duration_since(*t) >= RATE_WINDOW)
+        {
+            self.samples.pop_front();
+        }
+        let (t0, s0) = self.samples.front().copied().unwrap_or((now, 0));
+        let dt = now.duration_since(t0).as_secs_f64();
+        let blocks_per_s = if dt > 0.0 {
+            (stored - s0) as f64 / dt
+        } else {
+            0.0
+        };
+        let remaining = self.total() - stored;
+        SyncProgress {
+            from: self.from,
+            to: self.to,
+            done: stored,
+            blocks_per_s: (blocks_per_s * 10.0).round() / 10.0,
+            eta_s: (blocks_per_s > 0.0).then(|| (remaining as f64 / blocks_per_s).ceil()),
+        }
+    }
 }
 
 /// The actor; see the module doc.
 pub struct Syncer {
     d: SyncerDeps,
-    cancel: CancellationToken,
+    job: Option<Job>,
+    last_scan: Option<Instant>,
+    /// The highest applied height a peer reported (to say what no peer holds).
+    peers_head: BTreeMap<NodeId, u64>,
     _exit: ExitGuard,
 }
 
 impl Syncer {
-    /// A Syncer over `d`.
+    /// A Syncer over `d`; it finds its job in the store.
     pub fn new(d: SyncerDeps, exit: ExitGuard) -> Syncer {
         Syncer {
             d,
-            cancel: CancellationToken::new(),
+            job: None,
+            last_scan: None,
+            peers_head: BTreeMap::new(),
             _exit: exit,
         }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        self.d.faults.trip(PanicSite::Syncer);
+        let now = Instant::now();
+        if self.job.is_none() {
+            if self
+                .last_scan
+                .is_some_and(|t| now.duration_since(t) < IDLE_CHECK)
+            {
+                return;
+            }
+            self.last_scan = Some(now);
+            self.find_job();
+            if self.job.is_none() {
+                return;
+            }
+        }
+        self.dispatch(ctx, now);
+        self.store_next(ctx);
+        self.report(now);
+    }
+
+    fn find_job(&mut self) {
+        let head = match self.d.blocks.head() {
+            Ok(h) => h.height,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the applied head");
+                return;
+            }
+        };
+        let floor = Height(self.d.exec.borrow().exec_height);
+        match self.d.blocks.missing_range(floor, head) {
+            Ok(Some((from, to))) => {
+                tracing::info!(
+                    from = from.0,
+                    to = to.0,
+                    blocks = to.0 - from.0 + 1,
+                    engine = floor.0,
+                    "block store lacks committed blocks; fetching them from peers"
+                );
+                self.job = Some(Job::new(from.0, to.0));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "scanning the block store for a hole"),
+        }
+    }
+
+    fn dispatch(&mut self, ctx: &mut Context<Self>, now: Instant) {
+        let Some(job) = self.job.as_mut() else { return };
+        if job.no_peer_until.is_some_and(|t| t > now) {
+            return;
+        }
+        let mut asks = Vec::new();
+        while job.inflight < FETCHES_INFLIGHT_MAX {
+            let Some(range) = job.next_range() else { break };
+            job.inflight += 1;
+            asks.push(range);
+        }
+        for range in asks {
+            let ask = FetchBlocks {
+                from: Height(range.from),
+                to: Height(range.top),
+            };
+            let fut = self.d.p2p.get().send(ask);
+            ctx.spawn(fut.into_actor(self).map(move |answer, act, ctx| {
+                let answer = answer.unwrap_or(Err(FetchError::Crashed));
+                act.fetched(ctx, range, answer);
+            }));
+        }
+    }
+
+    fn fetched(
+        &mut self,
+        ctx: &mut Context<Self>,
+        range: Range,
+        answer: Result<crate::p2p::Fetched, FetchError>,
+    ) {
+        let Some(job) = self.job.as_mut() else { return };
+        job.inflight -= 1;
+        let fetched = match answer {
+            Ok(f) => f,
+            Err(e) => {
+                if matches!(e, FetchError::NoPeer { .. }) {
+                    job.no_peer_until = Some(Instant::now() + NO_PEER_BACKOFF);
+                    if !job.no_peer_logged {
+                        let best = self.peers_head.values().max().copied().unwrap_or(0);
+                        tracing::warn!(
+                            from = range.from,
+                            to = range.top,
+                            peers_head = best,
+                            "no peer can serve these blocks now; waiting (logged once per sync)"
+                        );
+                        job.no_peer_logged = true;
+                    }
+                } else {
+                    tracing::debug!(from = range.from, to = range.top, error = %e, "fetch failed; asking again");
+                }
+                job.retry.insert(range);
+                return;
+            }
+        };
+        if fetched.blocks.is_empty() {
+            job.retry.insert(range);
+            return;
+        }
+        let got_top = range.from + fetched.blocks.len() as u64 - 1;
+        if got_top < range.top {
+            // A partial answer (the peer bounds its answers in bytes): ask for the rest.
+            job.retry.insert(Range {
+                top: range.top,
+                from: got_top + 1,
+            });
+        }
+        let got = Range {
+            top: got_top,
+            from: range.from,
+        };
+        job.verifying += 1;
+        let faults = self.d.faults.clone();
+        let peer = fetched.peer;
+        let blocks = fetched.blocks;
+        // Hashing every header takes a while for a big range: on the blocking pool.
+        let task = tokio::task::spawn_blocking(move || {
+            faults.trip(PanicSite::VerifyTask);
+            let r = verify_payloads(&blocks);
+            (blocks, r)
+        });
+        ctx.spawn(task.into_actor(self).map(move |joined, act, ctx| {
+            let (blocks, verdict) = match joined {
+                Ok(x) => x,
+                Err(e) => {
+                    if e.is_panic() {
+                        tracing::error!("block verification task panicked; restarting the Syncer");
+                        metrics::counter!("haseq_task_panics_total", "task" => "sync_verify")
+                            .increment(1);
+                        ctx.stop();
+                    }
+                    return;
+                }
+            };
+            act.verified(ctx, got, peer, blocks, verdict);
+        }));
+    }
+
+    fn verified(
+        &mut self,
+        ctx: &mut Context<Self>,
+        range: Range,
+        peer: NodeId,
+        blocks: Vec<Block>,
+        verdict: Result<(), Violation>,
+    ) {
+        let Some(job) = self.job.as_mut() else { return };
+        job.verifying -= 1;
+        if let Err(v) = verdict {
+            job.retry.insert(range);
+            self.d.p2p.get().do_send(Penalise {
+                peer,
+                reason: v.reason,
+                detail: v.detail,
+            });
+            return;
+        }
+        let bytes = blocks.iter().map(|b| b.payload.len()).sum();
+        job.ready_bytes += bytes;
+        job.ready.insert(
+            range.top,
+            Ready {
+                peer,
+                blocks,
+                bytes,
+            },
+        );
+        self.store_next(ctx);
+    }
+
+    /// Stores the verified range right below the stored chain, if it has arrived.
+    fn store_next(&mut self, ctx: &mut Context<Self>) {
+        let Some(job) = self.job.as_mut() else { return };
+        if job.inserting {
+            return;
+        }
+        let Some(r) = job.ready.remove(&(job.stored_down_to - 1)) else {
+            return;
+        };
+        job.ready_bytes -= r.bytes;
+        job.inserting = true;
+        let range = Range {
+            top: job.stored_down_to - 1,
+            from: job.stored_down_to - r.blocks.len() as u64,
+        };
+        let backfill = self.d.backfill.clone();
+        let peer = r.peer;
+        let insert = async move { backfill.insert(r.blocks).await };
+        ctx.spawn(insert.into_actor(self).map(move |res, act, ctx| {
+            let Some(job) = act.job.as_mut() else { return };
+            job.inserting = false;
+            match res {
+                Ok(n) => {
+                    metrics::counter!("haseq_blocks_fetched_total").increment(n as u64);
+                    job.stored_down_to = range.from;
+                    if job.stored_down_to <= job.from {
+                        act.finish();
+                        return;
+                    }
+                    act.store_next(ctx);
+                }
+                Err(e) => {
+                    // The range is consistent in itself (P2P checked it) and its payloads are
+                    // what their hashes say, yet it does not link to the committed chain.
+                    job.retry.insert(range);
+                    act.d.p2p.get().do_send(Penalise {
+                        peer,
+                        reason: crate::p2p::PenaltyReason::NotOnChain,
+                        detail: e.to_string(),
+                    });
+                }
+            }
+        }));
+    }
+
+    fn finish(&mut self) {
+        let Some(job) = self.job.take() else { return };
+        let took = job.started.elapsed().as_secs_f64();
+        tracing::info!(
+            from = job.from,
+            to = job.to,
+            blocks = job.total(),
+            seconds = (took * 10.0).round() / 10.0,
+            blocks_per_s = (job.total() as f64 / took.max(1e-3)).round(),
+            "history complete: every missing block fetched from peers"
+        );
+        self.d.progress.send_replace(None);
+        // Look for another hole at once (an older one, or one a new snapshot made).
+        self.last_scan = None;
+    }
+
+    fn report(&mut self, now: Instant) {
+        let Some(job) = self.job.as_mut() else { return };
+        let p = job.progress(now);
+        if now.duration_since(job.last_log) >= LOG_EVERY {
+            job.last_log = now;
+            tracing::info!(
+                from = p.from,
+                to = p.to,
+                done = p.done,
+                remaining = job.total() - p.done,
+                blocks_per_s = p.blocks_per_s,
+                eta_s = p.eta_s,
+                "catching up: fetching history from peers"
+            );
+        }
+        metrics::gauge!("haseq_sync_remaining_blocks").set((job.total() - p.done) as f64);
+        self.d.progress.send_replace(Some(p));
     }
 }
 
 impl Actor for Syncer {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Context<Self>) {
-        tokio::spawn(sync_loop(self.d.clone(), self.cancel.clone()));
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.d.feed.subscribe("syncer", ctx.address().recipient());
+        metrics::gauge!("haseq_sync_remaining_blocks").set(0.0);
+        ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        self.cancel.cancel();
+        // A rebuilt Syncer finds its job in the store again; until then nothing is syncing.
+        self.d.progress.send_replace(None);
     }
 }
 
-impl Drop for Syncer {
-    fn drop(&mut self) {
-        self.cancel.cancel();
+impl Handler<PeerPolled> for Syncer {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeerPolled, _: &mut Context<Self>) {
+        if let Ok(s) = msg.result {
+            self.peers_head.insert(msg.id, s.applied_height);
+        }
     }
 }
 
-impl actix::Handler<crate::supervisor::StopActor> for Syncer {
+impl Handler<crate::supervisor::StopActor> for Syncer {
     type Result = ();
 
     fn handle(&mut self, _: crate::supervisor::StopActor, ctx: &mut Context<Self>) {
-        actix::ActorContext::stop(ctx);
+        ctx.stop();
     }
 }
 
-/// The highest height in `(floor, head]` the store lacks, if any.
-fn highest_hole(blocks: &BlockReader, floor: u64, head: u64) -> Result<Option<u64>, String> {
-    let lowest = floor.max(head.saturating_sub(SCAN_HEIGHTS_MAX));
-    for h in (lowest + 1..=head).rev() {
-        if blocks
-            .block(Height(h))
-            .map_err(|e| e.to_string())?
-            .is_none()
-        {
-            return Ok(Some(h));
-        }
-    }
-    Ok(None)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn sync_loop(d: SyncerDeps, cancel: CancellationToken) {
-    let mut next_peer = 0usize;
-    let mut reported = false;
-    loop {
-        let head = d.blocks.head().map(|h| h.height.0).unwrap_or(0);
-        let floor = d.exec.borrow().exec_height;
-        let hole = match highest_hole(&d.blocks, floor, head) {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!(error = %e, "scanning the block store");
-                None
-            }
-        };
-        let Some(top) = hole else {
-            reported = false;
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(IDLE_CHECK) => continue,
-            }
-        };
-        if !reported {
-            tracing::info!(
-                top,
-                engine = floor,
-                "block store lacks committed blocks; fetching them from peers"
-            );
-            reported = true;
-        }
-        if d.peers.is_empty() {
-            return;
-        }
-        let from = top
-            .saturating_sub(FETCH_BATCH_BLOCKS as u64 - 1)
-            .max(floor + 1)
-            .max(1);
-        let (id, addr) = &d.peers[next_peer % d.peers.len()];
-        next_peer += 1;
-        let client = d
-            .network
-            .client(id.clone(), &PeerNode { addr: addr.clone() });
-        let req = RpcRequest::FetchBlocks {
-            from: Height(from),
-            max: (top - from + 1) as u32,
-        };
-        let outcome = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = client.call(req, FETCH_TIMEOUT) => r,
-        };
-        match outcome {
-            Ok(RpcResponse::Blocks(blocks)) => {
-                let blocks: Vec<_> = blocks
-                    .into_iter()
-                    .filter(|b| b.height.0 >= from && b.height.0 <= top)
-                    .collect();
-                if blocks.is_empty() {
-                    continue;
-                }
-                match d.backfill.insert(blocks).await {
-                    Ok(n) => {
-                        metrics::counter!("haseq_blocks_fetched_total").increment(n as u64);
-                        continue;
-                    }
-                    Err(e) => tracing::warn!(peer = %id, error = %e, "blocks from a peer refused"),
-                }
-            }
-            Ok(other) => tracing::warn!(peer = %id, "unexpected answer to FetchBlocks: {other:?}"),
-            Err(e) => tracing::debug!(peer = %id, error = %e, "fetching blocks"),
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-        }
+    #[test]
+    fn ranges_go_newest_first_and_retries_come_before_new_ranges() {
+        let mut j = Job::new(1, 600);
+        let a = j.next_range().unwrap();
+        assert_eq!((a.from, a.top), (345, 600));
+        let b = j.next_range().unwrap();
+        assert_eq!((b.from, b.top), (89, 344));
+        j.retry.insert(Range {
+            top: 600,
+            from: 500,
+        });
+        let c = j.next_range().unwrap();
+        assert_eq!((c.from, c.top), (500, 600), "a retry goes first");
+        let d = j.next_range().unwrap();
+        assert_eq!(
+            (d.from, d.top),
+            (1, 88),
+            "the last range stops at the hole's bottom"
+        );
+        assert!(j.next_range().is_none());
+    }
+
+    #[test]
+    fn a_full_buffer_asks_only_for_the_range_that_unblocks_it() {
+        let mut j = Job::new(1, 10_000);
+        j.ready_bytes = READY_BYTES_MAX;
+        assert!(j.next_range().is_none(), "nothing new while full");
+        j.retry.insert(Range {
+            top: 9_000,
+            from: 8_900,
+        });
+        assert!(j.next_range().is_none(), "a retry lower down waits too");
+        j.retry.insert(Range {
+            top: 10_000,
+            from: 9_900,
+        });
+        let r = j.next_range().unwrap();
+        assert_eq!(r.top, 10_000, "the range right below the stored chain goes");
+    }
+
+    #[test]
+    fn progress_has_a_rate_and_an_eta_once_blocks_are_stored() {
+        let mut j = Job::new(1, 1_000);
+        let t0 = j.started;
+        let p = j.progress(t0);
+        assert_eq!((p.from, p.to, p.done), (1, 1_000, 0));
+        assert_eq!(p.eta_s, None);
+        j.stored_down_to = 501;
+        let p = j.progress(t0 + Duration::from_secs(1));
+        assert_eq!(p.done, 500);
+        assert!((p.blocks_per_s - 500.0).abs() < 1.0, "{p:?}");
+        assert_eq!(p.eta_s, Some(1.0));
     }
 }

@@ -172,7 +172,8 @@ impl PeerClient {
     ) -> Result<RpcResponse, NetErrorKind> {
         let deadline = started + budget;
         let slot = match req {
-            RpcRequest::InstallSnapshot { .. } => &self.snapshot,
+            // Bulk transfers (snapshots, block ranges) never hold up heartbeats behind them.
+            RpcRequest::InstallSnapshot { .. } | RpcRequest::FetchBlocks { .. } => &self.snapshot,
             _ => &self.rpc,
         };
         let mut attempt = 0;

@@ -29,13 +29,14 @@ use crate::handshake::{self, HandshakeError};
 use crate::limits::{HANDSHAKE_FRAME_BYTES_MAX, RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_MIN};
 use crate::metrics;
 
-/// Which connection to a peer a call travels on. Snapshots get their own, so a large
-/// transfer never holds up heartbeats behind it (head-of-line blocking on one socket).
+/// Which connection to a peer a call travels on. Bulk transfers (snapshots, block ranges)
+/// get their own, so a large one never holds up heartbeats behind it (head-of-line blocking
+/// on one socket).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Lane {
     /// Raft RPCs other than snapshots.
     Rpc,
-    /// Snapshot transfers.
+    /// Snapshot transfers and block ranges.
     Snapshot,
 }
 

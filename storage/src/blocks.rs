@@ -228,9 +228,25 @@ impl BlockReader {
     /// # Errors
     /// On an LMDB failure or a corrupt record.
     pub fn blocks_from(&self, from: Height, max: usize) -> Result<Vec<Block>, StorageError> {
+        self.blocks_from_bounded(from, max, usize::MAX)
+    }
+
+    /// [`BlockReader::blocks_from`] whose payloads hold at most `max_bytes` together (the first
+    /// block is returned whatever its size, so a caller always makes progress). For serving
+    /// peers: what one answer costs in memory is bounded whatever the block size.
+    ///
+    /// # Errors
+    /// On an LMDB failure or a corrupt record.
+    pub fn blocks_from_bounded(
+        &self,
+        from: Height,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Block>, StorageError> {
         let mut tail = self.tail.blocks_from(from, max);
         self.read(|txn| {
             let mut out = Vec::new();
+            let mut bytes = 0usize;
             let mut h = from.0;
             while out.len() < max {
                 let stored = match tail.remove(&h) {
@@ -238,7 +254,13 @@ impl BlockReader {
                     None => get_block(txn, &self.dbs, Height(h))?,
                 };
                 match stored {
-                    Some(b) => out.push(b),
+                    Some(b) => {
+                        bytes = bytes.saturating_add(b.payload.len());
+                        if !out.is_empty() && bytes > max_bytes {
+                            break;
+                        }
+                        out.push(b)
+                    }
                     None => break,
                 }
                 h = match h.checked_add(1) {
@@ -247,6 +269,49 @@ impl BlockReader {
                 };
             }
             Ok(out)
+        })
+    }
+
+    /// The highest run of heights in `(floor, head]` this node does not hold, as `(lowest,
+    /// highest)`: what the Syncer must fetch next. Every height above `highest` up to `head` is
+    /// held, and `lowest - 1` is held or is `floor`. `None` when nothing in `(floor, head]` is
+    /// missing. Costs one read per held height above the hole, plus one.
+    ///
+    /// # Errors
+    /// On an LMDB failure.
+    pub fn missing_range(
+        &self,
+        floor: Height,
+        head: Height,
+    ) -> Result<Option<(Height, Height)>, StorageError> {
+        // Applied but not yet written: held all the same (the tail is the newest heights).
+        let mut expected = head.0;
+        while expected > floor.0 && self.tail.summary(Height(expected)).is_some() {
+            expected -= 1;
+        }
+        if expected <= floor.0 {
+            return Ok(None);
+        }
+        self.read(|txn| {
+            let range = (floor.0 + 1)..=expected;
+            let iter = self
+                .dbs
+                .blocks
+                .rev_range(txn, &range)
+                .map_err(StorageError::lmdb("block store: scan for a hole"))?;
+            for item in iter {
+                let (height, _) =
+                    item.map_err(StorageError::lmdb("block store: scan for a hole"))?;
+                if height != expected {
+                    // `expected` down to `height + 1` are missing; `height` is held.
+                    return Ok(Some((Height(height + 1), Height(expected))));
+                }
+                expected -= 1;
+                if expected <= floor.0 {
+                    return Ok(None);
+                }
+            }
+            Ok(Some((Height(floor.0 + 1), Height(expected))))
         })
     }
 

@@ -446,3 +446,61 @@ async fn backfill_after_install_accepts_only_the_linked_chain() {
         30
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_range_finds_the_highest_hole_and_shrinks_as_it_is_filled() {
+    let src_dir = tempfile::tempdir().expect("tempdir");
+    let dst_dir = tempfile::tempdir().expect("tempdir");
+    let mut src = open(src_dir.path(), opts(3, 8));
+    apply_blocks(&mut src, 1, 30).await;
+    let dst = build_and_install(&mut src, dst_dir.path()).await;
+    let r = &dst.reader;
+    let head = Height(30);
+    // The snapshot carried 23..=30: the hole is everything below.
+    assert_eq!(
+        r.missing_range(Height(0), head).unwrap(),
+        Some((Height(1), Height(22)))
+    );
+    // Heights at or below the floor (the engine has them) are not wanted.
+    assert_eq!(
+        r.missing_range(Height(10), head).unwrap(),
+        Some((Height(11), Height(22)))
+    );
+    assert_eq!(r.missing_range(Height(22), head).unwrap(), None);
+    assert_eq!(r.missing_range(Height(30), head).unwrap(), None);
+
+    // Filled from the top, the hole's top comes down; a hole lower down is found next.
+    let backfill = dst.backfill();
+    backfill
+        .insert((15..=22).map(block).collect())
+        .await
+        .expect("insert");
+    assert_eq!(
+        r.missing_range(Height(0), head).unwrap(),
+        Some((Height(1), Height(14)))
+    );
+    backfill
+        .insert((1..=14).map(block).collect())
+        .await
+        .expect("insert");
+    assert_eq!(r.missing_range(Height(0), head).unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_from_bounded_stops_at_its_byte_bound_but_always_gives_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = open(dir.path(), opts(3, 8));
+    apply_blocks(&mut store, 1, 20).await;
+    let r = &store.reader;
+    // Each test block carries 100 payload bytes.
+    assert_eq!(r.blocks_from_bounded(Height(1), 50, 350).unwrap().len(), 3);
+    assert_eq!(r.blocks_from_bounded(Height(1), 50, 1).unwrap().len(), 1);
+    assert_eq!(
+        r.blocks_from_bounded(Height(18), 50, 10_000).unwrap().len(),
+        3
+    );
+    assert_eq!(
+        r.blocks_from_bounded(Height(21), 50, 10_000).unwrap().len(),
+        0
+    );
+}

@@ -1,0 +1,533 @@
+//! P2P: the actor that owns every non-Raft exchange with peers, over the authenticated
+//! node-to-node port (Raft's own RPCs share the port but not this actor: openraft sends
+//! them itself, so a busy arbiter never delays a heartbeat).
+//!
+//! Owns: the address book (the configured peers), the transport's client for status and
+//! blocks, the peer table (each peer's last [`PeerState`], round-trip time, errors,
+//! penalties, fetches in flight), and the serving side's limits ([`serve`]).
+//! Receives: its poll task's [`PeerPolled`]; [`FetchBlocks`] (the Syncer);
+//! [`Penalise`] (the Syncer, for what only it can check); [`GetPeers`].
+//! Sends: every [`PeerPolled`] to the subscribers of its [`PeerFeed`] (the Elector, the
+//! Syncer); blocks in answer to [`FetchBlocks`].
+//!
+//! Peers are not trusted with blocks: an answer that breaks a rule ([`check`]) gets its
+//! peer penalised: no blocks are asked of it for [`PEER_BAN`], the first offence of each
+//! ban is logged, and every one is counted in `haseq_p2p_peer_penalties_total{peer,reason}`.
+
+pub mod check;
+pub mod serve;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::fut::ActorFutureExt as _;
+use actix::{
+    Actor, ActorContext, AsyncContext, Context, Handler, Message, MessageResult, Recipient,
+    ResponseActFuture, WrapFuture,
+};
+use haseq_messages::wire::{PeerState, RpcRequest, RpcResponse};
+use haseq_messages::{Block, Height, NodeId, PeerNode};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::faults::{PanicKnobs, PanicSite};
+use crate::supervisor::{ExitGuard, TaskGuard, spawn_task};
+pub use check::PenaltyReason;
+
+/// How often every peer is asked for its status.
+pub const PEER_POLL: Duration = Duration::from_millis(100);
+/// How long a penalised peer is not asked for blocks.
+pub const PEER_BAN: Duration = Duration::from_secs(30);
+/// Block fetches in flight to one peer at once (the server admits as many: see [`serve`]).
+pub const FETCHES_PER_PEER_MAX: u32 = 2;
+/// The most blocks one fetch asks for.
+pub const FETCH_BLOCKS_MAX: u32 = 256;
+/// How long one block fetch may take (a few MiB over a loaded link).
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// A peer that answered "busy", or failed, is left alone for this long before it is asked
+/// for blocks again.
+const PEER_BACKOFF: Duration = Duration::from_millis(200);
+/// A peer that lacked a height is not asked for it (or anything below) for this long: it
+/// may fetch that history itself meanwhile.
+const LACKS_FORGET: Duration = Duration::from_secs(10);
+
+/// A peer's status poll, as the poll task reports it and subscribers receive it.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct PeerPolled {
+    /// Which peer.
+    pub id: NodeId,
+    /// Its state, or why the poll failed.
+    pub result: Result<PeerState, String>,
+    /// The poll's round-trip time, when it was answered.
+    pub rtt: Option<Duration>,
+}
+
+/// Who receives every [`PeerPolled`]: subscribers register their address under a name (a
+/// rebuilt subscriber replaces its predecessor). Shared by the P2P actor and its rebuilds, so
+/// a rebuilt P2P keeps its subscribers. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct PeerFeed(Arc<Mutex<BTreeMap<&'static str, Recipient<PeerPolled>>>>);
+
+impl PeerFeed {
+    /// Deliver every future [`PeerPolled`] to `to`, replacing what `name` had subscribed.
+    pub fn subscribe(&self, name: &'static str, to: Recipient<PeerPolled>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, to);
+    }
+
+    fn publish(&self, msg: &PeerPolled) {
+        let subs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for to in subs.values() {
+            // A full or closed mailbox (a subscriber being rebuilt) misses this poll; the
+            // next comes within PEER_POLL.
+            let _ = to.try_send(msg.clone());
+        }
+    }
+}
+
+impl std::fmt::Debug for PeerFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let subs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f.debug_list().entries(subs.keys()).finish()
+    }
+}
+
+/// Blocks `from..=to` from some peer. The answer may be a prefix of the range (a peer's
+/// answer is bounded in bytes); the caller asks again for the rest.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Fetched, FetchError>")]
+pub struct FetchBlocks {
+    /// First height wanted.
+    pub from: Height,
+    /// Last height wanted (at most [`FETCH_BLOCKS_MAX`] above `from`).
+    pub to: Height,
+}
+
+/// Blocks a peer served, already checked by [`check::check_range`].
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// Who served them.
+    pub peer: NodeId,
+    /// Consecutive blocks from the height asked, hash-linked among themselves.
+    pub blocks: Vec<Block>,
+}
+
+/// Why a fetch brought nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// No peer can be asked now (none known to hold the range, all busy, banned or down).
+    #[error("no peer can serve blocks {from}..={to} now")]
+    NoPeer {
+        /// First height wanted.
+        from: Height,
+        /// Last height wanted.
+        to: Height,
+    },
+    /// The peer asked failed to answer, or lacks the range.
+    #[error("{peer}: {reason}")]
+    Failed {
+        /// The peer asked.
+        peer: NodeId,
+        /// What happened.
+        reason: String,
+    },
+    /// The peer's answer broke a rule; it has been penalised.
+    #[error("{peer} penalised: {violation}")]
+    Penalised {
+        /// The peer.
+        peer: NodeId,
+        /// The rule it broke.
+        violation: check::Violation,
+    },
+    /// The fetch task panicked; the P2P actor is being rebuilt.
+    #[error("the P2P actor failed; try again")]
+    Crashed,
+}
+
+/// The Syncer found that blocks `peer` served are not on the committed chain, or that their
+/// payloads are not what their hashes say.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Penalise {
+    /// The peer.
+    pub peer: NodeId,
+    /// The rule broken.
+    pub reason: PenaltyReason,
+    /// Heights and hashes, for the log.
+    pub detail: String,
+}
+
+/// The peer table, as `/status` might show it.
+#[derive(Message)]
+#[rtype(result = "Vec<PeerInfo>")]
+pub struct GetPeers;
+
+/// One peer as the P2P actor knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerInfo {
+    /// Its id.
+    pub id: NodeId,
+    /// Its node-to-node address.
+    pub addr: String,
+    /// Its last answer to a status poll.
+    pub state: Option<PeerState>,
+    /// Milliseconds since that answer.
+    pub seen_ms_ago: Option<u64>,
+    /// The last poll's round-trip time, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Why the last poll failed.
+    pub error: Option<String>,
+    /// Seconds left of a penalty (no blocks are asked of it meanwhile).
+    pub banned_s: Option<u64>,
+}
+
+/// What the P2P actor needs; cheap to clone.
+#[derive(Clone)]
+pub struct P2pDeps {
+    /// The configured peers and their node-to-node addresses.
+    pub peers: Vec<(NodeId, String)>,
+    /// The transport's client side.
+    pub network: haseq_net::Network,
+    /// `raft.send_timeout`: the budget of a status poll.
+    pub send_timeout: Duration,
+    /// Where peers' states go.
+    pub feed: PeerFeed,
+    /// Fault knobs.
+    pub faults: PanicKnobs,
+}
+
+#[derive(Default)]
+struct Peer {
+    addr: String,
+    state: Option<(PeerState, Instant)>,
+    rtt: Option<Duration>,
+    error: Option<String>,
+    banned_until: Option<Instant>,
+    /// This peer answered nothing from this height (it does not hold it), at this time.
+    lacks: Option<(Height, Instant)>,
+    /// Not asked for blocks before this instant (it was busy, or failed).
+    backoff_until: Option<Instant>,
+    inflight: u32,
+}
+
+impl Peer {
+    fn may_serve(&self, from: Height, to: Height, now: Instant) -> bool {
+        if self.inflight >= FETCHES_PER_PEER_MAX
+            || self.banned_until.is_some_and(|t| t > now)
+            || self.backoff_until.is_some_and(|t| t > now)
+        {
+            return false;
+        }
+        if let Some((h, at)) = self.lacks
+            && from <= h
+            && now.duration_since(at) < LACKS_FORGET
+        {
+            return false;
+        }
+        // A peer whose head is known must hold the top of the range.
+        match &self.state {
+            Some((s, _)) => s.applied_height >= to.0,
+            None => false,
+        }
+    }
+}
+
+/// The actor; see the module doc.
+pub struct P2p {
+    d: P2pDeps,
+    peers: BTreeMap<NodeId, Peer>,
+    /// Rotates the choice among equally good peers.
+    turn: usize,
+    poll_cancel: CancellationToken,
+    _poll: Option<TaskGuard>,
+    _exit: ExitGuard,
+}
+
+impl P2p {
+    /// A P2P actor over the configured peers.
+    pub fn new(d: P2pDeps, exit: ExitGuard) -> P2p {
+        let peers = d
+            .peers
+            .iter()
+            .map(|(id, addr)| {
+                (
+                    id.clone(),
+                    Peer {
+                        addr: addr.clone(),
+                        ..Peer::default()
+                    },
+                )
+            })
+            .collect();
+        P2p {
+            d,
+            peers,
+            turn: 0,
+            poll_cancel: CancellationToken::new(),
+            _poll: None,
+            _exit: exit,
+        }
+    }
+
+    /// The peer to ask for `from..=to`: one that holds it and may be asked, with the fewest
+    /// fetches in flight, then the shortest round trip; ties rotate.
+    fn choose(&mut self, from: Height, to: Height) -> Option<NodeId> {
+        let now = Instant::now();
+        let n = self.peers.len().max(1);
+        self.turn = self.turn.wrapping_add(1);
+        let turn = self.turn;
+        self.peers
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, p))| p.may_serve(from, to, now))
+            .min_by_key(|(i, (_, p))| {
+                (
+                    p.inflight,
+                    p.rtt.map(|r| r.as_micros() / 500).unwrap_or(u128::MAX),
+                    (i + n - turn % n) % n,
+                )
+            })
+            .map(|(_, (id, _))| id.clone())
+    }
+
+    fn penalise(&mut self, peer: &NodeId, reason: PenaltyReason, detail: &str) {
+        metrics::counter!(
+            "haseq_p2p_peer_penalties_total",
+            "peer" => peer.to_string(),
+            "reason" => reason.as_str()
+        )
+        .increment(1);
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        let now = Instant::now();
+        let already = p.banned_until.is_some_and(|t| t > now);
+        p.banned_until = Some(now + PEER_BAN);
+        if !already {
+            tracing::warn!(
+                peer = %peer, %reason, detail,
+                "peer served bad blocks; not asking it for blocks for {PEER_BAN:?} (logged once per ban)"
+            );
+        }
+    }
+
+    fn start_poll(&mut self, ctx: &mut Context<Self>) {
+        let addr = ctx.address();
+        let network = self.d.network.clone();
+        let peers = self.d.peers.clone();
+        let budget = self.d.send_timeout.max(Duration::from_millis(50));
+        let cancel = self.poll_cancel.clone();
+        let faults = self.d.faults.clone();
+        // Polls run in a tokio task so a slow peer never holds up this actor.
+        let poll = async move {
+            let mut tick = tokio::time::interval(PEER_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                faults.trip(PanicSite::PollTask);
+                let polls = peers.iter().map(|(id, a)| {
+                    let client = network.client(id.clone(), &PeerNode { addr: a.clone() });
+                    async move {
+                        let started = Instant::now();
+                        let r = match client.call(RpcRequest::PeerStatus, budget).await {
+                            Ok(RpcResponse::PeerStatus(s)) => Ok(s),
+                            Ok(other) => Err(format!("unexpected answer {other:?}")),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        let rtt = r.is_ok().then(|| started.elapsed());
+                        PeerPolled {
+                            id: id.clone(),
+                            result: r,
+                            rtt,
+                        }
+                    }
+                });
+                for polled in futures::future::join_all(polls).await {
+                    if addr.try_send(polled).is_err() && !addr.connected() {
+                        return; // the actor is gone
+                    }
+                }
+            }
+        };
+        self._poll = Some(spawn_task(ctx, "p2p_poll", poll));
+    }
+}
+
+impl Actor for P2p {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Each poll round sends one message per peer; leave room for a few rounds.
+        ctx.set_mailbox_capacity(64);
+        self.start_poll(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.poll_cancel.cancel();
+    }
+}
+
+impl Drop for P2p {
+    fn drop(&mut self) {
+        self.poll_cancel.cancel();
+    }
+}
+
+impl Handler<PeerPolled> for P2p {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeerPolled, _: &mut Context<Self>) {
+        self.d.faults.trip(PanicSite::P2p);
+        if let Some(p) = self.peers.get_mut(&msg.id) {
+            match &msg.result {
+                Ok(s) => {
+                    metrics::gauge!("haseq_peer_exec_height", "peer" => msg.id.to_string())
+                        .set(s.exec_height as f64);
+                    p.state = Some((s.clone(), Instant::now()));
+                    p.error = None;
+                }
+                Err(e) => p.error = Some(e.clone()),
+            }
+            if let Some(rtt) = msg.rtt {
+                metrics::gauge!("haseq_peer_rtt_seconds", "peer" => msg.id.to_string())
+                    .set(rtt.as_secs_f64());
+                p.rtt = Some(rtt);
+            }
+        }
+        self.d.feed.publish(&msg);
+    }
+}
+
+impl Handler<FetchBlocks> for P2p {
+    type Result = ResponseActFuture<Self, Result<Fetched, FetchError>>;
+
+    fn handle(&mut self, msg: FetchBlocks, ctx: &mut Context<Self>) -> Self::Result {
+        let FetchBlocks { from, to } = msg;
+        let to = to.min(Height(from.0.saturating_add(FETCH_BLOCKS_MAX as u64 - 1)));
+        let Some(peer) = self.choose(from, to) else {
+            return Box::pin(actix::fut::ready(Err(FetchError::NoPeer { from, to })));
+        };
+        let p = self.peers.get_mut(&peer).expect("chosen from the table");
+        p.inflight += 1;
+        let client = self.d.network.client(
+            peer.clone(),
+            &PeerNode {
+                addr: p.addr.clone(),
+            },
+        );
+        let faults = self.d.faults.clone();
+        let max = (to.0 - from.0 + 1) as u32;
+        // The call runs on the tokio runtime: the answer is decoded there, not on the arbiter.
+        let task = tokio::spawn(async move {
+            faults.trip(PanicSite::FetchTask);
+            client
+                .call(RpcRequest::FetchBlocks { from, max }, FETCH_TIMEOUT)
+                .await
+        });
+        let _ = ctx; // the answer is handled below, in this actor's context
+        Box::pin(task.into_actor(self).map(move |joined, act, ctx| {
+            let now = Instant::now();
+            if let Some(p) = act.peers.get_mut(&peer) {
+                p.inflight = p.inflight.saturating_sub(1);
+            }
+            let answer = match joined {
+                Ok(a) => a,
+                Err(e) => {
+                    if e.is_panic() {
+                        tracing::error!(peer = %peer, "block fetch task panicked; restarting P2P");
+                        metrics::counter!("haseq_task_panics_total", "task" => "p2p_fetch")
+                            .increment(1);
+                        ctx.stop();
+                    }
+                    return Err(FetchError::Crashed);
+                }
+            };
+            let failed = |act: &mut P2p, reason: String| {
+                if let Some(p) = act.peers.get_mut(&peer) {
+                    p.backoff_until = Some(now + PEER_BACKOFF);
+                }
+                Err(FetchError::Failed {
+                    peer: peer.clone(),
+                    reason,
+                })
+            };
+            match answer {
+                Ok(RpcResponse::Blocks(blocks)) => {
+                    if let Err(v) = check::check_range(from, to, &blocks) {
+                        act.penalise(&peer, v.reason, &v.detail);
+                        return Err(FetchError::Penalised {
+                            peer: peer.clone(),
+                            violation: v,
+                        });
+                    }
+                    if blocks.is_empty() {
+                        if let Some(p) = act.peers.get_mut(&peer) {
+                            p.lacks = Some((from, now));
+                        }
+                        return Err(FetchError::Failed {
+                            peer: peer.clone(),
+                            reason: format!("does not hold block {from}"),
+                        });
+                    }
+                    Ok(Fetched {
+                        peer: peer.clone(),
+                        blocks,
+                    })
+                }
+                Ok(other) => failed(act, format!("unexpected answer {other:?}")),
+                Err(e) => failed(act, e.to_string()),
+            }
+        }))
+    }
+}
+
+impl Handler<Penalise> for P2p {
+    type Result = ();
+
+    fn handle(&mut self, msg: Penalise, _: &mut Context<Self>) {
+        self.penalise(&msg.peer, msg.reason, &msg.detail);
+    }
+}
+
+impl Handler<GetPeers> for P2p {
+    type Result = MessageResult<GetPeers>;
+
+    fn handle(&mut self, _: GetPeers, _: &mut Context<Self>) -> Self::Result {
+        let now = Instant::now();
+        MessageResult(
+            self.peers
+                .iter()
+                .map(|(id, p)| PeerInfo {
+                    id: id.clone(),
+                    addr: p.addr.clone(),
+                    state: p.state.as_ref().map(|(s, _)| s.clone()),
+                    seen_ms_ago: p
+                        .state
+                        .as_ref()
+                        .map(|(_, at)| now.duration_since(*at).as_millis() as u64),
+                    rtt_ms: p.rtt.map(|r| r.as_secs_f64() * 1000.0),
+                    error: p.error.clone(),
+                    banned_s: p
+                        .banned_until
+                        .filter(|t| *t > now)
+                        .map(|t| t.duration_since(now).as_secs()),
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Handler<crate::supervisor::StopActor> for P2p {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::supervisor::StopActor, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

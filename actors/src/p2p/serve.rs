@@ -1,0 +1,243 @@
+//! The node's answer to its peers on the node-to-node port: Raft RPCs go to openraft (votes
+//! through the Elector's exec-height gate); status polls and block fetches are the P2P
+//! protocol's, answered here under per-peer limits.
+//!
+//! It runs in the transport's connection tasks, not in the P2P actor: a block read must not
+//! wait behind the arbiter, and the limits are what keeps it cheap. Whatever a peer sends, one
+//! peer holds at most [`SERVE_FETCHES_PER_PEER_MAX`] answers of at most
+//! [`SERVE_ANSWER_BYTES_MAX`] payload bytes in memory here, and is served at most
+//! [`SERVE_BYTES_PER_S_PER_PEER`] on average; past either limit it is told `Unavailable`
+//! (and the fetcher backs off) instead of queueing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use haseq_messages::wire::{RemoteError, RpcRequest, RpcResponse};
+use haseq_messages::{Block, Height, NodeId};
+use haseq_storage::{BlockReader, StateMachineStore};
+use tokio::sync::watch;
+
+use crate::elector::ElectorView;
+
+/// The most blocks one FetchBlocks answer carries.
+pub const SERVE_BLOCKS_MAX: u32 = 512;
+/// The most payload bytes one answer carries (the first block goes whatever its size).
+pub const SERVE_ANSWER_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Block fetches served to one peer at once; more are refused as busy.
+pub const SERVE_FETCHES_PER_PEER_MAX: u32 = 2;
+/// Payload bytes per second one peer is served on average.
+pub const SERVE_BYTES_PER_S_PER_PEER: f64 = 256.0 * 1024.0 * 1024.0;
+/// What one peer may take in a burst above that rate.
+const SERVE_BURST_BYTES: f64 = 4.0 * SERVE_ANSWER_BYTES_MAX as f64;
+
+/// What the serving side does wrong on purpose (fault injection for tests and drills).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServeFault {
+    /// Serve blocks as stored.
+    None = 0,
+    /// Flip a byte in every served block's payload (its hash no longer matches).
+    CorruptPayload = 1,
+    /// Serve blocks whose parent hashes are wrong (the range no longer hash-links).
+    BreakLinks = 2,
+}
+
+/// The serving side's fault knob; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct ServeFaults(Arc<AtomicU8>);
+
+impl ServeFaults {
+    /// Serve blocks this way from now on.
+    pub fn set(&self, f: ServeFault) {
+        self.0.store(f as u8, Ordering::SeqCst);
+    }
+
+    fn get(&self) -> ServeFault {
+        match self.0.load(Ordering::Relaxed) {
+            1 => ServeFault::CorruptPayload,
+            2 => ServeFault::BreakLinks,
+            _ => ServeFault::None,
+        }
+    }
+}
+
+struct PeerQuota {
+    inflight: u32,
+    /// Token bucket in bytes: refilled at SERVE_BYTES_PER_S_PER_PEER up to the burst; a
+    /// request is admitted while it is positive and its answer is charged afterwards.
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// Per-peer serving limits; cheap to clone.
+#[derive(Clone, Default)]
+pub struct ServeLimits(Arc<Mutex<HashMap<NodeId, PeerQuota>>>);
+
+/// Returned to the quota when an answer has been built.
+#[derive(Debug)]
+struct Admission {
+    limits: ServeLimits,
+    peer: NodeId,
+    bytes: usize,
+}
+
+impl std::fmt::Debug for ServeLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeLimits").finish_non_exhaustive()
+    }
+}
+
+impl ServeLimits {
+    fn admit(&self, peer: &NodeId) -> Result<Admission, String> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let q = map.entry(peer.clone()).or_insert(PeerQuota {
+            inflight: 0,
+            tokens: SERVE_BURST_BYTES,
+            refilled: now,
+        });
+        let dt = now.duration_since(q.refilled).as_secs_f64();
+        q.tokens = (q.tokens + dt * SERVE_BYTES_PER_S_PER_PEER).min(SERVE_BURST_BYTES);
+        q.refilled = now;
+        if q.inflight >= SERVE_FETCHES_PER_PEER_MAX {
+            return Err(format!(
+                "busy: {} block fetches of yours in flight",
+                q.inflight
+            ));
+        }
+        if q.tokens <= 0.0 {
+            let wait_ms = (-q.tokens / SERVE_BYTES_PER_S_PER_PEER * 1000.0).ceil();
+            return Err(format!("rate limited: retry in {wait_ms} ms"));
+        }
+        q.inflight += 1;
+        Ok(Admission {
+            limits: self.clone(),
+            peer: peer.clone(),
+            bytes: 0,
+        })
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut map = self.limits.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(q) = map.get_mut(&self.peer) {
+            q.inflight = q.inflight.saturating_sub(1);
+            q.tokens -= self.bytes as f64;
+        }
+    }
+}
+
+/// Dispatches peer calls.
+pub struct NodeHandler {
+    /// Raft RPCs, with the vote gate.
+    pub raft: haseq_net::RaftHandler<StateMachineStore>,
+    /// This node's view, for status polls.
+    pub view: watch::Receiver<ElectorView>,
+    /// Committed blocks, for fetches.
+    pub blocks: BlockReader,
+    /// Peers whose links are cut (fault injection): their calls are dropped.
+    pub cuts: haseq_net::LinkCuts,
+    /// Per-peer serving limits.
+    pub limits: ServeLimits,
+    /// Deliberate misbehaviour (fault injection).
+    pub faults: ServeFaults,
+}
+
+impl NodeHandler {
+    async fn fetch(&self, peer: NodeId, from: Height, max: u32) -> RpcResponse {
+        let mut admission = match self.limits.admit(&peer) {
+            Ok(a) => a,
+            Err(why) => {
+                metrics::counter!("haseq_p2p_serve_refused_total", "peer" => peer.to_string())
+                    .increment(1);
+                return RpcResponse::Error(RemoteError::Unavailable(why));
+            }
+        };
+        let max = max.min(SERVE_BLOCKS_MAX) as usize;
+        let blocks = self.blocks.clone();
+        // An LMDB read of a few MiB may fault pages in from disk: not on a tokio worker.
+        let read = tokio::task::spawn_blocking(move || {
+            blocks.blocks_from_bounded(from, max, SERVE_ANSWER_BYTES_MAX)
+        })
+        .await;
+        match read {
+            Ok(Ok(mut blocks)) => {
+                admission.bytes = blocks.iter().map(|b| b.payload.len()).sum();
+                metrics::counter!("haseq_p2p_blocks_served_total").increment(blocks.len() as u64);
+                corrupt(self.faults.get(), &mut blocks);
+                RpcResponse::Blocks(blocks)
+            }
+            Ok(Err(e)) => RpcResponse::Error(RemoteError::Unavailable(format!(
+                "reading blocks from {from}: {e}"
+            ))),
+            Err(e) => RpcResponse::Error(RemoteError::Unavailable(format!(
+                "reading blocks from {from}: {e}"
+            ))),
+        }
+    }
+}
+
+fn corrupt(fault: ServeFault, blocks: &mut [Block]) {
+    match fault {
+        ServeFault::None => {}
+        ServeFault::CorruptPayload => {
+            for b in blocks {
+                let mut p = b.payload.to_vec();
+                if let Some(last) = p.last_mut() {
+                    *last ^= 0x01;
+                }
+                b.payload = p.into();
+            }
+        }
+        ServeFault::BreakLinks => {
+            for b in blocks {
+                b.parent_hash.0[0] ^= 0x01;
+            }
+        }
+    }
+}
+
+impl haseq_net::RpcHandler for NodeHandler {
+    async fn handle(&self, from: NodeId, req: RpcRequest) -> RpcResponse {
+        if self.cuts.is_cut(&from) {
+            return RpcResponse::Error(RemoteError::Unavailable(
+                "link cut (fault injection)".into(),
+            ));
+        }
+        match req {
+            RpcRequest::PeerStatus => RpcResponse::PeerStatus(self.view.borrow().me.clone()),
+            RpcRequest::FetchBlocks { from: start, max } => self.fetch(from, start, max).await,
+            other => self.raft.handle(from, other).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_held_to_its_concurrency_and_rate() {
+        let limits = ServeLimits::default();
+        let a = NodeId("node-2".into());
+        let b = NodeId("node-3".into());
+        let first = limits.admit(&a).unwrap();
+        let second = limits.admit(&a).unwrap();
+        assert!(
+            limits.admit(&a).unwrap_err().starts_with("busy"),
+            "a third fetch at once is refused"
+        );
+        // Another peer has its own quota.
+        drop(limits.admit(&b).unwrap());
+        drop(first);
+        let mut big = limits.admit(&a).unwrap();
+        // An answer far past the burst drains the bucket: the next is refused until it refills.
+        big.bytes = (SERVE_BURST_BYTES * 2.0) as usize;
+        drop(big);
+        drop(second);
+        let refused = limits.admit(&a).unwrap_err();
+        assert!(refused.starts_with("rate limited"), "{refused}");
+    }
+}
