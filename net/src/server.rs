@@ -209,7 +209,10 @@ impl Connection {
             // The caller gives up at its budget; ours runs a margin past it so the caller's
             // own timeout is what it reports, and this cutoff only frees the slot.
             let budget = match request.body {
-                RpcRequest::InstallSnapshot { .. } => self.cfg.snapshot_timeout,
+                // Bulk transfers: a snapshot, or a range of blocks (a few MiB from disk).
+                RpcRequest::InstallSnapshot { .. } | RpcRequest::FetchBlocks { .. } => {
+                    self.cfg.snapshot_timeout
+                }
                 _ => self.cfg.send_timeout,
             } + SERVE_MARGIN;
             requests.spawn(answer(

@@ -10,7 +10,7 @@
 //! (and the fetcher backs off) instead of queueing.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -43,18 +43,27 @@ pub enum ServeFault {
     BreakLinks = 2,
 }
 
-/// The serving side's fault knob; cheap to clone.
+/// The serving side's fault knobs; cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct ServeFaults(Arc<AtomicU8>);
+pub struct ServeFaults(Arc<(AtomicU8, AtomicU64)>);
 
 impl ServeFaults {
     /// Serve blocks this way from now on.
     pub fn set(&self, f: ServeFault) {
-        self.0.store(f as u8, Ordering::SeqCst);
+        self.0.0.store(f as u8, Ordering::SeqCst);
+    }
+
+    /// Hold every block answer this long before reading it (a slow peer; zero: none).
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.0.1.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    fn delay(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.0.1.load(Ordering::Relaxed))
     }
 
     fn get(&self) -> ServeFault {
-        match self.0.load(Ordering::Relaxed) {
+        match self.0.0.load(Ordering::Relaxed) {
             1 => ServeFault::CorruptPayload,
             2 => ServeFault::BreakLinks,
             _ => ServeFault::None,
@@ -156,6 +165,10 @@ impl NodeHandler {
             }
         };
         let max = max.min(SERVE_BLOCKS_MAX) as usize;
+        let delay = self.faults.delay();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let blocks = self.blocks.clone();
         // An LMDB read of a few MiB may fault pages in from disk: not on a tokio worker.
         let read = tokio::task::spawn_blocking(move || {

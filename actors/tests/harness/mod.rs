@@ -8,6 +8,7 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod catch_up;
 pub mod leadership;
 
 use std::future::Future;
