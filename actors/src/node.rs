@@ -303,9 +303,14 @@ pub async fn start_with_listeners(
         supervisor.start("p2p", move |exit| P2p::new(deps.clone(), exit))
     };
     let latencies = crate::stats::LatencyLog::default();
+    let core_raft = raft.clone();
+    let core_faults = faults.clone();
+    let raft_core = supervisor.start("raft_core", move |exit| {
+        RaftCore::new(core_raft.clone(), core_faults.clone(), exit)
+    });
     let deps = ProducerDeps {
         node_id: id.clone(),
-        raft: raft.clone(),
+        raft_core: raft_core.clone(),
         engine: engine.clone(),
         blocks: storage.reader.clone(),
         exec: exec_rx.clone(),
@@ -316,11 +321,6 @@ pub async fn start_with_listeners(
         faults: faults.clone(),
     };
     let producer = supervisor.start("producer", move |exit| Producer::new(deps.clone(), exit));
-    let core_raft = raft.clone();
-    let core_faults = faults.clone();
-    let raft_core = supervisor.start("raft_core", move |exit| {
-        RaftCore::new(core_raft.clone(), core_faults.clone(), exit)
-    });
     let events = crate::events::channel();
     let elector_deps = ElectorDeps {
         node_id: id.clone(),

@@ -2,8 +2,8 @@
 //!
 //! Owns: the current production session (a tokio task and its cancellation token).
 //! Receives: `StartProducing{term}`, `StopProducing{reason}`.
-//! Sends: proposals to Raft (`client_write`), which RaftCore's state machine applies on every
-//! node; counts blocks produced and commit latency.
+//! Sends: `ConfirmLeadership` and `ProposeBlock` to RaftCore (which owns Raft); counts blocks
+//! produced and commit latency.
 //!
 //! Every `block_time` the session builds on the applied head and only when the local engine is
 //! exactly there (S4), proposes the block, and waits for it to be committed. A `StopProducing`
@@ -15,13 +15,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::{Actor, Context, Handler, Message};
 use haseq_engine::{BuildParams, ExecutionEngine};
-use haseq_messages::{ApplyOutcome, Block, BlockHash, Command, Height, NodeId};
+use haseq_messages::{ApplyOutcome, Block, BlockHash, Height, NodeId};
 use haseq_storage::BlockReader;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::HaseqRaft;
 use crate::exec_replayer::ExecStatus;
+use crate::raft_core::{ConfirmLeadership, ProposeBlock, ProposeError};
 use crate::supervisor::{ExitGuard, TaskGuard, spawn_task};
 
 /// Start (or keep) producing for `term`.
@@ -54,8 +54,8 @@ pub struct StopProducing {
 pub struct ProducerDeps {
     /// The node's id, recorded as each block's proposer.
     pub node_id: NodeId,
-    /// The Raft handle to propose through.
-    pub raft: HaseqRaft,
+    /// RaftCore, which proposes to Raft.
+    pub raft_core: crate::supervisor::Slot<crate::raft_core::RaftCore>,
     /// The engine that builds blocks.
     pub engine: Arc<dyn ExecutionEngine>,
     /// The applied head and committed blocks.
@@ -177,7 +177,8 @@ async fn produce(d: ProducerDeps, term: u64, cancel: CancellationToken) {
     // everything committed so far is applied (ReadIndex confirms leadership with a quorum).
     tokio::select! {
         _ = cancel.cancelled() => return,
-        r = d.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex) => {
+        r = d.raft_core.get().send(ConfirmLeadership) => {
+            let r = r.unwrap_or_else(|e| Err(ProposeError::Unavailable(e.to_string())));
             if let Err(e) = r {
                 tracing::info!(term, error = %e, "cannot confirm leadership before producing");
             }
@@ -310,28 +311,28 @@ async fn produce_one(
         payload: built.encoded.into(),
     };
     let t0 = Instant::now();
-    match d.raft.client_write(Command::Block(block)).await {
-        Ok(resp) => {
+    let answer = d
+        .raft_core
+        .get()
+        .send(ProposeBlock { block })
+        .await
+        .unwrap_or_else(|e| Err(ProposeError::Unavailable(e.to_string())));
+    match answer {
+        Ok(outcome) => {
             let took = t0.elapsed();
             metrics::histogram!("haseq_commit_latency_seconds").record(took.as_secs_f64());
             d.latencies.record(took);
-            Ok(Some(resp.data))
+            Ok(Some(outcome))
         }
-        Err(e) => {
-            use openraft::error::{ClientWriteError, RaftError};
-            match e {
-                // Another node leads: this session is over.
-                RaftError::APIError(ClientWriteError::ForwardToLeader(f))
-                    if f.leader_id.as_ref().is_some_and(|l| *l != d.node_id) =>
-                {
-                    Err(ProduceError::NotLeader(format!("{f}")))
-                }
-                // A new leader refuses writes until a quorum has acknowledged it (openraft's
-                // lease); the next slot tries again. A real loss of leadership arrives as
-                // `StopProducing` from RaftCore.
-                other => Err(ProduceError::Engine(format!("proposing: {other}"))),
-            }
-        }
+        // Another node leads: this session is over.
+        Err(ProposeError::NotLeader {
+            leader: Some(l),
+            why,
+        }) if l != d.node_id => Err(ProduceError::NotLeader(why)),
+        // A new leader refuses writes until a quorum has acknowledged it (openraft's lease),
+        // and RaftCore may be being rebuilt: the next slot tries again. A real loss of
+        // leadership arrives as `StopProducing` from the Elector.
+        Err(e) => Err(ProduceError::Engine(format!("proposing: {e}"))),
     }
 }
 

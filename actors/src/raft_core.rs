@@ -1,16 +1,20 @@
 //! RaftCore: the actor that owns the node's openraft handle.
 //!
-//! Owns: a clone of the `Raft` handle (openraft's own tasks run on the tokio runtime and
-//! outlive this actor, so a rebuilt RaftCore picks up exactly where the old one was).
-//! Receives: `GetStatus`, `CrashForTest`; openraft's server metrics (role, vote, leader,
+//! Owns: the `Raft` handle for every command (openraft's own tasks run on the tokio runtime
+//! and outlive this actor, so a rebuilt RaftCore picks up exactly where the old one was).
+//! Other actors ask it by message: [`ProposeBlock`] and [`ConfirmLeadership`] (the
+//! Producer), [`TransferLeader`] and [`SetElect`] (the Elector), [`GetStatus`] (the API).
+//! The transport's server holds a dispatch-only clone (`haseq_net::RaftHandler`) for the
+//! RPCs peers send, which must never wait behind the arbiter.
+//! Receives: those, `CrashForTest`; openraft's server metrics (role, vote, leader,
 //! membership) as a stream.
-//! Sends: nothing; logs every role and leader change at once, and publishes the role, term,
+//! Sends: answers; logs every role and leader change at once, and publishes the role, term,
 //! leader and indexes as Prometheus metrics (the indexes every [`GAUGES_INTERVAL`]: following
 //! openraft's full metrics instead woke this actor several times per block, on the arbiter
 //! thread every other actor shares). (Production is steered by the Elector.)
 
-use actix::{Actor, AsyncContext, Context, Handler, Message, StreamHandler};
-use haseq_messages::NodeId;
+use actix::{Actor, AsyncContext, Context, Handler, Message, ResponseFuture, StreamHandler};
+use haseq_messages::{ApplyOutcome, Block, Command, NodeId};
 use openraft::async_runtime::WatchReceiver;
 use openraft::{RaftMetrics, ServerState};
 use serde::Serialize;
@@ -127,6 +131,53 @@ pub const GAUGES_INTERVAL: std::time::Duration = std::time::Duration::from_milli
 #[derive(Message)]
 #[rtype(result = "RaftStatus")]
 pub struct GetStatus;
+
+/// Propose a block to the cluster (`client_write`); answered once it is committed and
+/// applied, with what the state machine made of it.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<ApplyOutcome, ProposeError>")]
+pub struct ProposeBlock {
+    /// The block, built on the applied head.
+    pub block: Block,
+}
+
+/// Confirm with a quorum that this node still leads, and wait until everything committed so
+/// far is applied (openraft's ReadIndex).
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), ProposeError>")]
+pub struct ConfirmLeadership;
+
+/// Hand leadership to `to` (ignored by openraft unless this node leads).
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), ProposeError>")]
+pub struct TransferLeader {
+    /// The target.
+    pub to: NodeId,
+}
+
+/// Turn this node's election timer on or off (openraft's runtime `elect`).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct SetElect(pub bool);
+
+/// Why Raft did not take a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// Another node leads (or none is known); only the leader takes proposals.
+    #[error("not the leader (leader: {leader:?}): {why}")]
+    NotLeader {
+        /// The leader openraft knows of, if any.
+        leader: Option<NodeId>,
+        /// openraft's words.
+        why: String,
+    },
+    /// openraft refused or failed otherwise (shutting down, lease not yet acknowledged).
+    #[error("raft: {0}")]
+    Raft(String),
+    /// RaftCore could not be reached (being rebuilt); try again.
+    #[error("RaftCore unavailable: {0}")]
+    Unavailable(String),
+}
 
 /// Make the actor panic: the supervisor must rebuild it. For fault-injection tests.
 #[derive(Message)]
@@ -251,6 +302,65 @@ impl Handler<GetStatus> for RaftCore {
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
         self.refresh();
         actix::MessageResult(self.status.clone())
+    }
+}
+
+impl Handler<ProposeBlock> for RaftCore {
+    type Result = ResponseFuture<Result<ApplyOutcome, ProposeError>>;
+
+    fn handle(&mut self, msg: ProposeBlock, _: &mut Context<Self>) -> Self::Result {
+        let raft = self.raft.clone();
+        // The write waits on openraft's core (a channel and a oneshot), not on this actor:
+        // other messages run meanwhile.
+        Box::pin(async move {
+            use openraft::error::{ClientWriteError, RaftError};
+            match raft.client_write(Command::Block(msg.block)).await {
+                Ok(resp) => Ok(resp.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    Err(ProposeError::NotLeader {
+                        leader: f.leader_id.clone(),
+                        why: f.to_string(),
+                    })
+                }
+                Err(e) => Err(ProposeError::Raft(e.to_string())),
+            }
+        })
+    }
+}
+
+impl Handler<ConfirmLeadership> for RaftCore {
+    type Result = ResponseFuture<Result<(), ProposeError>>;
+
+    fn handle(&mut self, _: ConfirmLeadership, _: &mut Context<Self>) -> Self::Result {
+        let raft = self.raft.clone();
+        Box::pin(async move {
+            raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+                .await
+                .map(|_| ())
+                .map_err(|e| ProposeError::Raft(e.to_string()))
+        })
+    }
+}
+
+impl Handler<TransferLeader> for RaftCore {
+    type Result = ResponseFuture<Result<(), ProposeError>>;
+
+    fn handle(&mut self, msg: TransferLeader, _: &mut Context<Self>) -> Self::Result {
+        let raft = self.raft.clone();
+        Box::pin(async move {
+            raft.trigger()
+                .transfer_leader(msg.to)
+                .await
+                .map_err(|e| ProposeError::Raft(e.to_string()))
+        })
+    }
+}
+
+impl Handler<SetElect> for RaftCore {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetElect, _: &mut Context<Self>) {
+        self.raft.runtime_config().elect(msg.0);
     }
 }
 

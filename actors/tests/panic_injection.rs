@@ -56,6 +56,10 @@ async fn largest_gap(c: &Cluster, leader: usize, window: Duration) -> (Duration,
 
 #[test]
 fn every_actor_and_task_is_rebuilt_after_a_panic_and_its_duty_resumes() {
+    // The injected panics happen on the arbiter thread too; with RUST_BACKTRACE set, the
+    // default hook symbolises a backtrace there (hundreds of ms in a debug build), which would
+    // be measured as a production gap. One line per panic says what the test needs.
+    std::panic::set_hook(Box::new(|info| eprintln!("panic: {info}")));
     run(async {
         let mut c = Cluster::start_configured(3, |s| enable_production(s, BLOCK_TIME)).await;
         let (leader, _) = c.wait_leader(Duration::from_secs(10)).await;

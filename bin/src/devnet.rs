@@ -119,7 +119,7 @@ async fn render(nodes: &mut [LocalNode]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<8} {:<8} {:<10} {:>5} {:<8} {:>10} {:>10} {:>8} {:>8} {:>6}",
+        "{:<8} {:<8} {:<10} {:>5} {:<8} {:>10} {:>10} {:>8} {:>8} {:>6}  sync",
         "node",
         "process",
         "role",
@@ -151,9 +151,14 @@ async fn render(nodes: &mut [LocalNode]) -> String {
                 Some(x) => x.to_string(),
             }
         };
+        let sync = v
+            .as_ref()
+            .and_then(|v| v.get("sync"))
+            .map(sync_cell)
+            .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             out,
-            "{:<8} {:<8} {:<10} {:>5} {:<8} {:>10} {:>10} {:>8} {:>8} {:>6}",
+            "{:<8} {:<8} {:<10} {:>5} {:<8} {:>10} {:>10} {:>8} {:>8} {:>6}  {}",
             n.id,
             process,
             field("role"),
@@ -164,7 +169,41 @@ async fn render(nodes: &mut [LocalNode]) -> String {
             field("applied_height"),
             field("exec_height"),
             field("exec_lag"),
+            sync,
         );
     }
     out
+}
+
+/// `/status` `sync` as one table cell: blocks stored of the hole, rate and time left, or `-`
+/// while the node lacks nothing.
+fn sync_cell(sync: &serde_json::Value) -> String {
+    let n = |k: &str| sync.get(k).and_then(|x| x.as_f64());
+    match (n("from"), n("to"), n("done")) {
+        (Some(from), Some(to), Some(done)) => {
+            let total = (to - from + 1.0).max(1.0);
+            let eta = n("eta_s").map_or("?".to_string(), |s| format!("{s:.0}s"));
+            format!(
+                "fetching {from:.0}..{to:.0}: {done:.0}/{total:.0} ({:.0}%), {:.0} blocks/s, eta {eta}",
+                100.0 * done / total,
+                n("blocks_per_s").unwrap_or(0.0),
+            )
+        }
+        _ => "-".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sync_cell;
+
+    #[test]
+    fn the_sync_cell_shows_progress_rate_and_eta() {
+        let v = serde_json::json!({"from": 1, "to": 1000, "done": 250, "blocks_per_s": 5000.0, "eta_s": 1.0});
+        assert_eq!(
+            sync_cell(&v),
+            "fetching 1..1000: 250/1000 (25%), 5000 blocks/s, eta 1s"
+        );
+        assert_eq!(sync_cell(&serde_json::Value::Null), "-");
+    }
 }
