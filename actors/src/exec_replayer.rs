@@ -89,6 +89,8 @@ pub struct ExecReplayer {
     cancel: CancellationToken,
     task: Option<TaskGuard>,
     faults: PanicKnobs,
+    /// The Syncer's progress: a change may mean the block the replay waits for is stored.
+    sync: watch::Receiver<Option<crate::syncer::SyncProgress>>,
     _exit: ExitGuard,
 }
 
@@ -99,6 +101,7 @@ impl ExecReplayer {
         blocks: BlockReader,
         status: watch::Sender<ExecStatus>,
         faults: PanicKnobs,
+        sync: watch::Receiver<Option<crate::syncer::SyncProgress>>,
         exit: ExitGuard,
     ) -> ExecReplayer {
         ExecReplayer {
@@ -108,6 +111,7 @@ impl ExecReplayer {
             cancel: CancellationToken::new(),
             task: None,
             faults,
+            sync,
             _exit: exit,
         }
     }
@@ -127,6 +131,7 @@ impl Actor for ExecReplayer {
                 self.status.clone(),
                 self.cancel.clone(),
                 faults,
+                self.sync.clone(),
             ),
         );
         // A panic in the replay task stops this actor (spawn_task); so does the task ending
@@ -194,6 +199,7 @@ async fn replay_loop(
     status: watch::Sender<ExecStatus>,
     cancel: CancellationToken,
     faults: PanicKnobs,
+    mut sync_rx: watch::Receiver<Option<crate::syncer::SyncProgress>>,
 ) {
     let mut applied_rx = blocks.subscribe();
     let mut delay = RETRY_DELAY_MIN;
@@ -213,6 +219,8 @@ async fn replay_loop(
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     r = applied_rx.changed() => if r.is_err() { return },
+                    // The Syncer stored a range (or finished): the block it lacked may be there.
+                    r = sync_rx.changed() => if r.is_err() { return },
                     _ = tokio::time::sleep(IDLE_CHECK) => {}
                 }
             }

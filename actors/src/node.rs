@@ -279,14 +279,17 @@ pub async fn start_with_listeners(
 
     let supervisor = Supervisor::new(shutdown.child_token());
     let faults = PanicKnobs::default();
+    let (sync_tx, sync_rx) = watch::channel(None);
     let replayer = {
         let (engine, blocks, faults) = (engine.clone(), storage.reader.clone(), faults.clone());
+        let sync = sync_rx.clone();
         supervisor.start("exec_replayer", move |exit| {
             ExecReplayer::new(
                 engine.clone(),
                 blocks.clone(),
                 exec_tx.clone(),
                 faults.clone(),
+                sync.clone(),
                 exit,
             )
         })
@@ -344,7 +347,6 @@ pub async fn start_with_listeners(
     let elector = supervisor.start("elector", move |exit| {
         Elector::new(elector_deps.clone(), exit)
     });
-    let (sync_tx, sync_rx) = watch::channel(None);
     let syncer_deps = SyncerDeps {
         blocks: storage.reader.clone(),
         backfill: backfill.clone(),

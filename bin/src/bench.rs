@@ -78,7 +78,7 @@ pub(crate) struct BenchArgs {
 
 /// Parses a size: a whole number with an optional unit `B`, `KiB`, `MiB` (case-insensitive;
 /// `K`/`KB` and `M`/`MB` are taken as binary units too).
-fn parse_bytes(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -96,7 +96,7 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 }
 
 /// How a block of `bytes` is filled: (transactions per block, bytes per transaction).
-fn tx_split(bytes: u64) -> (u64, u64) {
+pub(crate) fn tx_split(bytes: u64) -> (u64, u64) {
     if bytes == 0 {
         return (0, 1);
     }
@@ -344,13 +344,13 @@ async fn measure(
 
 /// What the bench reads from `/status`.
 #[derive(Debug, Clone)]
-struct NodeStatus {
+pub(crate) struct NodeStatus {
     role: String,
     leader_id: Option<String>,
     applied_height: u64,
 }
 
-async fn status(api: &str) -> anyhow::Result<NodeStatus> {
+pub(crate) async fn status(api: &str) -> anyhow::Result<NodeStatus> {
     let r = http::request(api, "GET", "/status", None, STATUS_TIMEOUT)
         .await
         .map_err(|e| anyhow!(e))?;
@@ -399,7 +399,7 @@ async fn read_latency_log(api: &str) -> anyhow::Result<LatencyLog> {
 }
 
 /// Fails if a node's process has exited: the run cannot be trusted any more.
-fn check_processes(nodes: &mut [LocalNode]) -> anyhow::Result<()> {
+pub(crate) fn check_processes(nodes: &mut [LocalNode]) -> anyhow::Result<()> {
     for n in nodes.iter_mut() {
         if let Some(c) = n.child.as_mut()
             && let Ok(Some(st)) = c.try_wait()
@@ -410,7 +410,10 @@ fn check_processes(nodes: &mut [LocalNode]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_leader(nodes: &mut [LocalNode], deadline: Instant) -> anyhow::Result<usize> {
+pub(crate) async fn wait_for_leader(
+    nodes: &mut [LocalNode],
+    deadline: Instant,
+) -> anyhow::Result<usize> {
     let mut last = String::from("no answer yet");
     loop {
         check_processes(nodes)?;
@@ -518,7 +521,7 @@ impl Progress {
     }
 }
 
-fn show_logs(nodes: &[LocalNode]) {
+pub(crate) fn show_logs(nodes: &[LocalNode]) {
     for n in nodes {
         let Ok(text) = std::fs::read_to_string(&n.log) else {
             continue;

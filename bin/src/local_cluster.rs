@@ -100,6 +100,38 @@ pub(crate) fn write_configs(
     block_time: Duration,
     extra_yaml: &str,
 ) -> anyhow::Result<()> {
+    write_configs_sized(dir, nodes, secret, block_time, LogSizes::GUIDE, extra_yaml)
+}
+
+/// How much Raft log a node keeps: `raft.trailing_logs` and `raft.snapshot_threshold`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogSizes {
+    /// `raft.trailing_logs`.
+    pub(crate) trailing_logs: u64,
+    /// `raft.snapshot_threshold`.
+    pub(crate) snapshot_threshold: u64,
+}
+
+impl LogSizes {
+    /// The operator guide's recommended values.
+    pub(crate) const GUIDE: LogSizes = LogSizes {
+        trailing_logs: 18000,
+        snapshot_threshold: 5000,
+    };
+}
+
+/// [`write_configs`] with other log sizes than the guide's.
+///
+/// # Errors
+/// A file that cannot be written.
+pub(crate) fn write_configs_sized(
+    dir: &Path,
+    nodes: &[LocalNode],
+    secret: &Path,
+    block_time: Duration,
+    sizes: LogSizes,
+    extra_yaml: &str,
+) -> anyhow::Result<()> {
     for n in nodes {
         let peers: Vec<String> = nodes
             .iter()
@@ -112,6 +144,7 @@ pub(crate) fn write_configs(
             &dir.join(&n.id).join("raft"),
             secret,
             block_time,
+            sizes,
         );
         text.push_str(extra_yaml);
         std::fs::write(&n.config, text)
@@ -126,19 +159,22 @@ fn node_config(
     raft_dir: &Path,
     secret: &Path,
     block_time: Duration,
+    sizes: LogSizes,
 ) -> String {
     format!(
         "node:\n  aggregator: true\n  block_time: \"{bt}\"\nraft:\n  enable: true\n  node_id: \"{id}\"\n  \
          raft_addr: \"{raft}\"\n  raft_dir: \"{dir}\"\n  peers: >-\n{peers}\n  \
          heartbeat_timeout: \"92ms\"\n  election_timeout: \"368ms\"\n  \
-         leader_lease_timeout: \"46ms\"\n  send_timeout: \"50ms\"\n  trailing_logs: 18000\n  \
-         snapshot_threshold: 5000\n  snap_count: 3\n  secret_file: \"{secret}\"\n\
+         leader_lease_timeout: \"46ms\"\n  send_timeout: \"50ms\"\n  trailing_logs: {trailing}\n  \
+         snapshot_threshold: {threshold}\n  snap_count: 3\n  secret_file: \"{secret}\"\n\
          api:\n  addr: \"{api}\"\n",
         id = n.id,
         raft = n.raft,
         dir = raft_dir.display(),
         secret = secret.display(),
         api = n.api,
+        trailing = sizes.trailing_logs,
+        threshold = sizes.snapshot_threshold,
         // humantime writes zero as "0s", which the config accepts ("as fast as commits allow").
         bt = humantime::format_duration(block_time),
     )

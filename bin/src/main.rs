@@ -7,6 +7,7 @@
 //! the node cannot start, 0 after a clean shutdown.
 
 mod bench;
+mod catch_up_bench;
 mod ctl;
 mod devnet;
 mod local_cluster;
@@ -53,6 +54,8 @@ enum Cmd {
     },
     /// Benchmark a local cluster of separate processes: commit latency and blocks per second.
     Bench(bench::BenchArgs),
+    /// Benchmark a node's catch-up after it was down past the log: snapshot, P2P fetch, replay.
+    BenchCatchUp(catch_up_bench::CatchUpArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Run { config, set } => run(config, set),
         Cmd::Bench(args) => tool(bench::run(args), "bench"),
+        Cmd::BenchCatchUp(args) => tool(catch_up_bench::run(args), "bench-catch-up"),
         Cmd::Ctl(args) => tool(ctl::run(args), "ctl"),
         Cmd::Engine {
             cmd:

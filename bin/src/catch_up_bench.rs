@@ -1,0 +1,327 @@
+//! `haseqd bench-catch-up`: how fast a node that was down far longer than the log keeps
+//! comes back: snapshot, history fetched from its peers over P2P, replay into its engine,
+//! while the cluster keeps producing; and what serving it costs its peers in memory.
+//!
+//! Method: `--nodes` `haseqd run` processes on loopback (as `haseqd bench`), durable storage,
+//! the guide's timings, `node.block_time: 0s`, `trailing_logs: 100` and a snapshot every
+//! `--snapshot-threshold` entries, embedded engines filling blocks with `--block-bytes`. Once
+//! a leader has produced a warm-up, one follower is killed (SIGKILL); when the leader has
+//! produced `--down-blocks` more, the follower is started again. Its `/status` is read every
+//! 20 ms until its engine reaches the height the leader had at the restart:
+//! - fetch: from the first `sync` report to the last, the blocks of every sync job, per s;
+//! - catch-up: from the restart until the engine is at that height, the blocks the engine
+//!   replayed (that height minus where it started), per s;
+//! - the leader's production rate over the catch-up;
+//! - the serving nodes' resident memory (`VmRSS`) before the restart and at its peak.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use haseq_actors::http_client as http;
+
+use crate::bench::{check_processes, parse_bytes, show_logs, tx_split, wait_for_leader};
+use crate::local_cluster::{self, LocalNode, LogSizes};
+
+/// Blocks produced before the follower is killed.
+const WARMUP_BLOCKS: u64 = 50;
+/// How often the restarted node's progress is read.
+const POLL: Duration = Duration::from_millis(20);
+/// Deadline of one `/status` call.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+/// The Raft log kept behind a snapshot: small, so the follower must come back by snapshot.
+const TRAILING_LOGS: u64 = 100;
+
+/// Options of `haseqd bench-catch-up`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct CatchUpArgs {
+    /// Number of nodes (3, 5 or 7).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) nodes: usize,
+    /// Synthetic payload per block, e.g. `1KiB`, `10KiB`, `100KiB`.
+    #[arg(long, default_value = "10KiB", value_parser = parse_bytes)]
+    pub(crate) block_bytes: u64,
+    /// Blocks produced while the follower is down.
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) down_blocks: u64,
+    /// `raft.snapshot_threshold` of every node.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) snapshot_threshold: u64,
+    /// Give up after this long (e.g. `10m`).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub(crate) timeout: Duration,
+    /// Keep the cluster's data and logs here (must be empty or missing).
+    #[arg(long)]
+    pub(crate) dir: Option<PathBuf>,
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Default)]
+struct Figures {
+    hole_blocks: u64,
+    fetch_s: f64,
+    replayed_blocks: u64,
+    catch_up_s: f64,
+    produced_during: u64,
+    rss_before_kib: BTreeMap<String, u64>,
+    rss_peak_kib: BTreeMap<String, u64>,
+}
+
+/// Run the benchmark.
+///
+/// # Errors
+/// Bad arguments, a cluster that does not start or produce, a follower that does not catch
+/// up within `--timeout`, Ctrl-C.
+pub(crate) async fn run(args: CatchUpArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        matches!(args.nodes, 3 | 5 | 7),
+        "--nodes {}: 3, 5 or 7 (one is stopped, the others must keep a quorum)",
+        args.nodes
+    );
+    anyhow::ensure!(
+        args.down_blocks > args.snapshot_threshold + TRAILING_LOGS,
+        "--down-blocks {}: more than --snapshot-threshold + {TRAILING_LOGS}, or no snapshot is needed",
+        args.down_blocks
+    );
+    let (dir, _temp) = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            let used = std::fs::read_dir(d)?.next().is_some();
+            anyhow::ensure!(!used, "--dir {}: must be empty or missing", d.display());
+            (d.clone(), None)
+        }
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("haseq-catch-up-")
+                .tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let (txs, tx_bytes) = tx_split(args.block_bytes);
+    let secret = local_cluster::ensure_secret(&dir)?;
+    let mut nodes = local_cluster::layout(&dir, args.nodes, None)?;
+    let extra = format!(
+        "engine:\n  kind: embedded\n  embedded:\n    txs_per_block: {txs}\n    tx_bytes: {tx_bytes}\n\
+         log:\n  level: \"warn\"\n"
+    );
+    let sizes = LogSizes {
+        trailing_logs: TRAILING_LOGS,
+        snapshot_threshold: args.snapshot_threshold,
+    };
+    local_cluster::write_configs_sized(&dir, &nodes, &secret, Duration::ZERO, sizes, &extra)?;
+    let exe = std::env::current_exe().context("locating the haseqd executable")?;
+    eprintln!(
+        "haseq bench-catch-up: {} nodes, blocks of {} bytes, a follower down for {} blocks, \
+         trailing_logs {TRAILING_LOGS}, snapshot every {} entries, in {}",
+        args.nodes,
+        txs * tx_bytes,
+        args.down_blocks,
+        args.snapshot_threshold,
+        dir.display()
+    );
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let deadline = Instant::now() + args.timeout;
+    let result = tokio::select! {
+        r = measure(&exe, &mut nodes, &args, deadline) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (Ctrl-C)")),
+        _ = sigterm.recv() => Err(anyhow!("interrupted (SIGTERM)")),
+    };
+    if result.is_err() {
+        show_logs(&nodes);
+    }
+    local_cluster::stop_all(&mut nodes).await;
+    let f = result?;
+    print(&f, &args);
+    Ok(())
+}
+
+fn rate(blocks: u64, s: f64) -> f64 {
+    (blocks as f64 / s.max(1e-3) * 10.0).round() / 10.0
+}
+
+fn print(f: &Figures, args: &CatchUpArgs) {
+    let fetch_rate = rate(f.hole_blocks, f.fetch_s);
+    let catch_up_rate = rate(f.replayed_blocks, f.catch_up_s);
+    let production = rate(f.produced_during, f.catch_up_s);
+    if args.json {
+        let v = serde_json::json!({
+            "hole_blocks": f.hole_blocks,
+            "fetch_s": f.fetch_s,
+            "fetch_blocks_per_s": fetch_rate,
+            "replayed_blocks": f.replayed_blocks,
+            "catch_up_s": f.catch_up_s,
+            "catch_up_blocks_per_s": catch_up_rate,
+            "produced_blocks_per_s": production,
+            "serving_rss_before_kib": f.rss_before_kib,
+            "serving_rss_peak_kib": f.rss_peak_kib,
+            "block_bytes": args.block_bytes,
+            "nodes": args.nodes,
+        });
+        println!("{v}");
+        return;
+    }
+    println!(
+        "haseq bench-catch-up: {} nodes, {}-byte blocks, follower down for {} blocks",
+        args.nodes, args.block_bytes, args.down_blocks
+    );
+    println!(
+        "  fetched over P2P: {} blocks in {:.2} s: {fetch_rate} blocks/s",
+        f.hole_blocks, f.fetch_s
+    );
+    println!(
+        "  caught up (restart -> engine at the head it restarted under): {} blocks replayed in {:.2} s: {catch_up_rate} blocks/s",
+        f.replayed_blocks, f.catch_up_s
+    );
+    println!("  meanwhile the leader produced {production} blocks/s");
+    for (id, before) in &f.rss_before_kib {
+        let peak = f.rss_peak_kib.get(id).copied().unwrap_or(0);
+        println!("  serving {id}: resident {before} KiB before, {peak} KiB at peak");
+    }
+}
+
+struct Seen {
+    role: String,
+    applied_height: u64,
+    exec_height: u64,
+    sync: Option<(u64, u64)>,
+}
+
+async fn read(api: &str) -> anyhow::Result<Seen> {
+    let r = http::request(api, "GET", "/status", None, STATUS_TIMEOUT)
+        .await
+        .map_err(|e| anyhow!(e))?;
+    anyhow::ensure!(r.status == 200, "GET http://{api}/status: {}", r.status);
+    let v: serde_json::Value = serde_json::from_str(&r.body)?;
+    let sync = v["sync"]
+        .as_object()
+        .and_then(|s| Some((s.get("from")?.as_u64()?, s.get("to")?.as_u64()?)));
+    Ok(Seen {
+        role: v["role"].as_str().unwrap_or_default().to_string(),
+        applied_height: v["applied_height"].as_u64().unwrap_or(0),
+        exec_height: v["exec_height"].as_u64().unwrap_or(0),
+        sync,
+    })
+}
+
+/// Resident memory of a process, from `/proc/PID/status`.
+fn rss_kib(pid: Option<u32>) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn wait_height(
+    nodes: &mut [LocalNode],
+    i: usize,
+    height: u64,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    loop {
+        check_processes(nodes)?;
+        if let Ok(s) = read(&nodes[i].api).await
+            && s.applied_height >= height
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{} did not reach height {height} in time", nodes[i].id);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn measure(
+    exe: &std::path::Path,
+    nodes: &mut [LocalNode],
+    args: &CatchUpArgs,
+    deadline: Instant,
+) -> anyhow::Result<Figures> {
+    for n in nodes.iter_mut() {
+        n.child = Some(local_cluster::spawn(exe, n)?);
+    }
+    let leader = wait_for_leader(nodes, deadline).await?;
+    wait_height(nodes, leader, WARMUP_BLOCKS, deadline).await?;
+    let lagger = (leader + 1) % nodes.len();
+    if let Some(mut c) = nodes[lagger].child.take() {
+        c.kill().await.context("killing the follower")?;
+    }
+    let from = read(&nodes[leader].api).await?.applied_height;
+    eprintln!(
+        "haseq bench-catch-up: {} killed at height {from}; {} leads",
+        nodes[lagger].id, nodes[leader].id
+    );
+    wait_height(nodes, leader, from + args.down_blocks, deadline).await?;
+
+    let mut f = Figures::default();
+    for (i, n) in nodes.iter().enumerate() {
+        if i != lagger
+            && let Some(kib) = rss_kib(n.child.as_ref().and_then(|c| c.id()))
+        {
+            f.rss_before_kib.insert(n.id.clone(), kib);
+        }
+    }
+    let target = read(&nodes[leader].api).await?.applied_height;
+    let leader_at_restart = target;
+    nodes[lagger].child = Some(local_cluster::spawn(exe, &nodes[lagger])?);
+    let restarted = Instant::now();
+    eprintln!(
+        "haseq bench-catch-up: {} restarted; leader at {target}",
+        nodes[lagger].id
+    );
+    let mut exec_start: Option<u64> = None;
+    let mut jobs: BTreeMap<(u64, u64), ()> = BTreeMap::new();
+    let mut fetch_first: Option<Instant> = None;
+    let mut fetch_last: Option<Instant> = None;
+    let mut last_shown = Instant::now();
+    loop {
+        check_processes(nodes)?;
+        for (i, n) in nodes.iter().enumerate() {
+            if i != lagger
+                && let Some(kib) = rss_kib(n.child.as_ref().and_then(|c| c.id()))
+            {
+                let peak = f.rss_peak_kib.entry(n.id.clone()).or_default();
+                *peak = (*peak).max(kib);
+            }
+        }
+        if let Ok(s) = read(&nodes[lagger].api).await {
+            exec_start.get_or_insert(s.exec_height);
+            if let Some(job) = s.sync {
+                jobs.insert(job, ());
+                fetch_first.get_or_insert_with(Instant::now);
+                fetch_last = Some(Instant::now());
+            }
+            if last_shown.elapsed() >= Duration::from_secs(1) {
+                eprintln!(
+                    "  {:.1}s: {} {} exec {} of {target}, sync {:?}",
+                    restarted.elapsed().as_secs_f64(),
+                    nodes[lagger].id,
+                    s.role,
+                    s.exec_height,
+                    s.sync
+                );
+                last_shown = Instant::now();
+            }
+            if s.exec_height >= target {
+                f.catch_up_s = restarted.elapsed().as_secs_f64();
+                f.replayed_blocks = target - exec_start.unwrap_or(0);
+                break;
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("{} did not catch up within --timeout", nodes[lagger].id);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    f.hole_blocks = jobs.keys().map(|(a, b)| b - a + 1).sum();
+    f.fetch_s = match (fetch_first, fetch_last) {
+        (Some(a), Some(b)) => (b - a).as_secs_f64() + POLL.as_secs_f64(),
+        _ => 0.0,
+    };
+    let now = read(&nodes[leader].api).await?.applied_height;
+    f.produced_during = now.saturating_sub(leader_at_restart);
+    Ok(f)
+}
