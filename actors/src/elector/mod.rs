@@ -134,6 +134,9 @@ pub struct ElectorView {
     pub peers_heard: bool,
     /// The peers.
     pub peers: Vec<PeerView>,
+    /// The Elector has decided at least once: until then no height is known, and the vote
+    /// gate cannot judge a candidate.
+    pub decided: bool,
 }
 
 /// A peer's poll result.
@@ -226,6 +229,8 @@ pub struct Elector {
     unhealthy: Since,
     behind: Since,
     last_transfer: Option<Instant>,
+    /// Since when each peer has answered without going stale (the policy's `heard_for`).
+    heard_since: BTreeMap<NodeId, Instant>,
     /// The production decision last sent, and to which Producer: a rebuilt Producer has a new
     /// address and starts idle, so the decision is sent again (see `apply_production`).
     sent: Option<(Addr<Producer>, Production)>,
@@ -272,6 +277,7 @@ impl Elector {
             unhealthy: Since::default(),
             behind: Since::default(),
             last_transfer: None,
+            heard_since: BTreeMap::new(),
             sent: None,
             last_handover: None,
             no_target_logged: None,
@@ -311,6 +317,10 @@ impl Elector {
                     state: st.clone(),
                     age: now.saturating_duration_since(*at),
                     last_poll_failed: s.error.is_some(),
+                    heard_for: self
+                        .heard_since
+                        .get(id)
+                        .map_or(Duration::ZERO, |t| now.saturating_duration_since(*t)),
                 })
             })
             .collect();
@@ -384,6 +394,17 @@ impl Elector {
 
     fn tick(&mut self) {
         let now = Instant::now();
+        for (id, seen) in &self.peers {
+            let answering = seen
+                .state
+                .as_ref()
+                .is_some_and(|(_, at)| now.saturating_duration_since(*at) < PEER_STALE);
+            if !answering {
+                self.heard_since.remove(id);
+            } else {
+                self.heard_since.entry(id.clone()).or_insert(now);
+            }
+        }
         let m = self.d.raft.metrics().borrow_watched().clone();
         let inputs = self.gather(&m, now);
         let d = policy::decide(&inputs);
@@ -535,6 +556,7 @@ impl Elector {
             producing,
             stop_reason,
             peers,
+            decided: true,
         });
 
         // Events: role, term, leader, eligibility.
@@ -748,6 +770,12 @@ pub fn vote_gate(view: watch::Receiver<ElectorView>) -> haseq_net::VoteGate {
     Arc::new(move |c: &haseq_net::VoteCandidate<'_>| {
         let v = view.borrow();
         let Some(h) = c.exec_height else { return true };
+        // Before the Elector's first decision (one tick after start) this node knows no
+        // height, not even its own, so every candidate would pass: refuse until then. A
+        // refusal changes nothing on the voter; the candidate retries.
+        if !v.decided {
+            return false;
+        }
         if !v.gate_active {
             return true;
         }

@@ -138,11 +138,16 @@ pub struct Peer {
     pub age: Duration,
     /// The poll after that answer failed (the state is kept, but the peer may be gone).
     pub last_poll_failed: bool,
+    /// How long it has been answering without going stale.
+    pub heard_for: Duration,
 }
 
 impl Peer {
+    /// Counts at all: answered within [`PEER_STALE`], and with its own id. A node answers
+    /// polls before its Elector's first decision with an empty state (no id, no heights),
+    /// which would rank it below everyone.
     fn fresh(&self) -> bool {
-        self.age < PEER_STALE
+        self.age < PEER_STALE && self.state.node_id == self.id
     }
 
     fn log(&self) -> LogPos {
@@ -428,11 +433,16 @@ pub fn decide(i: &Inputs) -> Decision {
     // and without a quorum it cannot win anyway.
     let members = i.configured_peers.len() + 1;
     let quorum_heard = fresh(i).count() + 1 > members / 2;
+    // A peer heard only lately may still show its start-up state (its engine not read yet:
+    // unhealthy, height 0) and be outranked wrongly; judge it once it has answered for the
+    // window, as long as a normal election gets.
+    let peers_settled = fresh(i).all(|p| p.heard_for >= l.relax_after);
     let relaxed = !strict
         && !i.paused
         && !own.on_other_chain
         && most_caught_up
         && quorum_heard
+        && peers_settled
         && relax_window_over;
     let eligible = strict || relaxed;
     // The vote gate holds while a leader is live, or only briefly none is.

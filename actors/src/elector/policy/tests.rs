@@ -41,6 +41,7 @@ fn peer(name: &str, exec_height: u64) -> Peer {
         },
         age: 50 * MS,
         last_poll_failed: false,
+        heard_for: Duration::from_secs(10),
     }
 }
 
@@ -326,6 +327,25 @@ fn relaxation_only_for_the_most_caught_up_only_after_the_window_never_with_a_liv
             |i| {
                 i.leaderless_for = Some(WINDOW);
                 i.peers[0].age = PEER_STALE;
+                i.peers[1].age = PEER_STALE;
+            },
+            false,
+            false,
+        ),
+        (
+            "a peer heard for less than the window may show its start-up state",
+            |i| {
+                i.leaderless_for = Some(WINDOW);
+                i.peers[1].heard_for = WINDOW - MS;
+            },
+            false,
+            false,
+        ),
+        (
+            "a start-up answer (no id yet) is not heard: with the other stale, no quorum",
+            |i| {
+                i.leaderless_for = Some(WINDOW);
+                i.peers[0].state = PeerState::default();
                 i.peers[1].age = PEER_STALE;
             },
             false,
