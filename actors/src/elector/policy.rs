@@ -60,6 +60,19 @@ pub fn relax_after(election_timeout: Duration) -> Duration {
     election_timeout / 2
 }
 
+/// How long voters keep refusing lagging candidates once no live leader is known: half the
+/// relaxation window. Each node starts its own leaderless clock when its own last poll of the
+/// old leader goes stale, so two nodes' clocks differ by up to a poll (100 ms) and a tick. Were
+/// the gate lifted with the same window, the relaxed candidate's first pre-vote would often
+/// reach a voter whose gate still holds and be refused, costing a re-drawn attempt (92-184 ms
+/// with the guide's timings; twice measured, 1,050 ms in all). Lifted half a window earlier, a
+/// voter is open by the time the candidate asks. Until then the gate still covers the normal
+/// election (eligible followers campaign 0.75-1.0 x `election_timeout` after the silence, before
+/// any node's clock starts); an ineligible node has its election timer off regardless.
+pub fn gate_lift_after(election_timeout: Duration) -> Duration {
+    relax_after(election_timeout) / 2
+}
+
 /// How long a transfer keeps asking its target: 3/4 of an `election_timeout`. A transferring
 /// leader stops proposing and heartbeating, so from its request the followers campaign by
 /// themselves 0.75-1.0 x `election_timeout` later (settings.rs); asking after that only
@@ -83,6 +96,8 @@ pub struct Limits {
     pub leader_claim_fresh: Duration,
     /// See [`relax_after`].
     pub relax_after: Duration,
+    /// See [`gate_lift_after`].
+    pub gate_lift_after: Duration,
     /// See [`transfer_budget`]; production stays stopped this long after a transfer starts.
     pub transfer_budget: Duration,
     /// The wait between two requests of one transfer: the budget shared by
@@ -111,6 +126,7 @@ impl Limits {
             leader_lease_timeout,
             leader_claim_fresh: leader_claim_fresh(election_timeout),
             relax_after: relax_after(election_timeout),
+            gate_lift_after: gate_lift_after(election_timeout),
             transfer_budget: budget,
             transfer_retry_after: budget / TRANSFER_ATTEMPTS_MAX,
             transfer_spacing: (election_timeout + budget).max(TRANSFER_SPACING_MIN),
@@ -445,8 +461,8 @@ pub fn decide(i: &Inputs) -> Decision {
         && peers_settled
         && relax_window_over;
     let eligible = strict || relaxed;
-    // The vote gate holds while a leader is live, or only briefly none is.
-    let gate_active = !relax_window_over;
+    // The vote gate holds while a leader is live, or only briefly none is (gate_lift_after).
+    let gate_active = !leaderless_for.is_some_and(|t| t >= l.gate_lift_after);
 
     let sick = !healthy;
     let unhealthy_for = (i.is_leader && sick).then(|| i.unhealthy_for.unwrap_or_default());

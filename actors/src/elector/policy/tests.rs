@@ -9,6 +9,8 @@ const MS: Duration = Duration::from_millis(1);
 const E: Duration = Duration::from_millis(368);
 /// Its relaxation window (half of it).
 const WINDOW: Duration = Duration::from_millis(184);
+/// When voters lift the gate (half the window).
+const GATE: Duration = Duration::from_millis(92);
 
 fn limits() -> Limits {
     Limits::derive(
@@ -112,6 +114,7 @@ fn lagging(lag_blocks: u64) -> Option<Ineligible> {
 fn derived_limits_follow_the_election_timeout() {
     let l = limits();
     assert_eq!(l.relax_after, 184 * MS);
+    assert_eq!(l.gate_lift_after, 92 * MS);
     assert_eq!(l.leader_claim_fresh, E);
     assert_eq!(l.transfer_budget, 276 * MS);
     assert_eq!(l.transfer_retry_after, Duration::from_micros(55_200));
@@ -226,7 +229,9 @@ fn relaxation_only_for_the_most_caught_up_only_after_the_window_never_with_a_liv
     // (case, change to all_lagging(), relaxed, gate_active)
     let cases: &[(&str, Tweak, bool, bool)] = &[
         ("leaderless past the window", |i| i.leaderless_for = Some(WINDOW), true, false),
-        ("leaderless, window not over", |i| i.leaderless_for = Some(WINDOW - MS), false, true),
+        ("leaderless, window not over", |i| i.leaderless_for = Some(WINDOW - MS), false, false),
+        ("leaderless, gate window over", |i| i.leaderless_for = Some(GATE), false, false),
+        ("leaderless, gate window not over", |i| i.leaderless_for = Some(GATE - MS), false, true),
         ("timer not running yet", |i| i.leaderless_for = None, false, true),
         (
             "a live leader (fresh claim of our term)",
