@@ -23,6 +23,7 @@ use harness::{Cluster, enable_production, guide_timing, run, wait_until};
 use haseq_actors::elector::policy::relax_after;
 use haseq_actors::settings::EngineSettings;
 use haseq_engine::Faults;
+use openraft::async_runtime::WatchReceiver as _;
 
 const BLOCK_TIME: Duration = Duration::from_millis(20);
 /// Newest blocks each node's engine loses on the restart (node-2 loses least).
@@ -174,14 +175,20 @@ fn most_caught_up_node_leads_when_every_engine_lags() {
                 v.exec_lag
             );
         }
-        // Logs stop growing with the leader gone: rank on the survivors' state after the kill.
+        // Logs stop growing with the leader gone (its shutdown has returned): rank on each
+        // survivor's own Raft log and engine now, not on its Elector's view, which is up to a
+        // tick old and once showed one survivor an entry short.
         let rank = |i: usize| {
-            let me = c.node(i).view.borrow().me.clone();
-            (
-                (me.last_log_term, me.last_log_index),
-                me.exec_height,
-                std::cmp::Reverse(names[i].clone()),
-            )
+            let log = c
+                .node(i)
+                .raft
+                .data_metrics()
+                .borrow_watched()
+                .last_log
+                .as_ref()
+                .map(|l| (l.leader_id.term, l.index));
+            let exec = c.engine_head(i).map(|(h, _)| h).unwrap_or(0);
+            (log, exec, std::cmp::Reverse(names[i].clone()))
         };
         let want = *survivors.iter().max_by_key(|&&i| rank(i)).expect("two survivors");
         let (next, next_term) = wait_until(

@@ -115,7 +115,7 @@ fn derived_limits_follow_the_election_timeout() {
     let l = limits();
     assert_eq!(l.relax_after, 184 * MS);
     assert_eq!(l.gate_lift_after, 92 * MS);
-    assert_eq!(l.leader_claim_fresh, E);
+    assert_eq!(l.alive_within, E);
     assert_eq!(l.transfer_budget, 276 * MS);
     assert_eq!(l.transfer_retry_after, Duration::from_micros(55_200));
     assert_eq!(l.transfer_spacing, Duration::from_secs(1));
@@ -123,7 +123,7 @@ fn derived_limits_follow_the_election_timeout() {
     // stays inside 3 x election_timeout for the guide's and the default timings.
     for e in [E, Duration::from_secs(1)] {
         let l = Limits::derive(e, e / 8, 10, Duration::from_secs(5), Duration::from_secs(2));
-        let path = l.leader_claim_fresh + Duration::from_millis(100) + l.relax_after;
+        let path = l.alive_within + Duration::from_millis(100) + l.relax_after;
         assert!(path + Duration::from_millis(150) < 3 * e, "{e:?}: {path:?}");
         assert!(
             l.transfer_retry_after * TRANSFER_ATTEMPTS_MAX <= e * 3 / 4,
@@ -267,6 +267,27 @@ fn relaxation_only_for_the_most_caught_up_only_after_the_window_never_with_a_liv
             |i| {
                 i.leaderless_for = Some(WINDOW);
                 i.peers[1].state.last_log_index = 101;
+            },
+            false,
+            false,
+        ),
+        (
+            "a rival silent for an election timeout (a dead leader) no longer out-ranks us",
+            |i| {
+                i.leaderless_for = Some(WINDOW);
+                i.peers[0].state.exec_height = 100;
+                i.peers[0].state.last_log_index = 101;
+                i.peers[0].age = E;
+            },
+            true,
+            false,
+        ),
+        (
+            "a rival heard within the election timeout still does",
+            |i| {
+                i.leaderless_for = Some(WINDOW);
+                i.peers[0].state.exec_height = 100;
+                i.peers[0].age = E - MS;
             },
             false,
             false,
