@@ -190,7 +190,10 @@ fn most_caught_up_node_leads_when_every_engine_lags() {
             let exec = c.engine_head(i).map(|(h, _)| h).unwrap_or(0);
             (log, exec, std::cmp::Reverse(names[i].clone()))
         };
-        let want = *survivors.iter().max_by_key(|&&i| rank(i)).expect("two survivors");
+        let want = *survivors
+            .iter()
+            .max_by_key(|&&i| rank(i))
+            .expect("two survivors");
         let (next, next_term) = wait_until(
             LOST_LEADER_MAX.saturating_sub(t_kill.elapsed()),
             &format!("{} (the more caught up survivor) leads", names[want]),

@@ -46,9 +46,7 @@ pub enum TransferError {
 #[derive(Debug, thiserror::Error)]
 pub enum PauseError {
     /// Pausing the last node that could lead would halt production.
-    #[error(
-        "no other node is eligible to lead: pausing this one would halt production; use force"
-    )]
+    #[error("no other node is eligible to lead: pausing this one would halt production; use force")]
     NoOtherEligible,
     /// The pause file could not be written or removed.
     #[error("{}: {source}", path.display())]

@@ -353,9 +353,7 @@ impl Elector {
             leaderless_for: self.leaderless.elapsed(now),
             unhealthy_for: self.unhealthy.elapsed(now),
             behind_for: self.behind.elapsed(now),
-            since_last_transfer: self
-                .last_transfer
-                .map(|t| now.saturating_duration_since(t)),
+            since_last_transfer: self.last_transfer.map(|t| now.saturating_duration_since(t)),
             limits: self.limits,
         }
     }
@@ -618,7 +616,6 @@ impl Elector {
         self.gather(&m, Instant::now())
     }
 }
-
 
 impl Actor for Elector {
     type Context = Context<Self>;

@@ -274,7 +274,10 @@ impl fmt::Display for Ineligible {
             Ineligible::Lagging {
                 lag_blocks,
                 max_blocks,
-            } => write!(f, "exec lag {lag_blocks} > max_exec_lag_blocks {max_blocks}"),
+            } => write!(
+                f,
+                "exec lag {lag_blocks} > max_exec_lag_blocks {max_blocks}"
+            ),
         }
     }
 }
@@ -427,8 +430,8 @@ pub fn decide(i: &Inputs) -> Decision {
     // A leader is live if it is us, or a peer of at least our term that said so within one
     // election timeout: an older claim is from a leader that may be dead, and trusting it for
     // the full PEER_STALE would delay relaxation by a second.
-    let leader_alive = i.is_leader
-        || alive(i).any(|p| p.state.is_leader && Term(p.state.term) >= i.term);
+    let leader_alive =
+        i.is_leader || alive(i).any(|p| p.state.is_leader && Term(p.state.term) >= i.term);
     // The timer starts on the tick that sees no leader (as zero) and stops when one appears.
     let leaderless_for = (!leader_alive).then(|| i.leaderless_for.unwrap_or_default());
     let relax_window_over = leaderless_for.is_some_and(|t| t >= l.relax_after);
@@ -474,9 +477,7 @@ pub fn decide(i: &Inputs) -> Decision {
     let sick = !healthy;
     let unhealthy_for = (i.is_leader && sick).then(|| i.unhealthy_for.unwrap_or_default());
     let behind_for = (i.is_leader && lag > 0).then(|| i.behind_for.unwrap_or_default());
-    let transferring = i
-        .since_last_transfer
-        .is_some_and(|t| t < l.transfer_budget);
+    let transferring = i.since_last_transfer.is_some_and(|t| t < l.transfer_budget);
     let lease_ok = i
         .quorum_acked_ago
         .is_some_and(|t| t < l.leader_lease_timeout);
@@ -574,11 +575,7 @@ pub fn shutdown_target(i: &Inputs) -> Option<NodeId> {
 /// # Errors
 /// When this node does not lead, `to` is this node or not a peer, or (without `force`) `to`
 /// has not answered lately, is paused, unhealthy or lagging; with no `to`, when no peer is fit.
-pub fn admin_target(
-    i: &Inputs,
-    to: Option<NodeId>,
-    force: bool,
-) -> Result<NodeId, TransferError> {
+pub fn admin_target(i: &Inputs, to: Option<NodeId>, force: bool) -> Result<NodeId, TransferError> {
     if !i.is_leader {
         return Err(TransferError::NotLeader);
     }

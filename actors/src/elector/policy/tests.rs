@@ -185,7 +185,12 @@ fn each_ineligibility_reason_and_its_text() {
             lagging(11),
             "exec lag 11 > max_exec_lag_blocks 10",
         ),
-        ("lag at the limit", |i| i.own.exec_height = Height(90), None, ""),
+        (
+            "lag at the limit",
+            |i| i.own.exec_height = Height(90),
+            None,
+            "",
+        ),
         (
             "behind a peer's applied head, not our own",
             |i| i.peers[1].state.applied_height = 120,
@@ -215,7 +220,9 @@ fn each_ineligibility_reason_and_its_text() {
         assert_eq!(&d.ineligible, want, "{name}");
         assert_eq!(d.eligible, want.is_none(), "{name}");
         assert_eq!(
-            d.ineligible_reason().map(ToString::to_string).unwrap_or_default(),
+            d.ineligible_reason()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             *text,
             "{name}"
         );
@@ -228,11 +235,36 @@ fn relaxation_only_for_the_most_caught_up_only_after_the_window_never_with_a_liv
     assert_eq!(limits().relax_after, WINDOW);
     // (case, change to all_lagging(), relaxed, gate_active)
     let cases: &[(&str, Tweak, bool, bool)] = &[
-        ("leaderless past the window", |i| i.leaderless_for = Some(WINDOW), true, false),
-        ("leaderless, window not over", |i| i.leaderless_for = Some(WINDOW - MS), false, false),
-        ("leaderless, gate window over", |i| i.leaderless_for = Some(GATE), false, false),
-        ("leaderless, gate window not over", |i| i.leaderless_for = Some(GATE - MS), false, true),
-        ("timer not running yet", |i| i.leaderless_for = None, false, true),
+        (
+            "leaderless past the window",
+            |i| i.leaderless_for = Some(WINDOW),
+            true,
+            false,
+        ),
+        (
+            "leaderless, window not over",
+            |i| i.leaderless_for = Some(WINDOW - MS),
+            false,
+            false,
+        ),
+        (
+            "leaderless, gate window over",
+            |i| i.leaderless_for = Some(GATE),
+            false,
+            false,
+        ),
+        (
+            "leaderless, gate window not over",
+            |i| i.leaderless_for = Some(GATE - MS),
+            false,
+            true,
+        ),
+        (
+            "timer not running yet",
+            |i| i.leaderless_for = None,
+            false,
+            true,
+        ),
         (
             "a live leader (fresh claim of our term)",
             |i| {
@@ -425,7 +457,11 @@ fn production_and_its_stop_reason() {
     let stop = Production::Stop;
     let cases: &[(&str, Tweak, Production)] = &[
         ("leading with a fresh lease", |_| {}, produce),
-        ("a follower", |i| i.is_leader = false, stop(StopReason::LostLeadership)),
+        (
+            "a follower",
+            |i| i.is_leader = false,
+            stop(StopReason::LostLeadership),
+        ),
         (
             "lease just expired",
             |i| i.quorum_acked_ago = Some(Duration::from_millis(46)),
@@ -436,10 +472,22 @@ fn production_and_its_stop_reason() {
             |i| i.quorum_acked_ago = Some(Duration::from_millis(45)),
             produce,
         ),
-        ("never acked", |i| i.quorum_acked_ago = None, stop(StopReason::LeaseExpired)),
+        (
+            "never acked",
+            |i| i.quorum_acked_ago = None,
+            stop(StopReason::LeaseExpired),
+        ),
         ("paused", |i| i.paused = true, stop(StopReason::Paused)),
-        ("shutting down", |i| i.shutting_down = true, stop(StopReason::Shutdown)),
-        ("not an aggregator", |i| i.aggregator = false, stop(StopReason::NotAggregator)),
+        (
+            "shutting down",
+            |i| i.shutting_down = true,
+            stop(StopReason::Shutdown),
+        ),
+        (
+            "not an aggregator",
+            |i| i.aggregator = false,
+            stop(StopReason::NotAggregator),
+        ),
         (
             "a transfer in flight",
             |i| i.since_last_transfer = Some(Duration::from_millis(275)),
@@ -606,7 +654,11 @@ fn best_peer_skips_every_unfit_peer_and_breaks_ties_by_id() {
         assert_eq!(best_peer(&i), None, "both {name}");
     }
     let i = leading();
-    assert_eq!(best_peer(&i), Some(id("n2")), "a tie goes to the smaller id");
+    assert_eq!(
+        best_peer(&i),
+        Some(id("n2")),
+        "a tie goes to the smaller id"
+    );
     let mut i = leading();
     i.peers.reverse();
     assert_eq!(best_peer(&i), Some(id("n2")), "whatever the table's order");
@@ -615,7 +667,13 @@ fn best_peer_skips_every_unfit_peer_and_breaks_ties_by_id() {
 #[test]
 fn the_health_clocks_run_only_on_a_leader_with_the_condition() {
     let cases: &[(&str, bool, bool, u64, Clocks)] = &[
-        ("healthy leader at the head", true, true, 100, Clocks::default()),
+        (
+            "healthy leader at the head",
+            true,
+            true,
+            100,
+            Clocks::default(),
+        ),
         (
             "sick leader",
             true,
@@ -653,7 +711,13 @@ fn the_health_clocks_run_only_on_a_leader_with_the_condition() {
 #[test]
 fn admin_transfer_targets_and_refusals() {
     let leader = leading();
-    let cases: &[(&str, Option<&str>, bool, fn(&mut Inputs), Result<NodeId, TransferError>)] = &[
+    let cases: &[(
+        &str,
+        Option<&str>,
+        bool,
+        fn(&mut Inputs),
+        Result<NodeId, TransferError>,
+    )] = &[
         ("the best peer", None, false, |_| {}, Ok(id("n2"))),
         ("a named fit peer", Some("n3"), false, |_| {}, Ok(id("n3"))),
         (
@@ -663,8 +727,20 @@ fn admin_transfer_targets_and_refusals() {
             |i| i.is_leader = false,
             Err(TransferError::NotLeader),
         ),
-        ("itself", Some("n1"), true, |_| {}, Err(TransferError::AlreadyLeads(id("n1")))),
-        ("a stranger", Some("n9"), true, |_| {}, Err(TransferError::NotAPeer(id("n9")))),
+        (
+            "itself",
+            Some("n1"),
+            true,
+            |_| {},
+            Err(TransferError::AlreadyLeads(id("n1"))),
+        ),
+        (
+            "a stranger",
+            Some("n9"),
+            true,
+            |_| {},
+            Err(TransferError::NotAPeer(id("n9"))),
+        ),
         (
             "a silent peer",
             Some("n3"),
