@@ -180,7 +180,7 @@ pub async fn transfer_leader(State(state): State<ApiState>, body: axum::body::By
     };
     match state.elector.get().send(msg).await {
         Ok(Ok(to)) => Json(json!({ "transferring_to": to.to_string() })).into_response(),
-        Ok(Err(why)) => refused(why),
+        Ok(Err(why)) => refused(why.to_string()),
         Err(e) => elector_down(e),
     }
 }
@@ -199,7 +199,7 @@ pub async fn pause(State(state): State<ApiState>, body: axum::body::Bytes) -> Re
         .await
     {
         Ok(Ok(changed)) => Json(json!({ "paused": true, "changed": changed })).into_response(),
-        Ok(Err(why)) => refused(why),
+        Ok(Err(why)) => refused(why.to_string()),
         Err(e) => elector_down(e),
     }
 }
@@ -208,7 +208,7 @@ pub async fn pause(State(state): State<ApiState>, body: axum::body::Bytes) -> Re
 pub async fn resume(State(state): State<ApiState>) -> Response {
     match state.elector.get().send(crate::elector::Resume).await {
         Ok(Ok(changed)) => Json(json!({ "paused": false, "changed": changed })).into_response(),
-        Ok(Err(why)) => refused(why),
+        Ok(Err(why)) => refused(why.to_string()),
         Err(e) => elector_down(e),
     }
 }

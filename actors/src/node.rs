@@ -340,6 +340,7 @@ pub async fn start_with_listeners(
         handoff_after: settings.handoff_after,
         unhealthy_leader_grace: settings.unhealthy_leader_grace,
         leader_lease_timeout: settings.timing.leader_lease_timeout,
+        election_timeout: settings.timing.election_timeout,
         send_timeout: settings.timing.send_timeout,
         pause_file: settings.raft_dir.join("paused"),
         faults: faults.clone(),

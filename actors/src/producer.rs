@@ -32,13 +32,36 @@ pub struct StartProducing {
     pub term: u64,
 }
 
-/// Why production stops.
+/// Why production stops: the Elector sends the rule that stopped it, so the Producer's log
+/// says why a leader went quiet rather than one reason for every case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
-    /// Another leader, a higher term, or the lease ran out.
+    /// This node does not lead: a follower, a candidate, or a leader that saw a higher term.
     LostLeadership,
+    /// It still calls itself leader, but its last quorum acknowledgement is older than
+    /// `raft.leader_lease_timeout`: the others may already have elected another leader.
+    LeaseExpired,
+    /// An operator paused it (`/admin/pause`).
+    Paused,
+    /// It asked another node to take over; openraft refuses its writes until that settles.
+    HandingOver,
+    /// `node.aggregator` is off: this node replicates but never produces.
+    NotAggregator,
     /// The node is shutting down.
     Shutdown,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StopReason::LostLeadership => "not the leader",
+            StopReason::LeaseExpired => "leader lease expired",
+            StopReason::Paused => "paused",
+            StopReason::HandingOver => "handing leadership over",
+            StopReason::NotAggregator => "not an aggregator",
+            StopReason::Shutdown => "shutting down",
+        })
+    }
 }
 
 /// Stop producing now, abandoning any payload in flight.
@@ -96,7 +119,7 @@ impl Producer {
     fn stop(&mut self, reason: StopReason) {
         if let Some((term, cancel, _task)) = self.session.take() {
             cancel.cancel();
-            tracing::info!(term, ?reason, "block production stopped");
+            tracing::info!(term, reason = %reason, "block production stopped");
         }
     }
 }

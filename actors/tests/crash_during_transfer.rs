@@ -98,6 +98,7 @@ fn target_crashing_mid_transfer_leaves_no_fork_and_production_resumes() {
                         })
                         .await
                         .map_err(|e| format!("elector: {e}"))?
+                        .map_err(|e| e.to_string())
                 },
             )
             .await;

@@ -8,7 +8,10 @@
 //! ([`LOSSES`]), every node is stopped, and all are started again with engines that take
 //! [`SLOW`] per imported block. The test prints the first leader every node agrees on, then
 //! requires the node that lost least to lead within [`ELECT_MAX`] of the restart (printing the
-//! time), and measures the time to the first new block. The delay is then lifted, every engine must catch up, and
+//! time), and measures the time to the first new block. Then, with the two others still
+//! lagging, the leader is killed: the more caught up of the two must lead within
+//! [`LOST_LEADER_MAX`] of the kill (the target is 3 x `election_timeout`; the time is printed).
+//! The killed node is started again, the delay is lifted, every engine must catch up, and
 //! S1-S3 are checked.
 
 mod harness;
@@ -16,23 +19,30 @@ mod harness;
 use std::time::{Duration, Instant};
 
 use harness::leadership::ms;
-use harness::{Cluster, enable_production, run, wait_until};
-use haseq_actors::elector::RELAX_AFTER;
+use harness::{Cluster, enable_production, guide_timing, run, wait_until};
+use haseq_actors::elector::policy::relax_after;
 use haseq_actors::settings::EngineSettings;
 use haseq_engine::Faults;
+use openraft::async_runtime::WatchReceiver as _;
 
 const BLOCK_TIME: Duration = Duration::from_millis(20);
 /// Newest blocks each node's engine loses on the restart (node-2 loses least).
 const LOSSES: [u64; 3] = [160, 60, 110];
 /// Per imported block after the restart: the node that lost least needs 60 x 80 ms = 4.8 s
-/// to catch up, longer than the relaxation (2 s), so it must lead while still behind.
+/// to catch up, far longer than the relaxation (184 ms with the guide's timings), so it must
+/// lead while still behind; the next needs 110 x 80 ms = 8.8 s, so it still lags when the
+/// first leader is killed.
 const SLOW: Duration = Duration::from_millis(80);
 /// `raft.max_exec_lag_blocks`.
 const MAX_LAG: u64 = 10;
 /// The bound on the most caught-up node leading, from the start of the restart: the starts
-/// (each waits up to 1 s to hear a peer), the relaxation (2 s), an election and the peers'
+/// (each waits up to 1 s to hear a peer), the relaxation, an election and the peers'
 /// polls, with slack for a loaded machine.
 const ELECT_MAX: Duration = Duration::from_secs(5);
+/// The bound on the more caught up survivor leading after the leader is killed: the target,
+/// 3 x the guide's `election_timeout` (1,104 ms), plus 400 ms for a machine whose two cores
+/// are shared with other builds (the kill itself, a node's shutdown, is inside the figure).
+const LOST_LEADER_MAX: Duration = Duration::from_millis(3 * 368 + 400);
 
 #[test]
 fn most_caught_up_node_leads_when_every_engine_lags() {
@@ -76,8 +86,10 @@ fn most_caught_up_node_leads_when_every_engine_lags() {
 
         eprintln!("phase 2: whole-cluster restart, engines replaying at {SLOW:?} per block");
         let t = Instant::now();
-        for i in 0..3 {
+        let mut started_at = [Duration::ZERO; 3];
+        for (i, at) in started_at.iter_mut().enumerate() {
             c.restart(i).await;
+            *at = t.elapsed();
         }
         let started = t.elapsed();
         let heads: Vec<(u64, u64)> = (0..3)
@@ -131,10 +143,11 @@ fn most_caught_up_node_leads_when_every_engine_lags() {
         let elected = t.elapsed();
         let v = c.node(leader).view.borrow().clone();
         eprintln!(
-            "figures: whole cluster lagging: {} leads term {term} {} after the restart (relaxation {}); relaxed {}, exec lag {}",
+            "figures: whole cluster lagging: {} leads term {term} {} after the restart, {} after it started (relaxation {}); relaxed {}, exec lag {}",
             names[leader],
             ms(elected),
-            ms(RELAX_AFTER),
+            ms(elected.saturating_sub(started_at[best])),
+            ms(relax_after(guide_timing().election_timeout)),
             v.relaxed,
             v.exec_lag
         );
@@ -146,6 +159,65 @@ fn most_caught_up_node_leads_when_every_engine_lags() {
             ms(produced)
         );
         c.check_invariants();
+
+        // Phase 2b: the relaxed leader dies while both other engines still lag. The survivor
+        // that ranks first (Raft log, then exec height, then id) must lead, and soon.
+        let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+        let t_kill = Instant::now();
+        c.kill(leader).await;
+        let killed_in = t_kill.elapsed();
+        for &i in &survivors {
+            let v = c.node(i).view.borrow().clone();
+            assert!(
+                v.exec_lag > MAX_LAG,
+                "{} caught up before the kill (exec lag {}): the scenario needs both lagging",
+                names[i],
+                v.exec_lag
+            );
+        }
+        // Logs stop growing with the leader gone (its shutdown has returned): rank on each
+        // survivor's own Raft log and engine now, not on its Elector's view, which is up to a
+        // tick old and once showed one survivor an entry short.
+        let rank = |i: usize| {
+            let log = c
+                .node(i)
+                .raft
+                .data_metrics()
+                .borrow_watched()
+                .last_log
+                .as_ref()
+                .map(|l| (l.leader_id.term, l.index));
+            let exec = c.engine_head(i).map(|(h, _)| h).unwrap_or(0);
+            (log, exec, std::cmp::Reverse(names[i].clone()))
+        };
+        let want = *survivors
+            .iter()
+            .max_by_key(|&&i| rank(i))
+            .expect("two survivors");
+        let (next, next_term) = wait_until(
+            LOST_LEADER_MAX.saturating_sub(t_kill.elapsed()),
+            &format!("{} (the more caught up survivor) leads", names[want]),
+            || async {
+                match c.agreed_leader().await {
+                    Some((l, term)) if l == want => Ok((l, term)),
+                    _ => Err(c.describe()),
+                }
+            },
+        )
+        .await;
+        let took = t_kill.elapsed();
+        let v = c.node(next).view.borrow().clone();
+        eprintln!(
+            "figures: leader lost with every engine lagging: {} leads term {next_term} {} after the kill (kill took {}; target 3 x election_timeout = {}); relaxed {}, exec lag {}",
+            names[next],
+            ms(took),
+            ms(killed_in),
+            ms(3 * guide_timing().election_timeout),
+            v.relaxed,
+            v.exec_lag
+        );
+        c.check_invariants();
+        c.restart(leader).await;
 
         eprintln!("phase 3: lifting the delay");
         for i in 0..3 {

@@ -195,7 +195,7 @@ fn slow_follower_never_loses_progress_across_leader_changes_and_catches_up() {
                     // Raft's own rule can bar the caught-up survivor: when the killed leader's
                     // last entry reached the slow node alone, the slow node (longer log)
                     // refuses the survivor's votes and the survivor refuses the slow node's
-                    // (exec lag). After RELAX_AFTER with no leader the most caught-up node by
+                    // (exec lag). After the relaxation window with no leader the most caught-up node by
                     // Raft log, the slow one, may win; it must hand over to the survivor at
                     // once (seen under CPU load, at a23d465 too: 1 run in 8).
                     assert_eq!(nl, slow, "only the survivors can win");

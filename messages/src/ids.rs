@@ -63,6 +63,19 @@ impl fmt::Display for Height {
     }
 }
 
+/// A Raft term: openraft's own term type is a bare `u64`, and haseq passes terms next to
+/// heights and log indexes, so the newtype keeps one from being taken for another.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+pub struct Term(pub u64);
+
+impl fmt::Display for Term {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// A 32-byte block hash, shown as `0x`-prefixed hex.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 pub struct BlockHash(pub [u8; 32]);

@@ -14,7 +14,7 @@ mod raft_types;
 pub mod wire;
 
 pub use block::{ApplyOutcome, Block, BlockRef, BlockSummary, Command, RejectReason};
-pub use ids::{BlockHash, Height, NodeId};
+pub use ids::{BlockHash, Height, NodeId, Term};
 pub use raft_types::{PeerNode, TC};
 
 /// Encode a value in the compact binary form used on disk and on the wire.
