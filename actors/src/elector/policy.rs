@@ -473,7 +473,7 @@ pub fn decide(i: &Inputs) -> Decision {
         && relax_window_over;
     let eligible = strict || relaxed;
     // The vote gate holds while a leader is live, or only briefly none is (gate_lift_after).
-    let gate_active = !leaderless_for.is_some_and(|t| t >= l.gate_lift_after);
+    let gate_active = leaderless_for.is_none_or(|t| t < l.gate_lift_after);
 
     let sick = !healthy;
     let unhealthy_for = (i.is_leader && sick).then(|| i.unhealthy_for.unwrap_or_default());
