@@ -5,7 +5,7 @@
 //!
 //! `cargo bench -p haseq-benches --bench replay` prints:
 //! - one pass over the whole gap: blocks/s as acknowledged and with the engine's last write on
-//!   disk, and each import's p50 / p99 / max;
+//!   disk, and each import's p50 / p99 / max; then the rate over each tenth of the gap;
 //! - criterion's statistics for one batch imported into a fresh engine.
 //!
 //! Settings (environment):
@@ -146,6 +146,21 @@ fn replay_bench(c: &mut Criterion) {
         ms(percentile(&us, 50.0)),
         ms(percentile(&us, 99.0)),
         ms(us.last().copied().unwrap_or(0)),
+    );
+    // Where the rate falls as the store grows: each tenth of the gap on its own (the import
+    // calls' time, the loop's all but nothing else; the last write's wait is not in it).
+    let tenth = (r.import_us.len() / 10).max(1);
+    let rates: Vec<String> = r
+        .import_us
+        .chunks(tenth)
+        .map(|c| {
+            let us: u64 = c.iter().sum();
+            format!("{:.0}", c.len() as f64 * 1e6 / us.max(1) as f64)
+        })
+        .collect();
+    println!(
+        "replay: blocks/s by tenths of the gap ({tenth} blocks each): {}",
+        rates.join(" ")
     );
     drop(dst_dir);
 
