@@ -5,7 +5,8 @@
 //!
 //! `cargo bench -p haseq-benches --bench replay` prints:
 //! - one pass over the whole gap: blocks/s as acknowledged and with the engine's last write on
-//!   disk, and each import's p50 / p99 / max;
+//!   disk, and each import's p50 / p99 / max; then the rate over each tenth of the gap, and
+//!   each busy thread's CPU per block and time waiting for a CPU (both from the scheduler);
 //! - criterion's statistics for one batch imported into a fresh engine.
 //!
 //! Settings (environment):
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput};
 use haseq_actors::exec_replayer::REPLAY_BATCH_BLOCKS_MAX;
-use haseq_benches::{build_chain, percentile, replay};
+use haseq_benches::{build_chain, percentile, replay, thread_times, thread_times_since};
 use haseq_engine::{BuiltPayload, EmbeddedConfig, EmbeddedEngine, ExecutionEngine};
 
 const BLOCKS_DEFAULT: u64 = 10_000;
@@ -119,11 +120,15 @@ fn replay_bench(c: &mut Criterion) {
         .expect("a temporary directory");
     let target = open(dst_dir.path(), block_bytes);
     let per_block_head = target.head_moves_with_each_import();
+    let times_before = thread_times();
     let r = rt
         .block_on(replay(&target, &chain, batch))
         .expect("replaying the chain");
     // Imports written behind are on disk once the engine is closed: that wait counts too.
     let closing = Instant::now();
+    // Read while the engine's threads still live (the writer is joined on drop; its drain is
+    // short, and counted in the rates, not here).
+    let times = thread_times_since(&times_before, &thread_times());
     drop(target);
     let drained = closing.elapsed();
     let total = r.elapsed + drained;
@@ -147,6 +152,36 @@ fn replay_bench(c: &mut Criterion) {
         ms(percentile(&us, 99.0)),
         ms(us.last().copied().unwrap_or(0)),
     );
+    // Where the rate falls as the store grows: each tenth of the gap on its own (the import
+    // calls' time, the loop's all but nothing else; the last write's wait is not in it).
+    let tenth = (r.import_us.len() / 10).max(1);
+    let rates: Vec<String> = r
+        .import_us
+        .chunks(tenth)
+        .map(|c| {
+            let us: u64 = c.iter().sum();
+            format!("{:.0}", c.len() as f64 * 1e6 / us.max(1) as f64)
+        })
+        .collect();
+    println!(
+        "replay: blocks/s by tenths of the gap ({tenth} blocks each): {}",
+        rates.join(" ")
+    );
+    // On a shared machine the rate follows the CPU the threads got: their CPU per block, and
+    // how long they waited for one, say which side binds.
+    let busy: Vec<String> = times
+        .iter()
+        .filter(|t| t.cpu_ns + t.wait_ns >= 10_000_000)
+        .map(|t| {
+            format!(
+                "{} {:.1} us cpu, {:.1} us waiting",
+                t.name,
+                t.cpu_ns as f64 / 1e3 / blocks as f64,
+                t.wait_ns as f64 / 1e3 / blocks as f64
+            )
+        })
+        .collect();
+    println!("replay: per block, by thread: {}", busy.join("; "));
     drop(dst_dir);
 
     // Criterion's statistics over one batch into a fresh engine (opening it is not timed).

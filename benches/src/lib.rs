@@ -177,6 +177,68 @@ pub async fn replay(
     Ok(ReplayReport { elapsed, import_us })
 }
 
+/// One thread's scheduler times (`/proc/self/task/<tid>/schedstat`), for telling the CPU a
+/// replay took from the time its threads waited for a CPU on a shared machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadTimes {
+    /// The thread's name (`comm`).
+    pub name: String,
+    /// Its thread id.
+    pub tid: u64,
+    /// Time on a CPU, in nanoseconds.
+    pub cpu_ns: u64,
+    /// Time runnable but waiting for a CPU, in nanoseconds.
+    pub wait_ns: u64,
+}
+
+/// The scheduler times of this process's live threads (Linux; empty where `/proc` lacks them).
+pub fn thread_times() -> Vec<ThreadTimes> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(task.path().join("comm")),
+            std::fs::read_to_string(task.path().join("schedstat")),
+        ) else {
+            continue;
+        };
+        let mut f = stat
+            .split_whitespace()
+            .map(|v| v.parse::<u64>().unwrap_or(0));
+        let (cpu_ns, wait_ns) = (f.next().unwrap_or(0), f.next().unwrap_or(0));
+        out.push(ThreadTimes {
+            name: name.trim().to_string(),
+            tid,
+            cpu_ns,
+            wait_ns,
+        });
+    }
+    out.sort_by_key(|t| t.tid);
+    out
+}
+
+/// Each thread's times in `after` less those in `before` (threads born since count from zero;
+/// threads gone by `after` are left out).
+pub fn thread_times_since(before: &[ThreadTimes], after: &[ThreadTimes]) -> Vec<ThreadTimes> {
+    after
+        .iter()
+        .map(|a| {
+            let b = before.iter().find(|b| b.tid == a.tid);
+            ThreadTimes {
+                name: a.name.clone(),
+                tid: a.tid,
+                cpu_ns: a.cpu_ns - b.map_or(0, |b| b.cpu_ns.min(a.cpu_ns)),
+                wait_ns: a.wait_ns - b.map_or(0, |b| b.wait_ns.min(a.wait_ns)),
+            }
+        })
+        .collect()
+}
+
 /// The `p`-th percentile (0 < p ≤ 100) of `sorted`, nearest rank; 0 for no samples.
 pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
@@ -230,6 +292,22 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn thread_times_count_from_a_start() {
+        let t = |tid, cpu_ns, wait_ns| ThreadTimes {
+            name: format!("t{tid}"),
+            tid,
+            cpu_ns,
+            wait_ns,
+        };
+        let d = thread_times_since(&[t(1, 10, 5), t(2, 7, 7)], &[t(1, 30, 6), t(3, 4, 1)]);
+        assert_eq!(d, vec![t(1, 20, 1), t(3, 4, 1)]);
+        if std::path::Path::new("/proc/self/task").is_dir() {
+            let now = thread_times();
+            assert!(now.iter().any(|t| t.cpu_ns > 0), "{now:?}");
+        }
     }
 
     #[test]

@@ -141,6 +141,15 @@ impl EmbeddedEngine {
     /// [`EngineError::Config`] for synthetic blocks over [`SYNTHETIC_BLOCK_BYTES_MAX`];
     /// [`EngineError::Storage`] when the environment cannot be opened or written.
     pub fn open(config: EmbeddedConfig) -> Result<EmbeddedEngine, EngineError> {
+        EmbeddedEngine::open_with_linger(config, store::EXTEND_LINGER)
+    }
+
+    /// [`EmbeddedEngine::open`] with the writer's linger given (tests make it long, to see
+    /// what does not wait for it).
+    pub(crate) fn open_with_linger(
+        config: EmbeddedConfig,
+        linger: std::time::Duration,
+    ) -> Result<EmbeddedEngine, EngineError> {
         let block_bytes = config.txs_per_block.checked_mul(config.tx_bytes);
         if block_bytes.is_none_or(|b| b > SYNTHETIC_BLOCK_BYTES_MAX) {
             return Err(EngineError::Config {
@@ -155,6 +164,7 @@ impl EmbeddedEngine {
             config.map_size_bytes,
             &genesis,
             config.faults.lose_newest_on_restart,
+            linger,
         )?;
         let engine = EmbeddedEngine {
             store,

@@ -778,3 +778,42 @@ async fn written_blocks_leave_the_page_cache() {
         assert_eq!(encode_payload(&p), b.encoded);
     }
 }
+
+/// A full batch of blocks imported as the head is written at once, not after the writer's
+/// linger: with a linger of a minute, [`store::EXTEND_BATCH_MAX`] blocks imported in a row
+/// are on disk within seconds. Fails with the writer waiting out its linger before every batch
+/// (what capped a long replay at one batch per linger).
+#[tokio::test]
+async fn a_full_batch_is_written_without_waiting_out_the_linger() {
+    const ATTEMPTS_MAX: u32 = 2_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine =
+        EmbeddedEngine::open_with_linger(EmbeddedConfig::new(dir.path()), Duration::from_secs(60))
+            .expect("open");
+    let mut last = None;
+    for i in 0..store::EXTEND_BATCH_MAX as u64 {
+        let built = build_next(&engine, 30_000 + i).await;
+        let status = engine
+            .import_and_set_head(&built.encoded, built.block_hash)
+            .await
+            .expect("import as head");
+        assert_eq!(status, PayloadStatus::Valid);
+        last = Some((built.number, built.block_hash));
+    }
+    let last = last.expect("a batch of blocks");
+    // What the disk holds, not the blocks still waiting in memory.
+    let on_disk = || engine.store.read(store::head).expect("stored head");
+    let started = Instant::now();
+    for attempt in 0..ATTEMPTS_MAX {
+        if on_disk() == last {
+            break;
+        }
+        assert!(
+            attempt + 1 < ATTEMPTS_MAX,
+            "after {:?} the stored head is {:?}, the batch ends at {last:?}",
+            started.elapsed(),
+            on_disk()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
