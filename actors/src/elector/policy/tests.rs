@@ -711,13 +711,14 @@ fn the_health_clocks_run_only_on_a_leader_with_the_condition() {
 #[test]
 fn admin_transfer_targets_and_refusals() {
     let leader = leading();
-    let cases: &[(
-        &str,
-        Option<&str>,
+    type Case = (
+        &'static str,
+        Option<&'static str>,
         bool,
         fn(&mut Inputs),
         Result<NodeId, TransferError>,
-    )] = &[
+    );
+    let cases: &[Case] = &[
         ("the best peer", None, false, |_| {}, Ok(id("n2"))),
         ("a named fit peer", Some("n3"), false, |_| {}, Ok(id("n3"))),
         (
