@@ -55,10 +55,10 @@ pub fn alive_within(election_timeout: Duration) -> Duration {
 /// `election_timeout` more covers their pre-vote and vote round trips (each bounded by
 /// `send_timeout`) and one re-drawn attempt (openraft re-draws in `[e/4, e/2)`), so an eligible
 /// node that can win has won before relaxation starts. Why not more: the path must stay within
-/// 3 x `election_timeout` of the leader's loss. Claim (`alive_within`, `e`) + poll period
-/// (100 ms) + window `e/2` + the relaxed node's pre-vote and vote (a few round trips) is about
-/// 1.5 x `e` + 150 ms:
-/// 700 ms with the guide's 368 ms, against a target of 1,104 ms (previously a fixed 2 s).
+/// 3 x `election_timeout` of the leader's loss. The claim (`alive_within`, `e`), plus a poll
+/// period (100 ms), plus the window `e/2`, plus the relaxed node's pre-vote and vote (a few
+/// round trips) is about 1.5 x `e` + 150 ms: 700 ms with the guide's 368 ms, against a target
+/// of 1,104 ms (previously a fixed 2 s; measured 500-600 ms in `every_node_lagging`).
 /// Relaxing early cannot elect a lagging node over an eligible one: relaxation picks only the
 /// most caught-up node, and an eligible node with the same log outranks a lagging one.
 pub fn relax_after(election_timeout: Duration) -> Duration {

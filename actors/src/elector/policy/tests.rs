@@ -708,19 +708,17 @@ fn the_health_clocks_run_only_on_a_leader_with_the_condition() {
     }
 }
 
-/// What, the target asked for, forced, how the inputs differ, the expected answer.
-type TransferCase = (
-    &'static str,
-    Option<&'static str>,
-    bool,
-    fn(&mut Inputs),
-    Result<NodeId, TransferError>,
-);
-
 #[test]
 fn admin_transfer_targets_and_refusals() {
     let leader = leading();
-    let cases: &[TransferCase] = &[
+    type Case = (
+        &'static str,
+        Option<&'static str>,
+        bool,
+        fn(&mut Inputs),
+        Result<NodeId, TransferError>,
+    );
+    let cases: &[Case] = &[
         ("the best peer", None, false, |_| {}, Ok(id("n2"))),
         ("a named fit peer", Some("n3"), false, |_| {}, Ok(id("n3"))),
         (
