@@ -15,7 +15,7 @@ pub enum PanicSite {
     RaftCore,
     /// The Elector's tick.
     Elector,
-    /// The Producer's handler of `StartProducing`.
+    /// The Producer's periodic look at its session.
     Producer,
     /// The leader's production task, before it builds a block.
     ProductionTask,

@@ -124,8 +124,27 @@ impl Producer {
     }
 }
 
+/// How often the actor looks at its session.
+const SESSION_CHECK: Duration = Duration::from_millis(100);
+
 impl Actor for Producer {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // The Elector says StartProducing only when its decision changes, so this actor's own
+        // periodic pass is where a session that ended by itself (another node leads) is let go.
+        actix::AsyncContext::run_interval(ctx, SESSION_CHECK, |act, _| {
+            act.deps.faults.trip(crate::faults::PanicSite::Producer);
+            if act
+                .session
+                .as_ref()
+                .is_some_and(|(_, _, task)| task.is_finished())
+                && let Some((term, _, _)) = act.session.take()
+            {
+                tracing::info!(term, "production session ended");
+            }
+        });
+    }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         self.stop(StopReason::Shutdown);
@@ -171,7 +190,6 @@ impl Handler<StartProducing> for Producer {
     type Result = ();
 
     fn handle(&mut self, msg: StartProducing, ctx: &mut Context<Self>) {
-        self.deps.faults.trip(crate::faults::PanicSite::Producer);
         self.start(msg.term, ctx);
     }
 }
