@@ -75,6 +75,33 @@ fn describe_all() {
         "Times this node became a candidate"
     );
     describe_counter!("haseq_elections_won_total", "Times this node became leader");
+    describe_gauge!(
+        "haseq_peer_rtt_seconds",
+        Unit::Seconds,
+        "Round-trip time of the last status poll to each peer (label peer)"
+    );
+    describe_gauge!(
+        "haseq_sync_remaining_blocks",
+        Unit::Count,
+        "Historical blocks the Syncer still has to fetch from peers (0 when idle)"
+    );
+    describe_counter!(
+        "haseq_p2p_peer_penalties_total",
+        "Times a peer served blocks that broke a rule and was banned from block requests (labels peer, reason)"
+    );
+    describe_counter!(
+        "haseq_p2p_blocks_served_total",
+        Unit::Count,
+        "Blocks this node served to peers"
+    );
+    describe_counter!(
+        "haseq_p2p_serve_refused_total",
+        "Block requests refused for a peer's concurrency or rate limit (label peer)"
+    );
+    describe_counter!(
+        "haseq_task_panics_total",
+        "Tasks that panicked and restarted their actor (label task)"
+    );
     describe_counter!(
         "haseq_actor_restarts_total",
         "Actors rebuilt by the supervisor after they stopped or panicked (label actor)"
