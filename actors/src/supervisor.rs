@@ -104,16 +104,34 @@ where
     let abort = handle.abort_handle();
     ctx.spawn(
         actix::fut::wrap_future::<_, A>(handle).map(move |r, _act, ctx: &mut Context<A>| {
-            if let Err(e) = r
-                && e.is_panic()
-            {
+            let _ = task_result(r, task, ctx);
+        }),
+    );
+    TaskGuard { abort }
+}
+
+/// What a task an actor awaits returned; when it panicked instead, the panic is logged and
+/// counted under `task` (`haseq_task_panics_total{task}`) and the actor is stopped, to be
+/// rebuilt by the supervisor. `None` when the task panicked or was aborted.
+pub fn task_result<T, A>(
+    joined: Result<T, tokio::task::JoinError>,
+    task: &'static str,
+    ctx: &mut Context<A>,
+) -> Option<T>
+where
+    A: Actor<Context = Context<A>>,
+{
+    match joined {
+        Ok(v) => Some(v),
+        Err(e) => {
+            if e.is_panic() {
                 tracing::error!(task, "task panicked; restarting its actor");
                 metrics::counter!("haseq_task_panics_total", "task" => task).increment(1);
                 ctx.stop();
             }
-        }),
-    );
-    TaskGuard { abort }
+            None
+        }
+    }
 }
 
 /// Restarts per actor, shared by the supervisor and whoever asks (tests, status).
@@ -385,7 +403,8 @@ mod tests {
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let panic_now = self.panic_now.clone();
             self.task = Some(spawn_task(ctx, "test_task", async move {
-                loop {
+                // Bounded: 10 s at most, far past the test's own 1 s wait.
+                for _ in 0..5_000 {
                     if panic_now.swap(false, std::sync::atomic::Ordering::SeqCst) {
                         panic!("deliberate panic in a test task");
                     }
@@ -420,19 +439,26 @@ mod tests {
                 task: None,
                 _guard: g,
             });
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 1);
+            // Waits (1 s at most) until the actor has been started `n` times.
+            let started_times = |n: u32| {
+                let started = started.clone();
+                async move {
+                    for _ in 0..200 {
+                        if started.load(std::sync::atomic::Ordering::SeqCst) == n {
+                            return true;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    false
+                }
+            };
+            assert!(started_times(1).await, "the actor started");
             let first = slot.get();
             panic_now.store(true, std::sync::atomic::Ordering::SeqCst);
-            let mut rebuilt = false;
-            for _ in 0..200 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                if started.load(std::sync::atomic::Ordering::SeqCst) == 2 {
-                    rebuilt = true;
-                    break;
-                }
-            }
-            assert!(rebuilt, "the task's panic rebuilt its actor within 1 s");
+            assert!(
+                started_times(2).await,
+                "the task's panic rebuilt its actor within 1 s"
+            );
             assert!(!first.connected(), "the old actor stopped");
             assert_eq!(sup.restarts().get("with_task"), Some(&1));
             sup.shutdown(Duration::from_secs(1)).await;

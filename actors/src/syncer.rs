@@ -34,7 +34,7 @@ use crate::exec_replayer::ExecStatus;
 use crate::faults::{PanicKnobs, PanicSite};
 use crate::p2p::check::{Violation, verify_payloads};
 use crate::p2p::{FETCH_BLOCKS_MAX, FetchBlocks, FetchError, P2p, PeerFeed, PeerPolled, Penalise};
-use crate::supervisor::{ExitGuard, Slot};
+use crate::supervisor::{ExitGuard, Slot, task_result};
 
 /// How often the job is advanced (fetches dispatched, ranges stored, progress published).
 pub const TICK: Duration = Duration::from_millis(20);
@@ -355,17 +355,8 @@ impl Syncer {
             (blocks, r)
         });
         ctx.spawn(task.into_actor(self).map(move |joined, act, ctx| {
-            let (blocks, verdict) = match joined {
-                Ok(x) => x,
-                Err(e) => {
-                    if e.is_panic() {
-                        tracing::error!("block verification task panicked; restarting the Syncer");
-                        metrics::counter!("haseq_task_panics_total", "task" => "sync_verify")
-                            .increment(1);
-                        ctx.stop();
-                    }
-                    return;
-                }
+            let Some((blocks, verdict)) = task_result(joined, "sync_verify", ctx) else {
+                return;
             };
             act.verified(ctx, got, peer, blocks, verdict);
         }));

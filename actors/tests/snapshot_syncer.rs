@@ -11,6 +11,7 @@ mod harness;
 
 use std::time::Duration;
 
+use harness::catch_up::leave_behind;
 use harness::{Cluster, run, wait_until};
 use haseq_messages::Height;
 
@@ -25,58 +26,9 @@ fn follower_refills_history_after_a_snapshot_install() {
             s.snap_count = 2;
         })
         .await;
-        let (leader, _) = c.wait_leader(Duration::from_secs(10)).await;
-        let lagger = (leader + 1) % 3;
-        let lagger_log = c
-            .node(lagger)
-            .raft
-            .with_raft_state(|st| st.log_ids.last().map(|l| l.index))
-            .await
-            .unwrap();
-        c.kill(lagger).await;
-        eprintln!("phase: {} stopped", c.members[lagger].id);
-
-        let target = wait_until(
-            Duration::from_secs(30),
-            "300 blocks without the stopped node",
-            || async {
-                let (leader, _) = c.agreed_leader().await.ok_or("no leader")?;
-                let h = c
-                    .node(leader)
-                    .blocks
-                    .head()
-                    .map_err(|e| e.to_string())?
-                    .height
-                    .0;
-                if h >= 300 {
-                    Ok(h)
-                } else {
-                    Err(format!("height {h}"))
-                }
-            },
-        )
-        .await;
-        eprintln!("phase: height {target} reached");
-        // The leader compacted past what the stopped node has: it can only catch up from a
-        // snapshot, which carries the head, not the history.
-        // (The purge follows the snapshot build as a flushed change of its own: wait for it.)
-        let (leader, _) = c.agreed_leader().await.expect("leader");
-        wait_until(
-            Duration::from_secs(10),
-            "the leader's log purged past what the stopped node has",
-            || async {
-                let purged = c.purged(leader).await?;
-                if purged > lagger_log {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "leader purged {purged:?}, stopped node had {lagger_log:?}"
-                    ))
-                }
-            },
-        )
-        .await;
-
+        // The leader compacts past what the stopped node has: it can only catch up from a
+        // snapshot, which carries the head and recent blocks, not the whole history.
+        let (lagger, target) = leave_behind(&mut c, 300, Duration::from_secs(30)).await;
         c.restart(lagger).await;
         wait_until(
             Duration::from_secs(30),

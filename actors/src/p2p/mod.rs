@@ -32,7 +32,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::faults::{PanicKnobs, PanicSite};
-use crate::supervisor::{ExitGuard, TaskGuard, spawn_task};
+use crate::supervisor::{ExitGuard, TaskGuard, spawn_task, task_result};
 pub use check::PenaltyReason;
 
 /// How often every peer is asked for its status.
@@ -408,7 +408,7 @@ impl Handler<PeerPolled> for P2p {
 impl Handler<FetchBlocks> for P2p {
     type Result = ResponseActFuture<Self, Result<Fetched, FetchError>>;
 
-    fn handle(&mut self, msg: FetchBlocks, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: FetchBlocks, _: &mut Context<Self>) -> Self::Result {
         let FetchBlocks { from, to } = msg;
         let to = to.min(Height(from.0.saturating_add(FETCH_BLOCKS_MAX as u64 - 1)));
         let Some(peer) = self.choose(from, to) else {
@@ -431,23 +431,13 @@ impl Handler<FetchBlocks> for P2p {
                 .call(RpcRequest::FetchBlocks { from, max }, FETCH_TIMEOUT)
                 .await
         });
-        let _ = ctx; // the answer is handled below, in this actor's context
         Box::pin(task.into_actor(self).map(move |joined, act, ctx| {
             let now = Instant::now();
             if let Some(p) = act.peers.get_mut(&peer) {
                 p.inflight = p.inflight.saturating_sub(1);
             }
-            let answer = match joined {
-                Ok(a) => a,
-                Err(e) => {
-                    if e.is_panic() {
-                        tracing::error!(peer = %peer, "block fetch task panicked; restarting P2P");
-                        metrics::counter!("haseq_task_panics_total", "task" => "p2p_fetch")
-                            .increment(1);
-                        ctx.stop();
-                    }
-                    return Err(FetchError::Crashed);
-                }
+            let Some(answer) = task_result(joined, "p2p_fetch", ctx) else {
+                return Err(FetchError::Crashed);
             };
             let failed = |act: &mut P2p, reason: String| {
                 if let Some(p) = act.peers.get_mut(&peer) {
