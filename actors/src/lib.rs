@@ -8,6 +8,7 @@
 //! - `p2p`: the P2P actor (peer status exchange, block fetches, penalties) and the serving
 //!   side of the node-to-node port;
 //! - `exec_replayer`: the ExecReplayer actor, keeping the engine at the applied head;
+//! - `feed`: a publisher's named subscribers, kept across rebuilds of either side;
 //! - `faults`: panic knobs, to test that every actor and task is rebuilt;
 //! - `settings`: what a node needs to start, and the timing map onto openraft;
 //! - `node`: assembles storage, transport, Raft, actors and the HTTP API;
@@ -22,6 +23,7 @@ pub mod elector;
 pub mod events;
 pub mod exec_replayer;
 pub mod faults;
+pub mod feed;
 pub mod http_client;
 pub mod metrics;
 pub mod node;

@@ -30,7 +30,7 @@ use crate::faults::PanicKnobs;
 use crate::p2p::serve::{NodeHandler, ServeFaults, ServeLimits};
 use crate::p2p::{P2p, P2pDeps, PeerFeed};
 use crate::producer::{Producer, ProducerDeps};
-use crate::raft_core::RaftCore;
+use crate::raft_core::{RaftCore, RaftFeed};
 use crate::settings::{EngineSettings, NodeSettings, openraft_config};
 use crate::supervisor::{Slot, Supervisor};
 use crate::syncer::{SyncProgress, Syncer, SyncerDeps};
@@ -308,8 +308,15 @@ pub async fn start_with_listeners(
     let latencies = crate::stats::LatencyLog::default();
     let core_raft = raft.clone();
     let core_faults = faults.clone();
+    let raft_feed = RaftFeed::replaying();
+    let core_feed = raft_feed.clone();
     let raft_core = supervisor.start("raft_core", move |exit| {
-        RaftCore::new(core_raft.clone(), core_faults.clone(), exit)
+        RaftCore::new(
+            core_raft.clone(),
+            core_feed.clone(),
+            core_faults.clone(),
+            exit,
+        )
     });
     let deps = ProducerDeps {
         node_id: id.clone(),
@@ -327,7 +334,8 @@ pub async fn start_with_listeners(
     let events = crate::events::channel();
     let elector_deps = ElectorDeps {
         node_id: id.clone(),
-        raft: raft.clone(),
+        raft_core: raft_core.clone(),
+        raft_feed,
         peer_feed: peer_feed.clone(),
         peers: settings.peers.clone(),
         exec: exec_rx.clone(),
@@ -341,7 +349,6 @@ pub async fn start_with_listeners(
         unhealthy_leader_grace: settings.unhealthy_leader_grace,
         leader_lease_timeout: settings.timing.leader_lease_timeout,
         election_timeout: settings.timing.election_timeout,
-        send_timeout: settings.timing.send_timeout,
         pause_file: settings.raft_dir.join("paused"),
         faults: faults.clone(),
     };

@@ -5,21 +5,25 @@
 //! Other actors ask it by message: [`ProposeBlock`] and [`ConfirmLeadership`] (the
 //! Producer), [`TransferLeader`] and [`SetElect`] (the Elector), [`GetStatus`] (the API).
 //! The transport's server holds a dispatch-only clone (`haseq_net::RaftHandler`) for the
-//! RPCs peers send, which must never wait behind the arbiter.
+//! RPCs peers send, which must never wait behind the arbiter; the node keeps the handle it
+//! built only to initialise the cluster and to shut Raft down.
 //! Receives: those, `CrashForTest`; openraft's server metrics (role, vote, leader,
 //! membership) as a stream.
-//! Sends: answers; logs every role and leader change at once, and publishes the role, term,
-//! leader and indexes as Prometheus metrics (the indexes every [`GAUGES_INTERVAL`]: following
+//! Sends: answers; [`RaftFacts`] (role, term, leader, last log entry, applied and committed
+//! indexes, the leader's last quorum ack) on the [`RaftFeed`], at once on a role change and
+//! otherwise when they change; logs every role and leader change at once, and publishes the
+//! role, term, leader and indexes as Prometheus metrics (the indexes every [`GAUGES_INTERVAL`]: following
 //! openraft's full metrics instead woke this actor several times per block, on the arbiter
 //! thread every other actor shares). (Production is steered by the Elector.)
 
 use actix::{Actor, AsyncContext, Context, Handler, Message, ResponseFuture, StreamHandler};
-use haseq_messages::{ApplyOutcome, Block, Command, NodeId};
+use haseq_messages::{ApplyOutcome, Block, Command, NodeId, Term};
 use openraft::async_runtime::WatchReceiver;
-use openraft::{RaftMetrics, ServerState};
+use openraft::{Instant as _, RaftMetrics, ServerState};
 use serde::Serialize;
 
 use crate::HaseqRaft;
+use crate::feed::Feed;
 use crate::supervisor::ExitGuard;
 
 /// A node's role as `/status` reports it.
@@ -124,6 +128,79 @@ impl RaftStatus {
     }
 }
 
+/// A Raft log position; ordered as Raft compares logs (term first, then index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize)]
+pub struct LogPos {
+    /// The entry's term.
+    pub term: Term,
+    /// The entry's index.
+    pub index: u64,
+}
+
+/// What RaftCore tells its subscribers (the Elector): the role, term and leader, what was
+/// applied and committed, as openraft last reported them. Published on the [`RaftFeed`] at
+/// once when the role, term or leader changes, and otherwise when anything in it changed,
+/// checked every [`FACTS_INTERVAL`].
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct RaftFacts {
+    /// Leader, follower, candidate, learner or shut down.
+    pub role: Role,
+    /// The current term.
+    pub term: Term,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// The last entry of the local log (`Default` when the log is empty).
+    pub last_log: LogPos,
+    /// The Raft index of the last applied entry (0 before any).
+    pub applied_index: u64,
+    /// The Raft index the leader says is committed (0 before any).
+    pub committed_index: u64,
+    /// On a leader: when a quorum last acknowledged it.
+    pub quorum_acked_at: Option<std::time::Instant>,
+}
+
+impl RaftFacts {
+    fn read(raft: &HaseqRaft) -> RaftFacts {
+        let last_log = raft
+            .data_metrics()
+            .borrow_watched()
+            .last_log
+            .as_ref()
+            .map(|l| LogPos {
+                term: Term(l.leader_id.term),
+                index: l.index,
+            })
+            .unwrap_or_default();
+        let m = raft.metrics();
+        let m = m.borrow_watched();
+        let role = Role::of(m.state);
+        RaftFacts {
+            role,
+            term: Term(m.current_term),
+            leader: m.current_leader.clone(),
+            last_log,
+            applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
+            committed_index: m.cluster_committed.as_ref().map_or(0, |l| l.index),
+            quorum_acked_at: m
+                .last_quorum_acked
+                .as_ref()
+                .filter(|_| role == Role::Leader)
+                // openraft keeps its own instant type, with no conversion: its age, read now,
+                // dates it on the std clock.
+                .and_then(|t| std::time::Instant::now().checked_sub((*t).into_inner().elapsed())),
+        }
+    }
+}
+
+/// Who receives [`RaftFacts`]: a replaying [`Feed`], so a rebuilt subscriber learns the
+/// current role at once, and a rebuilt RaftCore keeps its subscribers.
+pub type RaftFeed = Feed<RaftFacts>;
+
+/// How often RaftCore compares openraft's metrics with the facts it last published. The
+/// Elector's own tick: a fresher reading would wait for that tick anyway.
+pub const FACTS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// How often the log index gauges are refreshed between role changes.
 pub const GAUGES_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -147,12 +224,26 @@ pub struct ProposeBlock {
 #[rtype(result = "Result<(), ProposeError>")]
 pub struct ConfirmLeadership;
 
-/// Hand leadership to `to` (ignored by openraft unless this node leads).
+/// Hand leadership to `to` (ignored by openraft unless this node leads), asking it again
+/// every `retry_after` until this node no longer leads, at most `attempts` times.
+///
+/// Why ask again: the target ignores a request it does not receive (a link down for a
+/// moment) or that overtook the leader's last entry on its way (openraft's target campaigns
+/// only with that entry in its log), and the leader has stopped proposing once it asked:
+/// asked once only, the cluster would wait for an election timeout and any node could win.
+/// Each request also resumes the replication to a target that was backing off.
+///
+/// Answered `Ok(true)` once this node no longer leads, `Ok(false)` when the target did not
+/// take over within the attempts (the followers then elect a leader by themselves).
 #[derive(Message, Debug)]
-#[rtype(result = "Result<(), ProposeError>")]
+#[rtype(result = "Result<bool, ProposeError>")]
 pub struct TransferLeader {
     /// The target.
     pub to: NodeId,
+    /// How long each request is given before the next.
+    pub retry_after: std::time::Duration,
+    /// The most requests.
+    pub attempts: u32,
 }
 
 /// Turn this node's election timer on or off (openraft's runtime `elect`).
@@ -188,17 +279,27 @@ pub struct CrashForTest;
 pub struct RaftCore {
     raft: HaseqRaft,
     status: RaftStatus,
+    feed: RaftFeed,
+    /// What was last published on the feed.
+    facts: Option<RaftFacts>,
     faults: crate::faults::PanicKnobs,
     _exit: ExitGuard,
 }
 
 impl RaftCore {
     /// A RaftCore over `raft`. Its status starts from openraft's current metrics.
-    pub fn new(raft: HaseqRaft, faults: crate::faults::PanicKnobs, exit: ExitGuard) -> RaftCore {
+    pub fn new(
+        raft: HaseqRaft,
+        feed: RaftFeed,
+        faults: crate::faults::PanicKnobs,
+        exit: ExitGuard,
+    ) -> RaftCore {
         let status = RaftStatus::from_metrics(&raft.metrics().borrow_watched());
         RaftCore {
             raft,
             status,
+            feed,
+            facts: None,
             faults,
             _exit: exit,
         }
@@ -209,6 +310,16 @@ impl RaftCore {
         self.faults.trip(crate::faults::PanicSite::RaftCore);
         let next = RaftStatus::from_metrics(&self.raft.metrics().borrow_watched());
         self.observe(next);
+    }
+
+    /// Publishes the facts when they changed (or were never published by this actor).
+    fn tell(&mut self) {
+        let next = RaftFacts::read(&self.raft);
+        if self.facts.as_ref() == Some(&next) {
+            return;
+        }
+        self.feed.publish(&next);
+        self.facts = Some(next);
     }
 
     fn observe(&mut self, next: RaftStatus) {
@@ -281,12 +392,16 @@ impl Actor for RaftCore {
         });
         ctx.add_stream(stream);
         ctx.run_interval(GAUGES_INTERVAL, |act, _| act.refresh());
+        self.tell();
+        ctx.run_interval(FACTS_INTERVAL, |act, _| act.tell());
     }
 }
 
 impl StreamHandler<RaftStatus> for RaftCore {
     fn handle(&mut self, item: RaftStatus, _ctx: &mut Context<Self>) {
         self.observe(item);
+        // A role change is told at once, not at the next interval.
+        self.tell();
     }
 
     fn finished(&mut self, _ctx: &mut Context<Self>) {
@@ -343,15 +458,26 @@ impl Handler<ConfirmLeadership> for RaftCore {
 }
 
 impl Handler<TransferLeader> for RaftCore {
-    type Result = ResponseFuture<Result<(), ProposeError>>;
+    type Result = ResponseFuture<Result<bool, ProposeError>>;
 
     fn handle(&mut self, msg: TransferLeader, _: &mut Context<Self>) -> Self::Result {
         let raft = self.raft.clone();
         Box::pin(async move {
-            raft.trigger()
-                .transfer_leader(msg.to)
-                .await
-                .map_err(|e| ProposeError::Raft(e.to_string()))
+            for attempt in 1..=msg.attempts {
+                raft.trigger()
+                    .transfer_leader(msg.to.clone())
+                    .await
+                    .map_err(|e| ProposeError::Raft(e.to_string()))?;
+                let handed = raft
+                    .wait(Some(msg.retry_after))
+                    .metrics(|m| m.state != ServerState::Leader, "leadership handed over")
+                    .await;
+                if handed.is_ok() {
+                    return Ok(true);
+                }
+                tracing::info!(to = %msg.to, attempt, "transfer target has not taken over yet");
+            }
+            Ok(false)
         })
     }
 }

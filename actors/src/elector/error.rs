@@ -40,6 +40,9 @@ pub enum TransferError {
     /// No target was named and no peer is fit to take over.
     #[error("no peer is eligible to take over")]
     NoFitPeer,
+    /// The node has just started and does not know its Raft role yet.
+    #[error("this node does not know its Raft role yet (just started); try again")]
+    Starting,
 }
 
 /// Why pausing or resuming failed.
@@ -48,6 +51,9 @@ pub enum PauseError {
     /// Pausing the last node that could lead would halt production.
     #[error("no other node is eligible to lead: pausing this one would halt production; use force")]
     NoOtherEligible,
+    /// The node has just started and cannot judge the others yet.
+    #[error("this node does not know its Raft role yet (just started); try again")]
+    Starting,
     /// The pause file could not be written or removed.
     #[error("{}: {source}", path.display())]
     File {

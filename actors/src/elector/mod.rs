@@ -5,8 +5,9 @@
 //! timers the policy reads.
 //! Receives: its own tick (every [`TICK`]), `PeerPolled`, and admin calls `GetView`,
 //! `TransferLeadership`, `Pause`, `Resume`, `Handover`.
-//! Sends: `StartProducing` / `StopProducing` to the Producer; openraft's runtime `elect(bool)`;
-//! `transfer_leader`; [`NodeEvent`]s for `/events`; its view (for `/status`, the vote gate and
+//! Receives from RaftCore: [`RaftFacts`] (role, term, leader, log positions) on its feed.
+//! Sends: `StartProducing` / `StopProducing` to the Producer; [`SetElect`] and
+//! [`TransferLeader`] to RaftCore; [`NodeEvent`]s for `/events`; its view (for `/status`, the vote gate and
 //! peers' polls) on a watch channel.
 //!
 //! The decisions are [`policy::decide`], a pure function of what the node knows (see its
@@ -26,20 +27,18 @@ use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, MessageResult}
 use haseq_messages::wire::PeerState;
 use haseq_messages::{Height, NodeId, Term};
 use haseq_storage::BlockReader;
-use openraft::async_runtime::WatchReceiver;
-use openraft::{Instant as _, ServerState};
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
 pub use error::{PauseError, TransferError};
 pub use policy::{PEER_STALE, TRANSFER_TARGET_FRESH};
 
-use crate::HaseqRaft;
 use crate::events::{NodeEvent, now_unix_ms};
 use crate::exec_replayer::ExecStatus;
 use crate::producer::{Producer, StartProducing, StopProducing, StopReason};
+use crate::raft_core::{RaftCore, RaftFacts, RaftFeed, Role, SetElect, TransferLeader};
 use crate::supervisor::{ExitGuard, Slot};
-use policy::{Decision, Inputs, Limits, LogPos, Own, Production};
+use policy::{Decision, Inputs, Limits, Own, Production};
 
 /// How often the policy is re-evaluated.
 pub const TICK: Duration = Duration::from_millis(20);
@@ -53,8 +52,10 @@ const NO_TARGET_LOG_EVERY: Duration = Duration::from_secs(10);
 pub struct ElectorDeps {
     /// This node.
     pub node_id: NodeId,
-    /// The Raft handle.
-    pub raft: HaseqRaft,
+    /// RaftCore, which runs the elect switch and transfers.
+    pub raft_core: Slot<RaftCore>,
+    /// Where RaftCore publishes what Raft did.
+    pub raft_feed: RaftFeed,
     /// Where the P2P actor publishes peers' states.
     pub peer_feed: crate::p2p::PeerFeed,
     /// The configured peers.
@@ -82,8 +83,6 @@ pub struct ElectorDeps {
     /// `raft.election_timeout`: the relaxation window and the transfer budget derive from it
     /// ([`policy::Limits::derive`]).
     pub election_timeout: Duration,
-    /// `raft.send_timeout`, for peer polls.
-    pub send_timeout: Duration,
     /// The file whose presence means "paused" (survives restarts).
     pub pause_file: PathBuf,
     /// Fault knobs.
@@ -202,7 +201,7 @@ impl Since {
 /// The event fields whose change is pushed to `/events`.
 #[derive(PartialEq)]
 struct EventState {
-    role: &'static str,
+    role: Role,
     term: Term,
     leader: Option<NodeId>,
     eligible: bool,
@@ -216,7 +215,12 @@ pub struct Elector {
     paused: bool,
     /// A graceful shutdown has begun (`Handover`).
     handing_over: bool,
-    elect_enabled: Option<bool>,
+    /// The elect switch last sent, and to which RaftCore (a rebuilt one has a new address,
+    /// and a message to the old, closed mailbox is lost: see `apply_production`). openraft
+    /// keeps the switch itself across RaftCore's rebuilds.
+    elect_sent: Option<(Addr<RaftCore>, bool)>,
+    /// What RaftCore last told; `None` until it has (the policy waits for it).
+    raft: Option<RaftFacts>,
     /// Since when no live leader is known.
     leaderless: Since,
     unhealthy: Since,
@@ -264,7 +268,8 @@ impl Elector {
             peers,
             paused,
             handing_over: false,
-            elect_enabled: None,
+            elect_sent: None,
+            raft: None,
             leaderless: Since::default(),
             unhealthy: Since::default(),
             behind: Since::default(),
@@ -278,8 +283,8 @@ impl Elector {
         }
     }
 
-    /// Everything the policy looks at, read now.
-    fn gather(&self, m: &openraft::RaftMetrics<haseq_messages::TC>, now: Instant) -> Inputs {
+    /// Everything the policy looks at, read now, with what RaftCore last told.
+    fn gather(&self, r: &RaftFacts, now: Instant) -> Inputs {
         let exec = self.d.exec.borrow().clone();
         let applied = self
             .d
@@ -287,18 +292,6 @@ impl Elector {
             .head()
             .map(|h| h.height)
             .unwrap_or(Height(exec.applied_height));
-        let last_log = self
-            .d
-            .raft
-            .data_metrics()
-            .borrow_watched()
-            .last_log
-            .as_ref()
-            .map(|l| LogPos {
-                term: Term(l.leader_id.term),
-                index: l.index,
-            })
-            .unwrap_or_default();
         let peers = self
             .peers
             .iter()
@@ -315,24 +308,22 @@ impl Elector {
                 })
             })
             .collect();
-        let is_leader = m.state == ServerState::Leader;
+        let is_leader = r.role == Role::Leader;
         Inputs {
             node_id: self.d.node_id.clone(),
             configured_peers: self.d.peers.iter().map(|(id, _)| id.clone()).collect(),
             peers,
             is_leader,
-            term: Term(m.current_term),
-            quorum_acked_ago: m
-                .last_quorum_acked
-                .as_ref()
+            term: r.term,
+            quorum_acked_ago: r
+                .quorum_acked_at
                 .filter(|_| is_leader)
-                // openraft keeps its own instant type; its age is read on the same tick.
-                .map(|t| (*t).into_inner().elapsed()),
+                .map(|t| now.saturating_duration_since(t)),
             own: Own {
                 applied,
-                applied_index: m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
-                committed_index: m.cluster_committed.as_ref().map(|l| l.index).unwrap_or(0),
-                last_log,
+                applied_index: r.applied_index,
+                committed_index: r.committed_index,
+                last_log: r.last_log,
                 exec_height: Height(exec.exec_height),
                 healthy: exec.healthy,
                 on_other_chain: exec.on_other_chain,
@@ -353,31 +344,26 @@ impl Elector {
         self.last_transfer = Some(Instant::now());
         tracing::warn!(to = %to, why, "transferring leadership");
         metrics::counter!("haseq_leader_transfers_total").increment(1);
-        let raft = self.d.raft.clone();
-        let retry_after = self.limits.transfer_retry_after;
-        // The target ignores a request it does not receive (a link down for a moment) or that
-        // overtook the leader's last entry on its way (openraft's target campaigns only with
-        // that entry in its log), and the leader has stopped proposing once it asked: asked
-        // once only, the cluster would wait for an election timeout and any node could win.
-        // So the target is asked again until this node no longer leads, within the budget
-        // before the followers campaign by themselves (policy::transfer_budget). Each request
-        // also resumes the replication to a target that was backing off.
+        let ask = self.d.raft_core.get().send(TransferLeader {
+            to: to.clone(),
+            retry_after: self.limits.transfer_retry_after,
+            attempts: policy::TRANSFER_ATTEMPTS_MAX,
+        });
+        // RaftCore asks the target again until this node no longer leads, within the budget
+        // before the followers campaign by themselves (policy::transfer_budget); the answer
+        // only says how it went.
         tokio::spawn(async move {
-            for attempt in 1..=policy::TRANSFER_ATTEMPTS_MAX {
-                if let Err(e) = raft.trigger().transfer_leader(to.clone()).await {
-                    tracing::error!(to = %to, error = %e, "leadership transfer failed");
-                    return;
+            match ask.await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => tracing::warn!(
+                    to = %to,
+                    "transfer target did not take over; the followers will elect a leader"
+                ),
+                Ok(Err(e)) => tracing::error!(to = %to, error = %e, "leadership transfer failed"),
+                Err(e) => {
+                    tracing::error!(to = %to, error = %e, "RaftCore unavailable for a transfer")
                 }
-                let handed = raft
-                    .wait(Some(retry_after))
-                    .metrics(|m| m.state != ServerState::Leader, "leadership handed over")
-                    .await;
-                if handed.is_ok() {
-                    return;
-                }
-                tracing::info!(to = %to, attempt, "transfer target has not taken over yet");
             }
-            tracing::warn!(to = %to, "transfer target did not take over; the followers will elect a leader");
         });
     }
 
@@ -395,8 +381,10 @@ impl Elector {
                 self.heard_since.entry(id.clone()).or_insert(now);
             }
         }
-        let m = self.d.raft.metrics().borrow_watched().clone();
-        let inputs = self.gather(&m, now);
+        // Until RaftCore has told anything (a moment after start) nothing is decided: the
+        // view stays undecided, so the vote gate refuses, as before the first tick.
+        let Some(r) = self.raft.clone() else { return };
+        let inputs = self.gather(&r, now);
         let d = policy::decide(&inputs);
         self.leaderless.track(d.clocks.leaderless, now);
         self.unhealthy.track(d.clocks.unhealthy, now);
@@ -404,16 +392,25 @@ impl Elector {
         self.apply_eligibility(&d, &inputs);
         self.apply_production(d.production);
         self.apply_handover(&d, now);
-        self.publish(&inputs, &d, &m, now);
+        self.publish(&inputs, &d, &r, now);
     }
 
     /// openraft's election timer follows the eligibility; logged with the real reason.
     fn apply_eligibility(&mut self, d: &Decision, i: &Inputs) {
-        if self.elect_enabled == Some(d.eligible) {
+        let core = self.d.raft_core.get();
+        let last = self.elect_sent.as_ref().map(|(_, on)| *on);
+        if let Some((addr, on)) = &self.elect_sent
+            && *addr == core
+            && *on == d.eligible
+        {
             return;
         }
-        self.d.raft.runtime_config().elect(d.eligible);
-        self.elect_enabled = Some(d.eligible);
+        core.do_send(SetElect(d.eligible));
+        self.elect_sent = Some((core, d.eligible));
+        if last == Some(d.eligible) {
+            // The same switch, re-sent to a rebuilt RaftCore: nothing new to say.
+            return;
+        }
         if d.relaxed {
             tracing::warn!(
                 exec_height = i.own.exec_height.0,
@@ -489,13 +486,7 @@ impl Elector {
     }
 
     /// The view (for `/status`, the vote gate and peers' polls) and the events.
-    fn publish(
-        &mut self,
-        i: &Inputs,
-        d: &Decision,
-        m: &openraft::RaftMetrics<haseq_messages::TC>,
-        now: Instant,
-    ) {
+    fn publish(&mut self, i: &Inputs, d: &Decision, r: &RaftFacts, now: Instant) {
         let me = PeerState {
             node_id: self.d.node_id.clone(),
             term: i.term.0,
@@ -550,17 +541,11 @@ impl Elector {
         });
 
         // Events: role, term, leader, eligibility.
-        let role = match m.state {
-            ServerState::Leader => "leader",
-            ServerState::Follower => "follower",
-            ServerState::Candidate => "candidate",
-            ServerState::Learner => "learner",
-            ServerState::Shutdown => "shutdown",
-        };
+        let role = r.role;
         let now_state = EventState {
             role,
             term: i.term,
-            leader: m.current_leader.clone(),
+            leader: r.leader.clone(),
             eligible: d.eligible,
         };
         if self.last_event.as_ref() != Some(&now_state) {
@@ -568,15 +553,15 @@ impl Elector {
                 None => "role",
                 Some(e) if e.role != role => "role",
                 Some(e) if e.term != i.term => "term",
-                Some(e) if e.leader != m.current_leader => "leader",
+                Some(e) if e.leader != r.leader => "leader",
                 Some(_) => "eligibility",
             };
             let _ = self.d.events.send(NodeEvent {
                 kind,
                 node_id: self.d.node_id.to_string(),
-                role: role.to_string(),
+                role: role.as_str().to_string(),
                 term: i.term.0,
-                leader_id: m.current_leader.as_ref().map(|l| l.to_string()),
+                leader_id: r.leader.as_ref().map(|l| l.to_string()),
                 eligible: d.eligible,
                 ineligible_reason,
                 at_unix_ms: now_unix_ms(),
@@ -603,9 +588,10 @@ impl Elector {
         Ok(())
     }
 
-    fn inputs_now(&self) -> Inputs {
-        let m = self.d.raft.metrics().borrow_watched().clone();
-        self.gather(&m, Instant::now())
+    /// The inputs now, for an admin call; `None` until RaftCore has told anything.
+    fn inputs_now(&self) -> Option<Inputs> {
+        let r = self.raft.as_ref()?;
+        Some(self.gather(r, Instant::now()))
     }
 }
 
@@ -618,6 +604,26 @@ impl Actor for Elector {
         self.d
             .peer_feed
             .subscribe("elector", ctx.address().recipient());
+        self.d
+            .raft_feed
+            .subscribe("elector", ctx.address().recipient());
+    }
+}
+
+impl Handler<RaftFacts> for Elector {
+    type Result = ();
+
+    fn handle(&mut self, msg: RaftFacts, _: &mut Context<Self>) {
+        let role_changed = self
+            .raft
+            .as_ref()
+            .is_none_or(|r| r.role != msg.role || r.term != msg.term || r.leader != msg.leader);
+        self.raft = Some(msg);
+        // A role change is acted on at once (a new leader starts producing without waiting
+        // for the tick).
+        if role_changed {
+            self.tick();
+        }
     }
 }
 
@@ -649,7 +655,8 @@ impl Handler<TransferLeadership> for Elector {
     type Result = Result<NodeId, TransferError>;
 
     fn handle(&mut self, msg: TransferLeadership, _: &mut Context<Self>) -> Self::Result {
-        let to = policy::admin_target(&self.inputs_now(), msg.to, msg.force)?;
+        let inputs = self.inputs_now().ok_or(TransferError::Starting)?;
+        let to = policy::admin_target(&inputs, msg.to, msg.force)?;
         self.transfer(to.clone(), "admin request");
         Ok(to)
     }
@@ -662,7 +669,8 @@ impl Handler<Pause> for Elector {
         if self.paused {
             return Ok(false);
         }
-        policy::may_pause(&self.inputs_now(), msg.force)?;
+        let inputs = self.inputs_now().ok_or(PauseError::Starting)?;
+        policy::may_pause(&inputs, msg.force)?;
         self.set_paused(true)?;
         tracing::warn!("paused by the admin API");
         self.tick();
@@ -691,7 +699,7 @@ impl Handler<Handover> for Elector {
         self.handing_over = true;
         // Stop at once rather than on the next tick: the shutdown waits on this reply.
         self.apply_production(Production::Stop(StopReason::Shutdown));
-        let inputs = self.inputs_now();
+        let inputs = self.inputs_now()?;
         if !inputs.is_leader {
             return None;
         }

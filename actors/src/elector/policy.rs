@@ -17,6 +17,7 @@ use haseq_messages::wire::PeerState;
 use haseq_messages::{Height, NodeId, Term};
 
 use crate::producer::StopReason;
+pub use crate::raft_core::LogPos;
 
 use super::error::{PauseError, TransferError};
 
@@ -137,15 +138,6 @@ impl Limits {
             transfer_spacing: (election_timeout + budget).max(TRANSFER_SPACING_MIN),
         }
     }
-}
-
-/// A Raft log position; ordered as Raft compares logs (term first, then index).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct LogPos {
-    /// The last entry's term.
-    pub term: Term,
-    /// The last entry's index.
-    pub index: u64,
 }
 
 /// A peer's last answer, with its age.

@@ -18,13 +18,12 @@ pub mod check;
 pub mod serve;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::fut::ActorFutureExt as _;
 use actix::{
-    Actor, ActorContext, AsyncContext, Context, Handler, Message, MessageResult, Recipient,
-    ResponseActFuture, WrapFuture,
+    Actor, ActorContext, AsyncContext, Context, Handler, Message, MessageResult, ResponseActFuture,
+    WrapFuture,
 };
 use haseq_messages::wire::{PeerState, RpcRequest, RpcResponse};
 use haseq_messages::{Block, Height, NodeId, PeerNode};
@@ -32,6 +31,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::faults::{PanicKnobs, PanicSite};
+use crate::feed::Feed;
 use crate::supervisor::{ExitGuard, TaskGuard, spawn_task, task_result};
 pub use check::PenaltyReason;
 
@@ -64,37 +64,10 @@ pub struct PeerPolled {
     pub rtt: Option<Duration>,
 }
 
-/// Who receives every [`PeerPolled`]: subscribers register their address under a name (a
-/// rebuilt subscriber replaces its predecessor). Shared by the P2P actor and its rebuilds, so
-/// a rebuilt P2P keeps its subscribers. Cheap to clone.
-#[derive(Clone, Default)]
-pub struct PeerFeed(Arc<Mutex<BTreeMap<&'static str, Recipient<PeerPolled>>>>);
-
-impl PeerFeed {
-    /// Deliver every future [`PeerPolled`] to `to`, replacing what `name` had subscribed.
-    pub fn subscribe(&self, name: &'static str, to: Recipient<PeerPolled>) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name, to);
-    }
-
-    fn publish(&self, msg: &PeerPolled) {
-        let subs = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        for to in subs.values() {
-            // A full or closed mailbox (a subscriber being rebuilt) misses this poll; the
-            // next comes within PEER_POLL.
-            let _ = to.try_send(msg.clone());
-        }
-    }
-}
-
-impl std::fmt::Debug for PeerFeed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let subs = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        f.debug_list().entries(subs.keys()).finish()
-    }
-}
+/// Who receives every [`PeerPolled`] (the Elector, the Syncer): a [`Feed`] the node makes and
+/// every rebuild of the P2P actor shares, so a rebuilt P2P keeps its subscribers. A poll is
+/// not replayed to a new subscriber: its age would be lost.
+pub type PeerFeed = Feed<PeerPolled>;
 
 /// Blocks `from..=to` from some peer. The answer may be a prefix of the range (a peer's
 /// answer is bounded in bytes); the caller asks again for the rest.
