@@ -291,7 +291,7 @@ async fn events(State(state): State<ApiState>) -> Response {
             .as_ref()
             .map(|r| r.role.as_str().to_string())
             .unwrap_or_default(),
-        term: v.me.term,
+        term: v.me.term.0,
         leader_id: raft.and_then(|r| r.leader_id).map(|l| l.to_string()),
         eligible: v.eligible,
         ineligible_reason: v.ineligible_reason,

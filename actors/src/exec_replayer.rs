@@ -164,13 +164,13 @@ async fn engine_hash_of(
     engine: &dyn ExecutionEngine,
     height: Height,
     hash: BlockHash,
-) -> Result<BlockHash, String> {
+) -> Result<BlockHash, ReplayError> {
     if height.0 == 0 {
         engine
             .block_hash_at(Height(0))
             .await
-            .map_err(|e| format!("reading the engine's genesis: {e}"))?
-            .ok_or_else(|| "the engine has no genesis block".to_string())
+            .map_err(engine_err("reading the engine's genesis"))?
+            .ok_or(ReplayError::NoGenesis)
     } else {
         Ok(hash)
     }
@@ -183,6 +183,51 @@ fn applied_name(height: u64, engine_hash: BlockHash) -> BlockHash {
     } else {
         engine_hash
     }
+}
+
+/// Why a replay step could not go on (the loop retries with backoff and reports it in
+/// `ExecStatus::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The block store failed to read.
+    #[error("reading {what} from the block store: {source}")]
+    Store {
+        /// What was read: "the applied head", "block 17".
+        what: String,
+        /// The store's error.
+        source: haseq_storage::StorageError,
+    },
+    /// An engine call failed.
+    #[error("{call}: {source}")]
+    Engine {
+        /// The call and its argument: "importing block 17".
+        call: String,
+        /// The engine's error.
+        source: haseq_engine::EngineError,
+    },
+    /// The engine has no block at height 0.
+    #[error("the engine has no genesis block")]
+    NoGenesis,
+    /// The engine refused a block the cluster committed: the engine's chain or rules differ.
+    #[error("engine refused committed block {height} {hash}: {reason}")]
+    Refused {
+        /// The block.
+        height: Height,
+        /// Its hash.
+        hash: BlockHash,
+        /// The engine's words.
+        reason: String,
+    },
+}
+
+fn store_err(what: impl Into<String>) -> impl FnOnce(haseq_storage::StorageError) -> ReplayError {
+    let what = what.into();
+    move |source| ReplayError::Store { what, source }
+}
+
+fn engine_err(call: impl Into<String>) -> impl FnOnce(haseq_engine::EngineError) -> ReplayError {
+    let call = call.into();
+    move |source| ReplayError::Engine { call, source }
 }
 
 /// One step's outcome.
@@ -229,7 +274,7 @@ async fn replay_loop(
                 status.send_modify(|s| {
                     first = s.healthy;
                     s.healthy = false;
-                    s.error = Some(e.clone());
+                    s.error = Some(e.to_string());
                 });
                 if first {
                     tracing::warn!(error = %e, "execution engine call failed; retrying");
@@ -249,14 +294,12 @@ async fn step(
     engine: &dyn ExecutionEngine,
     blocks: &BlockReader,
     status: &watch::Sender<ExecStatus>,
-) -> Result<Step, String> {
-    let applied = blocks
-        .head()
-        .map_err(|e| format!("reading the applied head: {e}"))?;
+) -> Result<Step, ReplayError> {
+    let applied = blocks.head().map_err(store_err("the applied head"))?;
     let (eh, ehash) = engine
         .head()
         .await
-        .map_err(|e| format!("reading the engine head: {e}"))?;
+        .map_err(engine_err("reading the engine head"))?;
     let publish = |exec_height: u64, exec_hash: BlockHash, other: bool, error: Option<String>| {
         let lag = applied.height.0.saturating_sub(exec_height);
         metrics::gauge!("haseq_exec_height").set(exec_height as f64);
@@ -275,10 +318,13 @@ async fn step(
 
     // Is the engine's head on the committed chain? Compare with the block store, never with
     // what the engine says about itself.
+    // The committed block at the engine's head, in the state machine's naming: the parent of
+    // the first block replayed.
+    let mut parent = BlockHash::ZERO;
     let ours_at_engine_head = if eh.0 <= applied.height.0 {
         let want = match blocks
             .summary(eh)
-            .map_err(|e| format!("reading block {eh}: {e}"))?
+            .map_err(store_err(format!("block {eh}")))?
         {
             Some(b) => b.hash,
             None if eh.0 == 0 => BlockHash::ZERO,
@@ -294,6 +340,7 @@ async fn step(
                 return Ok(Step::Idle);
             }
         };
+        parent = want;
         Some(engine_hash_of(engine, eh, want).await?)
     } else {
         None
@@ -323,7 +370,7 @@ async fn step(
             for h in eh.0 + 1..=to {
                 let Some(b) = blocks
                     .block(Height(h))
-                    .map_err(|e| format!("reading block {h}: {e}"))?
+                    .map_err(store_err(format!("block {h}")))?
                 else {
                     publish(
                         eh.0,
@@ -333,6 +380,20 @@ async fn step(
                     );
                     return Ok(Step::Idle);
                 };
+                // The store holds only blocks the state machine accepted (or the Syncer checked
+                // against the chain above): a block out of place here is a broken store, and
+                // replaying it would put the engine on a chain no one committed.
+                assert_eq!(
+                    b.height,
+                    Height(h),
+                    "block store: the block stored at {h} says it is at {}",
+                    b.height
+                );
+                assert_eq!(
+                    b.parent_hash, parent,
+                    "block store: block {h}'s parent is not the committed block below it"
+                );
+                parent = b.hash;
                 // The batch's last block (its end, or the time bound reached) is imported and
                 // made the head in one call: one engine write per block in steady state. An
                 // engine whose head moves cheaply (the embedded one) gets every block so.
@@ -341,18 +402,19 @@ async fn step(
                     engine
                         .import_and_set_head(&b.payload, b.hash)
                         .await
-                        .map_err(|e| format!("importing block {h} as the head: {e}"))?
+                        .map_err(engine_err(format!("importing block {h} as the head")))?
                 } else {
                     engine
                         .new_payload(&b.payload)
                         .await
-                        .map_err(|e| format!("importing block {h}: {e}"))?
+                        .map_err(engine_err(format!("importing block {h}")))?
                 };
                 if let haseq_engine::PayloadStatus::Invalid { reason } = status {
-                    return Err(format!(
-                        "engine refused committed block {h} {}: {reason}",
-                        b.hash
-                    ));
+                    return Err(ReplayError::Refused {
+                        height: Height(h),
+                        hash: b.hash,
+                        reason,
+                    });
                 }
                 if last {
                     break;
@@ -361,7 +423,7 @@ async fn step(
             let (nh, nhash) = engine
                 .head()
                 .await
-                .map_err(|e| format!("reading the engine head: {e}"))?;
+                .map_err(engine_err("reading the engine head"))?;
             metrics::counter!("haseq_blocks_replayed_total").increment(nh.0.saturating_sub(eh.0));
             publish(nh.0, nhash, false, None);
             Ok(Step::Progress)
@@ -371,7 +433,10 @@ async fn step(
             let at = engine
                 .block_hash_at(applied.height)
                 .await
-                .map_err(|e| format!("reading engine block {}: {e}", applied.height))?;
+                .map_err(engine_err(format!(
+                    "reading engine block {}",
+                    applied.height
+                )))?;
             let want = engine_hash_of(engine, applied.height, applied.hash).await?;
             if at == Some(want) {
                 tracing::warn!(
@@ -382,7 +447,10 @@ async fn step(
                 engine
                     .set_head(want, want, want)
                     .await
-                    .map_err(|e| format!("setting head back to {}: {e}", applied.height))?;
+                    .map_err(engine_err(format!(
+                        "setting head back to {}",
+                        applied.height
+                    )))?;
                 Ok(Step::Progress)
             } else {
                 let msg = format!(
@@ -399,13 +467,7 @@ async fn step(
     }
 }
 
-impl actix::Handler<crate::supervisor::StopActor> for ExecReplayer {
-    type Result = ();
-
-    fn handle(&mut self, _: crate::supervisor::StopActor, ctx: &mut Context<Self>) {
-        actix::ActorContext::stop(ctx);
-    }
-}
+crate::supervisor::stops_on_request!(ExecReplayer);
 
 #[cfg(test)]
 mod tests {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::{Actor, Context, Handler, Message};
 use haseq_engine::{BuildParams, ExecutionEngine};
-use haseq_messages::{ApplyOutcome, Block, BlockHash, Height, NodeId};
+use haseq_messages::{ApplyOutcome, Block, BlockHash, Height, NodeId, Term};
 use haseq_storage::BlockReader;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +29,7 @@ use crate::supervisor::{ExitGuard, TaskGuard, spawn_task};
 #[rtype(result = "()")]
 pub struct StartProducing {
     /// The term this node leads.
-    pub term: u64,
+    pub term: Term,
 }
 
 /// Why production stops: the Elector sends the rule that stopped it, so the Producer's log
@@ -102,7 +102,7 @@ pub struct Producer {
     deps: ProducerDeps,
     /// The term produced for, its cancellation, and the watched task (a panic in it stops
     /// this actor, to be rebuilt and told to produce again by the Elector).
-    session: Option<(u64, CancellationToken, TaskGuard)>,
+    session: Option<(Term, CancellationToken, TaskGuard)>,
     _exit: ExitGuard,
 }
 
@@ -119,7 +119,7 @@ impl Producer {
     fn stop(&mut self, reason: StopReason) {
         if let Some((term, cancel, _task)) = self.session.take() {
             cancel.cancel();
-            tracing::info!(term, reason = %reason, "block production stopped");
+            tracing::info!(term = term.0, reason = %reason, "block production stopped");
         }
     }
 }
@@ -141,7 +141,7 @@ impl Actor for Producer {
                 .is_some_and(|(_, _, task)| task.is_finished())
                 && let Some((term, _, _)) = act.session.take()
             {
-                tracing::info!(term, "production session ended");
+                tracing::info!(term = term.0, "production session ended");
             }
         });
     }
@@ -160,7 +160,7 @@ impl Drop for Producer {
 }
 
 impl Producer {
-    fn start(&mut self, term: u64, ctx: &mut Context<Self>) {
+    fn start(&mut self, term: Term, ctx: &mut Context<Self>) {
         // A session that ended by itself (Raft said another node leads) is over: a later
         // `StartProducing` for the same term starts a new one.
         if self
@@ -173,7 +173,7 @@ impl Producer {
         self.stop(StopReason::LostLeadership);
         let cancel = CancellationToken::new();
         tracing::info!(
-            term,
+            term = term.0,
             block_time_ms = self.deps.block_time.as_millis() as u64,
             "block production started"
         );
@@ -210,7 +210,7 @@ fn now_secs() -> u64 {
 }
 
 /// One production session: runs until cancelled or until Raft says we no longer lead.
-async fn produce(d: ProducerDeps, term: u64, cancel: CancellationToken) {
+async fn produce(d: ProducerDeps, term: Term, cancel: CancellationToken) {
     let mut exec = d.exec.clone();
     // A new leader's log may end with blocks of earlier terms that are committed (with its
     // first entry) but not applied yet: building before they are applied builds on a head
@@ -221,7 +221,7 @@ async fn produce(d: ProducerDeps, term: u64, cancel: CancellationToken) {
         r = d.raft_core.get().send(ConfirmLeadership) => {
             let r = r.unwrap_or_else(|e| Err(ProposeError::Unavailable(e.to_string())));
             if let Err(e) = r {
-                tracing::info!(term, error = %e, "cannot confirm leadership before producing");
+                tracing::info!(term = term.0, error = %e, "cannot confirm leadership before producing");
             }
         }
     }
@@ -267,7 +267,7 @@ async fn produce(d: ProducerDeps, term: u64, cancel: CancellationToken) {
                         metrics::histogram!("haseq_block_interval_seconds")
                             .record(t.elapsed().as_secs_f64());
                     }
-                    tracing::debug!(%height, term, "block committed");
+                    tracing::debug!(%height, term = term.0, "block committed");
                 }
                 ApplyOutcome::Rejected(reason) => {
                     tracing::warn!(?reason, "our own proposal was rejected as stale");
@@ -276,7 +276,7 @@ async fn produce(d: ProducerDeps, term: u64, cancel: CancellationToken) {
             },
             Ok(None) => return, // cancelled mid-way: abandon the payload
             Err(ProduceError::NotLeader(why)) => {
-                tracing::info!(term, %why, "no longer leader; production ends");
+                tracing::info!(term = term.0, %why, "no longer leader; production ends");
                 return;
             }
             Err(ProduceError::Engine(e)) => {
@@ -377,10 +377,4 @@ async fn produce_one(
     }
 }
 
-impl actix::Handler<crate::supervisor::StopActor> for Producer {
-    type Result = ();
-
-    fn handle(&mut self, _: crate::supervisor::StopActor, ctx: &mut Context<Self>) {
-        actix::ActorContext::stop(ctx);
-    }
-}
+crate::supervisor::stops_on_request!(Producer);

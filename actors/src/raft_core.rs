@@ -498,10 +498,4 @@ impl Handler<CrashForTest> for RaftCore {
     }
 }
 
-impl actix::Handler<crate::supervisor::StopActor> for RaftCore {
-    type Result = ();
-
-    fn handle(&mut self, _: crate::supervisor::StopActor, ctx: &mut Context<Self>) {
-        actix::ActorContext::stop(ctx);
-    }
-}
+crate::supervisor::stops_on_request!(RaftCore);

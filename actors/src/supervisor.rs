@@ -138,10 +138,30 @@ where
 type RestartCounts = Arc<Mutex<BTreeMap<&'static str, u64>>>;
 
 /// Ask a supervised actor to stop for good (the node is shutting down): every supervised
-/// actor handles it with `ctx.stop()`.
+/// actor handles it with `ctx.stop()`, written once in [`stops_on_request!`].
 #[derive(actix::Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct StopActor;
+
+/// Implements [`StopActor`] for a supervised actor: it stops, and the supervisor, which sent
+/// it, does not rebuild it. One macro because an impl over every actor type cannot be
+/// generic (actix's `Handler` is a foreign trait).
+macro_rules! stops_on_request {
+    ($actor:ty) => {
+        impl actix::Handler<$crate::supervisor::StopActor> for $actor {
+            type Result = ();
+
+            fn handle(
+                &mut self,
+                _: $crate::supervisor::StopActor,
+                ctx: &mut <$actor as actix::Actor>::Context,
+            ) {
+                actix::ActorContext::stop(ctx);
+            }
+        }
+    };
+}
+pub(crate) use stops_on_request;
 
 struct Entry {
     rebuild: Rebuild,
@@ -340,12 +360,7 @@ mod tests {
             panic!("deliberate panic in a test");
         }
     }
-    impl Handler<StopActor> for Counter {
-        type Result = ();
-        fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {
-            actix::ActorContext::stop(ctx);
-        }
-    }
+    stops_on_request!(Counter);
     impl Handler<Quit> for Counter {
         type Result = ();
         fn handle(&mut self, _: Quit, ctx: &mut Context<Self>) {
@@ -413,12 +428,7 @@ mod tests {
             }));
         }
     }
-    impl Handler<StopActor> for WithTask {
-        type Result = ();
-        fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {
-            ctx.stop();
-        }
-    }
+    stops_on_request!(WithTask);
 
     #[test]
     fn a_panicking_task_restarts_its_actor() {

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use actix::fut::ActorFutureExt as _;
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler, WrapFuture};
+use actix::{Actor, AsyncContext, Context, Handler, WrapFuture};
 use haseq_messages::{Block, Height, NodeId};
 use haseq_storage::{BlockBackfill, BlockReader};
 use serde::Serialize;
@@ -495,18 +495,12 @@ impl Handler<PeerPolled> for Syncer {
 
     fn handle(&mut self, msg: PeerPolled, _: &mut Context<Self>) {
         if let Ok(s) = msg.result {
-            self.peers_head.insert(msg.id, s.applied_height);
+            self.peers_head.insert(msg.id, s.applied_height.0);
         }
     }
 }
 
-impl Handler<crate::supervisor::StopActor> for Syncer {
-    type Result = ();
-
-    fn handle(&mut self, _: crate::supervisor::StopActor, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
-}
+crate::supervisor::stops_on_request!(Syncer);
 
 #[cfg(test)]
 mod tests {

@@ -14,7 +14,7 @@ use openraft::raft::{
 use openraft::type_config::alias::{SnapshotMetaOf, VoteOf};
 use serde::{Deserialize, Serialize};
 
-use crate::{Height, NodeId, TC};
+use crate::{Height, NodeId, TC, Term};
 
 /// Protocol version; a peer speaking another version is refused at the handshake.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -160,17 +160,17 @@ pub struct PeerState {
     /// The node's id.
     pub node_id: NodeId,
     /// Its Raft term.
-    pub term: u64,
+    pub term: Term,
     /// Whether it is the Raft leader.
     pub is_leader: bool,
     /// Its applied head height.
-    pub applied_height: u64,
+    pub applied_height: Height,
     /// Term of its last Raft log entry (with the index: who can win an election).
-    pub last_log_term: u64,
+    pub last_log_term: Term,
     /// Index of its last Raft log entry.
     pub last_log_index: u64,
     /// Its execution engine's head height.
-    pub exec_height: u64,
+    pub exec_height: Height,
     /// Its engine answers and is on the committed chain.
     pub healthy: bool,
     /// An operator paused it.

@@ -451,7 +451,7 @@ impl Elector {
                 if changed {
                     tracing::info!(term = term.0, "telling the Producer to produce");
                 }
-                producer.do_send(StartProducing { term: term.0 });
+                producer.do_send(StartProducing { term });
             }
             Production::Stop(reason) => {
                 if changed && self.sent.is_some() {
@@ -489,12 +489,12 @@ impl Elector {
     fn publish(&mut self, i: &Inputs, d: &Decision, r: &RaftFacts, now: Instant) {
         let me = PeerState {
             node_id: self.d.node_id.clone(),
-            term: i.term.0,
+            term: i.term,
             is_leader: i.is_leader,
-            applied_height: i.own.applied.0,
-            last_log_term: i.own.last_log.term.0,
+            applied_height: i.own.applied,
+            last_log_term: i.own.last_log.term,
             last_log_index: i.own.last_log.index,
-            exec_height: i.own.exec_height.0,
+            exec_height: i.own.exec_height,
             healthy: i.own.healthy && !i.own.on_other_chain,
             paused: self.paused,
             eligible: d.ineligible.is_none(),
@@ -637,7 +637,7 @@ impl Handler<PeerPolled> for Elector {
                     seen.state = Some((s, Instant::now()));
                     seen.error = None;
                 }
-                Err(e) => seen.error = Some(e),
+                Err(e) => seen.error = Some(e.to_string()),
             }
         }
     }
@@ -709,13 +709,7 @@ impl Handler<Handover> for Elector {
     }
 }
 
-impl Handler<crate::supervisor::StopActor> for Elector {
-    type Result = ();
-
-    fn handle(&mut self, _: crate::supervisor::StopActor, ctx: &mut Context<Self>) {
-        actix::ActorContext::stop(ctx);
-    }
-}
+crate::supervisor::stops_on_request!(Elector);
 
 /// The voter's rule: refuse a candidate more than `max_exec_lag_blocks` behind the best
 /// execution height this node knows (its own or a fresh peer's). A candidate that reports no

@@ -165,7 +165,7 @@ impl Peer {
 
     fn log(&self) -> LogPos {
         LogPos {
-            term: Term(self.state.last_log_term),
+            term: self.state.last_log_term,
             index: self.state.last_log_index,
         }
     }
@@ -373,7 +373,7 @@ impl Decision {
 /// "Most caught up" order: a healthy engine first (with every engine sick a leader is still
 /// elected, so production resumes the moment one recovers), then the Raft log (only a node
 /// with the longest log can win), then the execution height, then the smaller id.
-type Rank<'a> = (bool, LogPos, u64, std::cmp::Reverse<&'a NodeId>);
+type Rank<'a> = (bool, LogPos, Height, std::cmp::Reverse<&'a NodeId>);
 
 fn fresh(i: &Inputs) -> impl Iterator<Item = &Peer> {
     i.peers.iter().filter(|p| p.fresh())
@@ -390,13 +390,16 @@ pub fn decide(i: &Inputs) -> Decision {
     let own = &i.own;
     // Lag is measured against the cluster's head, not just our own applied head: a node that
     // was down is behind on its Raft log too, and must not count itself caught up.
-    let peer_head = fresh(i).map(|p| p.state.applied_height).max().unwrap_or(0);
+    let peer_head = fresh(i)
+        .map(|p| p.state.applied_height.0)
+        .max()
+        .unwrap_or(0);
     let implied = own.applied.0 + own.committed_index.saturating_sub(own.applied_index);
     let cluster_head = Height(own.applied.0.max(peer_head).max(implied));
     let lag = cluster_head.0.saturating_sub(own.exec_height.0);
     let best_exec_height = Height(
         fresh(i)
-            .map(|p| p.state.exec_height)
+            .map(|p| p.state.exec_height.0)
             .chain([own.exec_height.0])
             .max()
             .unwrap_or(0),
@@ -423,8 +426,7 @@ pub fn decide(i: &Inputs) -> Decision {
     // A leader is live if it is us, or a peer of at least our term that said so within one
     // election timeout: an older claim is from a leader that may be dead, and trusting it for
     // the full PEER_STALE would delay relaxation by a second.
-    let leader_alive =
-        i.is_leader || alive(i).any(|p| p.state.is_leader && Term(p.state.term) >= i.term);
+    let leader_alive = i.is_leader || alive(i).any(|p| p.state.is_leader && p.state.term >= i.term);
     // The timer starts on the tick that sees no leader (as zero) and stops when one appears.
     let leaderless_for = (!leader_alive).then(|| i.leaderless_for.unwrap_or_default());
     let relax_window_over = leaderless_for.is_some_and(|t| t >= l.relax_after);
@@ -436,7 +438,7 @@ pub fn decide(i: &Inputs) -> Decision {
     let mine: Rank<'_> = (
         healthy,
         own.last_log,
-        own.exec_height.0,
+        own.exec_height,
         std::cmp::Reverse(&i.node_id),
     );
     let most_caught_up = alive(i).filter(|p| !p.state.paused).all(|p| {
@@ -589,8 +591,8 @@ pub fn admin_target(i: &Inputs, to: Option<NodeId>, force: bool) -> Result<NodeI
         Some(s) if s.paused => Err(TransferError::Paused(to)),
         Some(s) if !s.healthy => Err(TransferError::Unhealthy(to)),
         Some(s) if !s.eligible => Err(TransferError::Lagging {
-            exec_height: Height(s.exec_height),
-            applied_height: Height(s.applied_height),
+            exec_height: s.exec_height,
+            applied_height: s.applied_height,
             id: to,
         }),
         Some(_) => Ok(to),

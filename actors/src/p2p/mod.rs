@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 
 use actix::fut::ActorFutureExt as _;
 use actix::{
-    Actor, ActorContext, AsyncContext, Context, Handler, Message, MessageResult, ResponseActFuture,
-    WrapFuture,
+    Actor, AsyncContext, Context, Handler, Message, MessageResult, ResponseActFuture, WrapFuture,
 };
 use haseq_messages::wire::{PeerState, RpcRequest, RpcResponse};
 use haseq_messages::{Block, Height, NodeId, PeerNode};
@@ -52,6 +51,20 @@ const PEER_BACKOFF: Duration = Duration::from_millis(200);
 /// may fetch that history itself meanwhile.
 const LACKS_FORGET: Duration = Duration::from_secs(10);
 
+/// Why a status poll got no state.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PollError {
+    /// The call failed (names the peer, its address and what went wrong).
+    #[error(transparent)]
+    Net(#[from] haseq_net::NetError),
+    /// The peer answered with something other than its status (a version mismatch).
+    #[error("unexpected answer to a status poll: {got}")]
+    Unexpected {
+        /// The answer, as debug text.
+        got: String,
+    },
+}
+
 /// A peer's status poll, as the poll task reports it and subscribers receive it.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
@@ -59,7 +72,7 @@ pub struct PeerPolled {
     /// Which peer.
     pub id: NodeId,
     /// Its state, or why the poll failed.
-    pub result: Result<PeerState, String>,
+    pub result: Result<PeerState, PollError>,
     /// The poll's round-trip time, when it was answered.
     pub rtt: Option<Duration>,
 }
@@ -203,7 +216,7 @@ impl Peer {
         }
         // A peer whose head is known must hold the top of the range.
         match &self.state {
-            Some((s, _)) => s.applied_height >= to.0,
+            Some((s, _)) => s.applied_height >= to,
             None => false,
         }
     }
@@ -311,8 +324,10 @@ impl P2p {
                         let started = Instant::now();
                         let r = match client.call(RpcRequest::PeerStatus, budget).await {
                             Ok(RpcResponse::PeerStatus(s)) => Ok(s),
-                            Ok(other) => Err(format!("unexpected answer {other:?}")),
-                            Err(e) => Err(e.to_string()),
+                            Ok(other) => Err(PollError::Unexpected {
+                                got: format!("{other:?}"),
+                            }),
+                            Err(e) => Err(PollError::Net(e)),
                         };
                         let rtt = r.is_ok().then(|| started.elapsed());
                         PeerPolled {
@@ -362,11 +377,11 @@ impl Handler<PeerPolled> for P2p {
             match &msg.result {
                 Ok(s) => {
                     metrics::gauge!("haseq_peer_exec_height", "peer" => msg.id.to_string())
-                        .set(s.exec_height as f64);
+                        .set(s.exec_height.0 as f64);
                     p.state = Some((s.clone(), Instant::now()));
                     p.error = None;
                 }
-                Err(e) => p.error = Some(e.clone()),
+                Err(e) => p.error = Some(e.to_string()),
             }
             if let Some(rtt) = msg.rtt {
                 metrics::gauge!("haseq_peer_rtt_seconds", "peer" => msg.id.to_string())
@@ -487,10 +502,4 @@ impl Handler<GetPeers> for P2p {
     }
 }
 
-impl Handler<crate::supervisor::StopActor> for P2p {
-    type Result = ();
-
-    fn handle(&mut self, _: crate::supervisor::StopActor, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
-}
+crate::supervisor::stops_on_request!(P2p);

@@ -31,12 +31,12 @@ fn peer(name: &str, exec_height: u64) -> Peer {
         id: id(name),
         state: PeerState {
             node_id: id(name),
-            term: 3,
+            term: Term(3),
             is_leader: false,
-            applied_height: 100,
-            last_log_term: 3,
+            applied_height: Height(100),
+            last_log_term: Term(3),
             last_log_index: 100,
-            exec_height,
+            exec_height: Height(exec_height),
             healthy: true,
             paused: false,
             eligible: true,
@@ -96,9 +96,9 @@ fn all_lagging() -> Inputs {
     let mut i = base();
     i.own.exec_height = Height(80);
     i.peers[0].state.is_leader = false;
-    i.peers[0].state.exec_height = 60;
+    i.peers[0].state.exec_height = Height(60);
     i.peers[0].state.eligible = false;
-    i.peers[1].state.exec_height = 70;
+    i.peers[1].state.exec_height = Height(70);
     i.peers[1].state.eligible = false;
     i
 }
@@ -193,7 +193,7 @@ fn each_ineligibility_reason_and_its_text() {
         ),
         (
             "behind a peer's applied head, not our own",
-            |i| i.peers[1].state.applied_height = 120,
+            |i| i.peers[1].state.applied_height = Height(120),
             lagging(20),
             "exec lag 20 > max_exec_lag_blocks 10",
         ),
@@ -206,7 +206,7 @@ fn each_ineligibility_reason_and_its_text() {
         (
             "a stale peer's head does not count",
             |i| {
-                i.peers[1].state.applied_height = 120;
+                i.peers[1].state.applied_height = Height(120);
                 i.peers[1].age = PEER_STALE;
             },
             None,
@@ -307,7 +307,7 @@ fn relaxation_only_for_the_most_caught_up_only_after_the_window_never_with_a_liv
             "a rival silent for an election timeout (a dead leader) no longer out-ranks us",
             |i| {
                 i.leaderless_for = Some(WINDOW);
-                i.peers[0].state.exec_height = 100;
+                i.peers[0].state.exec_height = Height(100);
                 i.peers[0].state.last_log_index = 101;
                 i.peers[0].age = E;
             },
@@ -318,7 +318,7 @@ fn relaxation_only_for_the_most_caught_up_only_after_the_window_never_with_a_liv
             "a rival heard within the election timeout still does",
             |i| {
                 i.leaderless_for = Some(WINDOW);
-                i.peers[0].state.exec_height = 100;
+                i.peers[0].state.exec_height = Height(100);
                 i.peers[0].age = E - MS;
             },
             false,
@@ -328,7 +328,7 @@ fn relaxation_only_for_the_most_caught_up_only_after_the_window_never_with_a_liv
             "a peer's engine is further",
             |i| {
                 i.leaderless_for = Some(WINDOW);
-                i.peers[1].state.exec_height = 81;
+                i.peers[1].state.exec_height = Height(81);
             },
             false,
             false,
@@ -337,7 +337,7 @@ fn relaxation_only_for_the_most_caught_up_only_after_the_window_never_with_a_liv
             "a tie on everything goes to the smaller id (n1)",
             |i| {
                 i.leaderless_for = Some(WINDOW);
-                i.peers[1].state.exec_height = 80;
+                i.peers[1].state.exec_height = Height(80);
             },
             true,
             false,
@@ -356,7 +356,7 @@ fn relaxation_only_for_the_most_caught_up_only_after_the_window_never_with_a_liv
             "a paused peer does not outrank us",
             |i| {
                 i.leaderless_for = Some(WINDOW);
-                i.peers[1].state.exec_height = 95;
+                i.peers[1].state.exec_height = Height(95);
                 i.peers[1].state.paused = true;
             },
             true,
@@ -604,7 +604,7 @@ fn hand_over_reasons_and_targets() {
             "the better engine wins",
             |i| {
                 i.paused = true;
-                i.peers[1].state.exec_height = 101;
+                i.peers[1].state.exec_height = Height(101);
             },
             Some(Handover {
                 why: HandoverReason::Paused,
@@ -646,7 +646,7 @@ fn best_peer_skips_every_unfit_peer_and_breaks_ties_by_id() {
     ];
     for (name, tweak) in unfit {
         let mut i = leading();
-        i.peers[1].state.exec_height = 101;
+        i.peers[1].state.exec_height = Height(101);
         tweak(&mut i.peers[1]);
         assert_eq!(best_peer(&i), Some(id("n2")), "n3 {name}");
         // And with n2 unfit the same way, no target at all.
@@ -769,7 +769,7 @@ fn admin_transfer_targets_and_refusals() {
             false,
             |i| {
                 i.peers[1].state.eligible = false;
-                i.peers[1].state.exec_height = 40;
+                i.peers[1].state.exec_height = Height(40);
             },
             Err(TransferError::Lagging {
                 id: id("n3"),
@@ -815,9 +815,9 @@ fn admin_transfer_targets_and_refusals() {
 fn shutdown_target_falls_back_to_the_most_caught_up_healthy_peer() {
     let mut i = leading();
     i.peers[0].state.eligible = false;
-    i.peers[0].state.exec_height = 90;
+    i.peers[0].state.exec_height = Height(90);
     i.peers[1].state.eligible = false;
-    i.peers[1].state.exec_height = 95;
+    i.peers[1].state.exec_height = Height(95);
     assert_eq!(shutdown_target(&i), Some(id("n3")));
     i.peers[1].state.healthy = false;
     assert_eq!(shutdown_target(&i), Some(id("n2")));
