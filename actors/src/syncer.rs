@@ -40,6 +40,9 @@ use crate::supervisor::{ExitGuard, Slot, task_result};
 pub const TICK: Duration = Duration::from_millis(20);
 /// How often an idle Syncer looks for a hole.
 const IDLE_CHECK: Duration = Duration::from_millis(500);
+/// An idle Syncer scans at once when the applied head moved by more than this since its last
+/// tick: more than a burst of applies between two ticks, less than any snapshot's jump.
+const APPLY_JUMP_BLOCKS: u64 = 64;
 /// Ranges being fetched at once.
 pub const FETCHES_INFLIGHT_MAX: usize = 4;
 /// Payload bytes of fetched ranges held while they wait for the range above them.
@@ -211,6 +214,9 @@ pub struct Syncer {
     d: SyncerDeps,
     job: Option<Job>,
     last_scan: Option<Instant>,
+    /// The applied head's height at the last scan: a jump past it (a snapshot installed)
+    /// opens a hole, so the next tick scans at once instead of after [`IDLE_CHECK`].
+    scanned_head: Height,
     /// The highest applied height a peer reported (to say what no peer holds).
     peers_head: BTreeMap<NodeId, u64>,
     _exit: ExitGuard,
@@ -223,6 +229,7 @@ impl Syncer {
             d,
             job: None,
             last_scan: None,
+            scanned_head: Height(0),
             peers_head: BTreeMap::new(),
             _exit: exit,
         }
@@ -232,13 +239,20 @@ impl Syncer {
         self.d.faults.trip(PanicSite::Syncer);
         let now = Instant::now();
         if self.job.is_none() {
-            if self
-                .last_scan
-                .is_some_and(|t| now.duration_since(t) < IDLE_CHECK)
+            // One block at a time is the chain growing; more at once is a snapshot (or a
+            // batch applied after a pause), the moment a hole may have opened below it.
+            let head = self.d.blocks.subscribe().borrow().head_height;
+            let jumped = head.0 > self.scanned_head.0.saturating_add(APPLY_JUMP_BLOCKS);
+            if !jumped
+                && self
+                    .last_scan
+                    .is_some_and(|t| now.duration_since(t) < IDLE_CHECK)
             {
+                self.scanned_head = head;
                 return;
             }
             self.last_scan = Some(now);
+            self.scanned_head = head;
             self.find_job();
             if self.job.is_none() {
                 return;

@@ -11,6 +11,9 @@
 //! - fetch: from the first `sync` report to the last, the blocks of every sync job, per s;
 //! - catch-up: from the restart until the engine is at that height, the blocks the engine
 //!   replayed (that height minus where it started), per s;
+//! - phases: restart to the first `sync` report, the fetch, and the replay of what was left
+//!   when the fetch ended (the hole is filled newest range first, since only the chain above
+//!   vouches for a block, so the replay of the hole waits for its bottom range);
 //! - the leader's production rate over the catch-up;
 //! - the serving nodes' resident memory (`VmRSS`) before the restart and at its peak.
 
@@ -66,6 +69,10 @@ struct Figures {
     fetch_s: f64,
     replayed_blocks: u64,
     catch_up_s: f64,
+    /// From the restart to the first `sync` report (start-up, snapshot install).
+    to_sync_s: f64,
+    /// From the end of the fetch to the engine at the target: blocks and seconds.
+    replay_after_fetch: Option<(u64, f64)>,
     produced_during: u64,
     rss_before_kib: BTreeMap<String, u64>,
     rss_peak_kib: BTreeMap<String, u64>,
@@ -147,6 +154,7 @@ fn print(f: &Figures, args: &CatchUpArgs) {
     let fetch_rate = rate(f.hole_blocks, f.fetch_s);
     let catch_up_rate = rate(f.replayed_blocks, f.catch_up_s);
     let production = rate(f.produced_during, f.catch_up_s);
+    let replay_rate = f.replay_after_fetch.map(|(b, s)| rate(b, s));
     if args.json {
         let v = serde_json::json!({
             "hole_blocks": f.hole_blocks,
@@ -155,6 +163,10 @@ fn print(f: &Figures, args: &CatchUpArgs) {
             "replayed_blocks": f.replayed_blocks,
             "catch_up_s": f.catch_up_s,
             "catch_up_blocks_per_s": catch_up_rate,
+            "to_sync_s": f.to_sync_s,
+            "replay_after_fetch_blocks": f.replay_after_fetch.map(|(b, _)| b),
+            "replay_after_fetch_s": f.replay_after_fetch.map(|(_, s)| s),
+            "replay_after_fetch_blocks_per_s": replay_rate,
             "produced_blocks_per_s": production,
             "serving_rss_before_kib": f.rss_before_kib,
             "serving_rss_peak_kib": f.rss_peak_kib,
@@ -175,6 +187,18 @@ fn print(f: &Figures, args: &CatchUpArgs) {
     println!(
         "  caught up (restart -> engine at the head it restarted under): {} blocks replayed in {:.2} s: {catch_up_rate} blocks/s",
         f.replayed_blocks, f.catch_up_s
+    );
+    println!(
+        "  phases: restart -> first sync report {:.2} s; fetch {:.2} s; then replay{}",
+        f.to_sync_s,
+        f.fetch_s,
+        match f.replay_after_fetch {
+            Some((b, s)) => format!(
+                " of the {b} blocks left: {s:.2} s, {} blocks/s",
+                replay_rate.unwrap_or(0.0)
+            ),
+            None => ": none left".to_string(),
+        }
     );
     println!("  meanwhile the leader produced {production} blocks/s");
     for (id, before) in &f.rss_before_kib {
@@ -276,6 +300,8 @@ async fn measure(
     let mut jobs: BTreeMap<(u64, u64), ()> = BTreeMap::new();
     let mut fetch_first: Option<Instant> = None;
     let mut fetch_last: Option<Instant> = None;
+    // When the fetch was seen over (no `sync` report after one), and the engine's height then.
+    let mut fetch_over: Option<(Instant, u64)> = None;
     let mut last_shown = Instant::now();
     loop {
         check_processes(nodes)?;
@@ -291,8 +317,14 @@ async fn measure(
             exec_start.get_or_insert(s.exec_height);
             if let Some(job) = s.sync {
                 jobs.insert(job, ());
-                fetch_first.get_or_insert_with(Instant::now);
+                if fetch_first.is_none() {
+                    fetch_first = Some(Instant::now());
+                    f.to_sync_s = restarted.elapsed().as_secs_f64();
+                }
                 fetch_last = Some(Instant::now());
+                fetch_over = None;
+            } else if fetch_first.is_some() && fetch_over.is_none() {
+                fetch_over = Some((Instant::now(), s.exec_height));
             }
             if last_shown.elapsed() >= Duration::from_secs(1) {
                 eprintln!(
@@ -308,6 +340,8 @@ async fn measure(
             if s.exec_height >= target {
                 f.catch_up_s = restarted.elapsed().as_secs_f64();
                 f.replayed_blocks = target - exec_start.unwrap_or(0);
+                f.replay_after_fetch = fetch_over
+                    .map(|(at, exec)| (target.saturating_sub(exec), at.elapsed().as_secs_f64()));
                 break;
             }
         }
