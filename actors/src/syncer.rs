@@ -9,13 +9,20 @@
 //! [`BlockBackfill`]; its progress ([`SyncProgress`], `/status` `sync`) on a watch channel,
 //! a log line every [`LOG_EVERY`], and `haseq_blocks_fetched_total`.
 //!
-//! The hole is filled newest range first, from several peers at once (up to
-//! [`FETCHES_INFLIGHT_MAX`] ranges in flight; P2P spreads them over the peers). Each range
-//! is checked by P2P (heights, links among its blocks), its payloads are verified here (on a
-//! blocking thread), and the store takes it only if it hash-links to the stored chain above
-//! it: so the store only ever holds the committed chain, and a range from a lying peer costs
-//! that peer a penalty and is asked of another. Ranges that arrive out of order wait (bounded
-//! by [`READY_BYTES_MAX`]) for the range above them.
+//! The hole is filled from several peers at once (up to [`FETCHES_INFLIGHT_MAX`] ranges in
+//! flight; P2P spreads them over the peers). Each range is checked by P2P (heights, links
+//! among its blocks), its payloads are verified here (on a blocking thread), and the store
+//! takes it only if it hash-links to the stored chain above it, or ends at a checkpoint
+//! height with the checkpoint's hash (the committed hash of every
+//! [`CHECKPOINT_EVERY_BLOCKS`]th block, which the store keeps and snapshots carry): so the
+//! store only ever holds the committed chain, and a range from a lying peer costs that peer a
+//! penalty and is asked of another.
+//!
+//! Order: when the store holds every checkpoint in the hole, oldest range first, each ending
+//! at a checkpoint, so each is vouched for on its own and the engine replays the bottom of
+//! the hole while the rest is fetched (newest first, the replay could start only once the
+//! whole hole was in). Otherwise newest first, each range vouched for by the one above.
+//! Ranges that cannot be stored yet wait, bounded by [`READY_BYTES_MAX`].
 //!
 //! Progress is the store itself: a restarted node, or a rebuilt Syncer, finds the hole's new
 //! top and goes on from there; nothing fetched is fetched again.
@@ -26,7 +33,7 @@ use std::time::{Duration, Instant};
 use actix::fut::ActorFutureExt as _;
 use actix::{Actor, AsyncContext, Context, Handler, WrapFuture};
 use haseq_messages::{Block, Height, NodeId};
-use haseq_storage::{BlockBackfill, BlockReader};
+use haseq_storage::{BlockBackfill, BlockReader, CHECKPOINT_EVERY_BLOCKS};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -101,18 +108,32 @@ struct Ready {
     bytes: usize,
 }
 
+/// In which order a job fills its hole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// Newest range first: a range is vouched for only by the stored chain above it, so the
+    /// hole's bottom, which the engine needs first, is stored last.
+    Down,
+    /// Oldest range first, each ending at a checkpoint height ([`CHECKPOINT_EVERY_BLOCKS`]),
+    /// whose hash the store holds from the snapshot: every such range is vouched for on its
+    /// own, so the engine replays the bottom of the hole while the rest is fetched.
+    Up,
+}
+
 struct Job {
     /// The hole as first found: `from..=to`.
     from: u64,
     to: u64,
-    /// Every height from here up to `to` is stored (`to + 1` while nothing is).
-    stored_down_to: u64,
-    /// The highest height not yet asked for; requests go downward from here.
+    order: Order,
+    /// Stored ranges of the hole, by their first height (for "is the block above stored").
+    stored: BTreeMap<u64, u64>,
+    stored_blocks: u64,
+    /// The next height to ask for: going down from the top (`Down`), or up from the bottom.
     next_ask: u64,
     /// Ranges to ask (again): a failed fetch, or the rest of a partial answer.
     retry: BTreeSet<Range>,
     inflight: usize,
-    /// Verified ranges waiting for the one above them, by their top height.
+    /// Verified ranges waiting to be stored, by their first height.
     ready: BTreeMap<u64, Ready>,
     ready_bytes: usize,
     /// Ranges being verified.
@@ -126,14 +147,25 @@ struct Job {
     no_peer_logged: bool,
 }
 
+/// The first checkpoint height at or above `h`.
+fn checkpoint_at_or_above(h: u64) -> u64 {
+    h.div_ceil(CHECKPOINT_EVERY_BLOCKS) * CHECKPOINT_EVERY_BLOCKS
+}
+
 impl Job {
-    fn new(from: u64, to: u64) -> Job {
+    fn new(from: u64, to: u64, order: Order) -> Job {
+        assert!(from <= to, "a hole {from}..={to}");
         let now = Instant::now();
         Job {
             from,
             to,
-            stored_down_to: to + 1,
-            next_ask: to,
+            order,
+            stored: BTreeMap::new(),
+            stored_blocks: 0,
+            next_ask: match order {
+                Order::Down => to,
+                Order::Up => from,
+            },
             retry: BTreeSet::new(),
             inflight: 0,
             ready: BTreeMap::new(),
@@ -149,35 +181,75 @@ impl Job {
     }
 
     fn stored(&self) -> u64 {
-        self.to + 1 - self.stored_down_to
+        self.stored_blocks
     }
 
     fn total(&self) -> u64 {
         self.to - self.from + 1
     }
 
-    /// The next range to ask for: a range to retry (highest first), else the next one below
-    /// what was asked. While verified ranges hold [`READY_BYTES_MAX`], only the range right
-    /// below the stored chain is asked (it unblocks them), so memory stays bounded and the
-    /// job never waits on itself.
+    /// Can the store take `r` now: its top is the hole's top (the chain above is stored),
+    /// the block above it is stored, or (going up) it ends at a checkpoint.
+    fn storable(&self, r: Range) -> bool {
+        r.top == self.to
+            || self.stored.contains_key(&(r.top + 1))
+            || (self.order == Order::Up && r.top.is_multiple_of(CHECKPOINT_EVERY_BLOCKS))
+    }
+
+    /// The next range to ask for: a range to retry first (the one nearest the side the job
+    /// starts from), else the next new one. While verified ranges hold [`READY_BYTES_MAX`],
+    /// only a retry the store could take at once is asked (it drains the buffer), so memory
+    /// stays bounded and the job never waits on itself.
     fn next_range(&mut self) -> Option<Range> {
-        let blocking = self.stored_down_to - 1;
         let full = self.ready_bytes >= READY_BYTES_MAX;
-        if let Some(r) = self.retry.iter().next_back().copied()
-            && (!full || r.top == blocking)
+        let retry = match self.order {
+            Order::Down => self.retry.iter().next_back().copied(),
+            Order::Up => self.retry.iter().min_by_key(|r| r.from).copied(),
+        };
+        if let Some(r) = retry
+            && (!full || self.storable(r))
         {
             self.retry.remove(&r);
             return Some(r);
         }
-        if full || self.next_ask < self.from {
+        if full {
             return None;
         }
-        let top = self.next_ask;
-        let from = top
-            .saturating_sub(FETCH_BLOCKS_MAX as u64 - 1)
-            .max(self.from);
-        self.next_ask = from - 1;
-        Some(Range { top, from })
+        match self.order {
+            Order::Down => {
+                if self.next_ask < self.from {
+                    return None;
+                }
+                let top = self.next_ask;
+                let from = top
+                    .saturating_sub(FETCH_BLOCKS_MAX as u64 - 1)
+                    .max(self.from);
+                self.next_ask = from - 1;
+                Some(Range { top, from })
+            }
+            Order::Up => {
+                if self.next_ask > self.to {
+                    return None;
+                }
+                let from = self.next_ask;
+                let top = checkpoint_at_or_above(from).min(self.to);
+                self.next_ask = top + 1;
+                Some(Range { top, from })
+            }
+        }
+    }
+
+    /// The verified range to store next, if the store can take one: the nearest to the side
+    /// the job fills from.
+    fn next_to_store(&self) -> Option<u64> {
+        let ok = |(from, r): (&u64, &Ready)| {
+            let top = from + r.blocks.len() as u64 - 1;
+            self.storable(Range { top, from: *from }).then_some(*from)
+        };
+        match self.order {
+            Order::Down => self.ready.iter().rev().find_map(ok),
+            Order::Up => self.ready.iter().find_map(ok),
+        }
     }
 
     fn progress(&mut self, now: Instant) -> SyncProgress {
@@ -281,11 +353,35 @@ impl Syncer {
                     engine = floor.0,
                     "block store lacks committed blocks; fetching them from peers"
                 );
-                self.job = Some(Job::new(from.0, to.0));
+                let order = self.order_for(from.0, to.0);
+                tracing::debug!(?order, "sync order");
+                self.job = Some(Job::new(from.0, to.0, order));
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "scanning the block store for a hole"),
         }
+    }
+
+    /// Oldest first when the store holds the hash of every checkpoint height in the hole
+    /// (the snapshot carried them); newest first otherwise (a snapshot from before
+    /// checkpoints, or a hole within one checkpoint interval).
+    fn order_for(&self, from: u64, to: u64) -> Order {
+        let mut h = checkpoint_at_or_above(from);
+        if h >= to {
+            return Order::Down;
+        }
+        while h < to {
+            match self.d.blocks.checkpoint(Height(h)) {
+                Ok(Some(_)) => {}
+                Ok(None) => return Order::Down,
+                Err(e) => {
+                    tracing::warn!(height = h, error = %e, "reading a checkpoint");
+                    return Order::Down;
+                }
+            }
+            h += CHECKPOINT_EVERY_BLOCKS;
+        }
+        Order::Up
     }
 
     fn dispatch(&mut self, ctx: &mut Context<Self>, now: Instant) {
@@ -398,7 +494,7 @@ impl Syncer {
         let bytes = blocks.iter().map(|b| b.payload.len()).sum();
         job.ready_bytes += bytes;
         job.ready.insert(
-            range.top,
+            range.from,
             Ready {
                 peer,
                 blocks,
@@ -408,20 +504,23 @@ impl Syncer {
         self.store_next(ctx);
     }
 
-    /// Stores the verified range right below the stored chain, if it has arrived.
+    /// Stores a verified range the store can take now, if one has arrived.
     fn store_next(&mut self, ctx: &mut Context<Self>) {
         let Some(job) = self.job.as_mut() else { return };
         if job.inserting {
             return;
         }
-        let Some(r) = job.ready.remove(&(job.stored_down_to - 1)) else {
+        let Some(from) = job.next_to_store() else {
+            return;
+        };
+        let Some(r) = job.ready.remove(&from) else {
             return;
         };
         job.ready_bytes -= r.bytes;
         job.inserting = true;
         let range = Range {
-            top: job.stored_down_to - 1,
-            from: job.stored_down_to - r.blocks.len() as u64,
+            top: from + r.blocks.len() as u64 - 1,
+            from,
         };
         let backfill = self.d.backfill.clone();
         let peer = r.peer;
@@ -432,8 +531,15 @@ impl Syncer {
             match res {
                 Ok(n) => {
                     metrics::counter!("haseq_blocks_fetched_total").increment(n as u64);
-                    job.stored_down_to = range.from;
-                    if job.stored_down_to <= job.from {
+                    job.stored.insert(range.from, range.top);
+                    job.stored_blocks += range.top - range.from + 1;
+                    assert!(
+                        job.stored_blocks <= job.total(),
+                        "stored {} blocks of a {}-block hole",
+                        job.stored_blocks,
+                        job.total()
+                    );
+                    if job.stored_blocks == job.total() {
                         act.finish();
                         return;
                     }
@@ -441,7 +547,8 @@ impl Syncer {
                 }
                 Err(e) => {
                     // The range is consistent in itself (P2P checked it) and its payloads are
-                    // what their hashes say, yet it does not link to the committed chain.
+                    // what their hashes say, yet it does not link to the committed chain
+                    // above it, or its top is not the checkpoint's block.
                     job.retry.insert(range);
                     act.d.p2p.get().do_send(Penalise {
                         peer,
@@ -522,7 +629,7 @@ mod tests {
 
     #[test]
     fn ranges_go_newest_first_and_retries_come_before_new_ranges() {
-        let mut j = Job::new(1, 600);
+        let mut j = Job::new(1, 600, Order::Down);
         let a = j.next_range().unwrap();
         assert_eq!((a.from, a.top), (345, 600));
         let b = j.next_range().unwrap();
@@ -544,7 +651,7 @@ mod tests {
 
     #[test]
     fn a_full_buffer_asks_only_for_the_range_that_unblocks_it() {
-        let mut j = Job::new(1, 10_000);
+        let mut j = Job::new(1, 10_000, Order::Down);
         j.ready_bytes = READY_BYTES_MAX;
         assert!(j.next_range().is_none(), "nothing new while full");
         j.retry.insert(Range {
@@ -561,13 +668,59 @@ mod tests {
     }
 
     #[test]
+    fn going_up_ranges_end_at_checkpoints_and_each_is_stored_on_its_own() {
+        assert_eq!(CHECKPOINT_EVERY_BLOCKS, 256, "the heights below assume 256");
+        let mut j = Job::new(100, 1_000, Order::Up);
+        let got: Vec<(u64, u64)> = std::iter::from_fn(|| j.next_range())
+            .map(|r| (r.from, r.top))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(100, 256), (257, 512), (513, 768), (769, 1_000)],
+            "oldest first, each ending at a checkpoint, the last at the hole's top"
+        );
+        let ready = |blocks: u64| Ready {
+            peer: NodeId("n".into()),
+            blocks: vec![
+                Block {
+                    height: Height(0),
+                    parent_hash: haseq_messages::BlockHash::ZERO,
+                    hash: haseq_messages::BlockHash::ZERO,
+                    timestamp: 0,
+                    proposer: NodeId("n".into()),
+                    payload: Default::default(),
+                };
+                blocks as usize
+            ],
+            bytes: 0,
+        };
+        // A partial answer's lower piece waits for the piece above it; a range ending at a
+        // checkpoint, or at the hole's top, goes at once, lowest first.
+        j.ready.insert(257, ready(44));
+        assert_eq!(j.next_to_store(), None, "257..=300 waits for 301");
+        j.ready.insert(769, ready(232));
+        j.ready.insert(513, ready(256));
+        assert_eq!(j.next_to_store(), Some(513), "the lowest that can go");
+        j.ready.remove(&513);
+        j.stored.insert(301, 512);
+        assert_eq!(j.next_to_store(), Some(257), "now 301 is stored");
+        // Going down, a checkpoint vouches for nothing: only the chain above does.
+        let mut d = Job::new(100, 1_000, Order::Down);
+        d.ready.insert(513, ready(256));
+        assert_eq!(d.next_to_store(), None);
+        d.ready.insert(769, ready(232));
+        assert_eq!(d.next_to_store(), Some(769));
+    }
+
+    #[test]
     fn progress_has_a_rate_and_an_eta_once_blocks_are_stored() {
-        let mut j = Job::new(1, 1_000);
+        let mut j = Job::new(1, 1_000, Order::Down);
         let t0 = j.started;
         let p = j.progress(t0);
         assert_eq!((p.from, p.to, p.done), (1, 1_000, 0));
         assert_eq!(p.eta_s, None);
-        j.stored_down_to = 501;
+        j.stored.insert(501, 1_000);
+        j.stored_blocks = 500;
         let p = j.progress(t0 + Duration::from_secs(1));
         assert_eq!(p.done, 500);
         assert!((p.blocks_per_s - 500.0).abs() < 1.0, "{p:?}");

@@ -18,6 +18,89 @@ use crate::records::{Head, encode_rec, sm_key};
 use crate::sm::AppliedState;
 use crate::writer::Writer;
 
+/// Every this many heights, the store keeps the committed block's hash even where it does not
+/// hold the block (after a snapshot install): snapshots carry these checkpoints, and each one
+/// vouches for a range of history fetched from peers that ends at it, so the history can be
+/// fetched (and replayed) oldest first. 256 = one fetch's range
+/// (`haseq_actors::p2p::FETCH_BLOCKS_MAX`); 32 bytes per 256 blocks in a snapshot.
+pub const CHECKPOINT_EVERY_BLOCKS: u64 = 256;
+
+/// Whether `height` is a checkpoint height.
+pub(crate) fn is_checkpoint(height: Height) -> bool {
+    height.0 > 0 && height.0.is_multiple_of(CHECKPOINT_EVERY_BLOCKS)
+}
+
+/// Records the committed hash at a checkpoint height.
+///
+/// # Errors
+/// [`StorageError::Checkpoint`] when a different hash is recorded there already: the
+/// committed chain never changes, so two hashes at one height mean a broken store or a
+/// snapshot of another chain; an LMDB failure.
+pub(crate) fn put_checkpoint(
+    wtxn: &mut RwTxn<'_>,
+    dbs: &Dbs,
+    height: Height,
+    hash: BlockHash,
+) -> Result<(), StorageError> {
+    assert!(is_checkpoint(height), "{height} is not a checkpoint height");
+    if let Some(recorded) = get_checkpoint(wtxn, dbs, height)? {
+        if recorded != hash {
+            return Err(StorageError::Checkpoint {
+                height,
+                recorded,
+                offered: hash,
+            });
+        }
+        return Ok(());
+    }
+    dbs.checkpoints
+        .put(wtxn, &height.0, &hash.0[..])
+        .map_err(StorageError::lmdb("block store: put checkpoint"))
+}
+
+/// The recorded hash at a checkpoint height.
+pub(crate) fn get_checkpoint(
+    txn: &RoTxn<'_>,
+    dbs: &Dbs,
+    height: Height,
+) -> Result<Option<BlockHash>, StorageError> {
+    let Some(bytes) = dbs
+        .checkpoints
+        .get(txn, &height.0)
+        .map_err(StorageError::lmdb("block store: get checkpoint"))?
+    else {
+        return Ok(None);
+    };
+    checkpoint_hash(height, bytes).map(Some)
+}
+
+/// A checkpoint record's hash.
+fn checkpoint_hash(height: Height, bytes: &[u8]) -> Result<BlockHash, StorageError> {
+    let hash: [u8; 32] = bytes.try_into().map_err(|_| StorageError::Backfill {
+        height,
+        reason: format!("checkpoint record of {} bytes, not 32", bytes.len()),
+    })?;
+    Ok(BlockHash(hash))
+}
+
+/// Every recorded checkpoint up to `upto`, ascending.
+pub(crate) fn read_checkpoints(
+    txn: &RoTxn<'_>,
+    dbs: &Dbs,
+    upto: Height,
+) -> Result<Vec<(Height, BlockHash)>, StorageError> {
+    let mut out = Vec::new();
+    let iter = dbs
+        .checkpoints
+        .range(txn, &(..=upto.0))
+        .map_err(StorageError::lmdb("block store: read checkpoints"))?;
+    for row in iter {
+        let (h, bytes) = row.map_err(StorageError::lmdb("block store: read checkpoint"))?;
+        out.push((Height(h), checkpoint_hash(Height(h), bytes)?));
+    }
+    Ok(out)
+}
+
 /// Writes `block` at its height and indexes its hash. A different block already stored at
 /// that height is replaced and its hash unindexed (only a snapshot install can do that).
 pub(crate) fn put_block(
@@ -41,6 +124,9 @@ pub(crate) fn put_block(
     dbs.hashes
         .put(wtxn, &block.hash.0[..], &height)
         .map_err(StorageError::lmdb("block store: index block hash"))?;
+    if is_checkpoint(block.height) {
+        put_checkpoint(wtxn, dbs, block.height, block.hash)?;
+    }
     Ok(())
 }
 
@@ -222,6 +308,25 @@ impl BlockReader {
         })
     }
 
+    /// The committed hash at checkpoint height `height`: recorded (from a snapshot, or as the
+    /// block was stored), or the stored block's own. `None` where neither is known, or
+    /// `height` is no checkpoint height.
+    ///
+    /// # Errors
+    /// On an LMDB failure or a corrupt record.
+    pub fn checkpoint(&self, height: Height) -> Result<Option<BlockHash>, StorageError> {
+        if !is_checkpoint(height) {
+            return Ok(None);
+        }
+        if let Some(s) = self.tail.summary(height) {
+            return Ok(Some(s.hash));
+        }
+        self.read(|txn| match get_checkpoint(txn, &self.dbs, height)? {
+            Some(h) => Ok(Some(h)),
+            None => Ok(get_block(txn, &self.dbs, height)?.map(|b| b.hash)),
+        })
+    }
+
     /// Stored blocks from `from` upward, at most `max` of them, stopping at the first height not
     /// held. For replay and for serving peers.
     ///
@@ -336,8 +441,9 @@ pub const BACKFILL_BLOCKS_MAX: usize = 4096;
 /// snapshot install: the Syncer fetches them from peers, newest gap first.
 ///
 /// Peers are not trusted: a block is stored only if it hash-links to the stored chain above it
-/// (the block at `height + 1` names it as parent, or it is the head itself), so the store only
-/// ever holds the applied chain.
+/// (the block at `height + 1` names it as parent, or it is the head itself), or, where nothing
+/// above it is stored, if it is the block a checkpoint names ([`CHECKPOINT_EVERY_BLOCKS`]):
+/// so the store only ever holds the applied chain.
 #[derive(Clone)]
 pub struct BlockBackfill {
     writer: Arc<Writer>,
@@ -398,12 +504,17 @@ impl BlockBackfill {
                     } else {
                         match get_block(wtxn, dbs, block.height.next())? {
                             Some(above) => above.parent_hash,
-                            None => {
-                                return Err(refuse(format!(
-                                    "block {} is not stored",
-                                    block.height.next()
-                                )));
-                            }
+                            // No chain above (yet): a checkpoint vouches for its block.
+                            None => match get_checkpoint(wtxn, dbs, block.height)? {
+                                Some(hash) => hash,
+                                None => {
+                                    return Err(refuse(format!(
+                                        "block {} is not stored and {} is no checkpoint",
+                                        block.height.next(),
+                                        block.height
+                                    )));
+                                }
+                            },
                         }
                     };
                     if block.hash != expected {

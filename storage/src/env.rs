@@ -24,7 +24,7 @@ pub(crate) type LmdbEnv = Env<WithoutTls>;
 /// Name of the environment's subdirectory under the node's directory.
 const ENV_SUBDIR: &str = "db";
 
-/// How many named databases the environment may hold (we use six; room to grow).
+/// How many named databases the environment may hold (we use seven; room to grow).
 const MAX_DBS: u32 = 16;
 
 /// How long `open` waits for a just-dropped store on the same directory to finish closing
@@ -48,6 +48,9 @@ pub(crate) struct Dbs {
     pub(crate) blocks: Database<'static, U64<BE>, Bytes>,
     /// Block index: hash (32 bytes) -> height.
     pub(crate) hashes: Database<'static, Bytes, U64<BE>>,
+    /// Checkpoints: height (big-endian, a multiple of `CHECKPOINT_EVERY_BLOCKS`) -> the
+    /// committed block's hash (32 bytes), also where the block itself is not stored.
+    pub(crate) checkpoints: Database<'static, U64<BE>, Bytes>,
 }
 
 /// The environment directory for a node directory.
@@ -97,7 +100,7 @@ pub(crate) fn create_dbs(env: &LmdbEnv) -> Result<Dbs, StorageError> {
     let wtxn = env
         .write_txn()
         .map_err(StorageError::lmdb("begin: create databases"))?;
-    let (log, log_blocks, meta, sm, blocks, hashes) = env
+    let (log, log_blocks, meta, sm, blocks, hashes, checkpoints) = env
         .create_databases_and_commit(wtxn, |dbo, wtxn| -> Result<_, heed::Error> {
             let log = dbo.create_database::<U64<BE>, Bytes>(wtxn, Some("log"))?;
             // Created on the first open by a version that has it; older stores lack it.
@@ -106,8 +109,17 @@ pub(crate) fn create_dbs(env: &LmdbEnv) -> Result<Dbs, StorageError> {
             let sm = dbo.create_database::<Str, Bytes>(wtxn, Some("sm"))?;
             let blocks = dbo.create_database::<U64<BE>, Bytes>(wtxn, Some("blocks"))?;
             let hashes = dbo.create_database::<Bytes, U64<BE>>(wtxn, Some("block_hashes"))?;
+            // Created on the first open by a version that has it; older stores lack it.
+            let checkpoints =
+                dbo.create_database::<U64<BE>, Bytes>(wtxn, Some("block_checkpoints"))?;
             Ok(CommitOrAbort::<_, ()>::Commit((
-                log, log_blocks, meta, sm, blocks, hashes,
+                log,
+                log_blocks,
+                meta,
+                sm,
+                blocks,
+                hashes,
+                checkpoints,
             )))
         })
         .map_err(StorageError::lmdb("create databases"))?
@@ -119,6 +131,7 @@ pub(crate) fn create_dbs(env: &LmdbEnv) -> Result<Dbs, StorageError> {
         sm,
         blocks,
         hashes,
+        checkpoints,
     })
 }
 

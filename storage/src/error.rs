@@ -173,6 +173,18 @@ pub enum StorageError {
         reason: String,
     },
 
+    /// A checkpoint names another hash than the one recorded at its height: the committed
+    /// chain never changes, so one of them is not of this chain (nothing is written).
+    #[error("checkpoint at height {height}: recorded {recorded}, offered {offered}")]
+    Checkpoint {
+        /// The checkpoint height.
+        height: Height,
+        /// The hash this store holds.
+        recorded: haseq_messages::BlockHash,
+        /// The hash offered (a snapshot's, a block's).
+        offered: haseq_messages::BlockHash,
+    },
+
     /// The write transaction a job ran in failed to commit (or to begin): nothing of it was
     /// written.
     #[error("LMDB commit ({op}): {detail}")]
@@ -253,6 +265,7 @@ impl From<StorageError> for io::Error {
             | StorageError::SnapshotBlocks { .. }
             | StorageError::SnapshotBehind { .. }
             | StorageError::Backfill { .. }
+            | StorageError::Checkpoint { .. }
             | StorageError::InvalidOption { .. } => io::ErrorKind::InvalidInput,
             _ => io::ErrorKind::Other,
         };

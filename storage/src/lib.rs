@@ -43,7 +43,7 @@ use std::sync::Arc;
 use haseq_messages::TC;
 use tokio::sync::watch;
 
-pub use crate::blocks::{BACKFILL_BLOCKS_MAX, BlockBackfill, BlockReader};
+pub use crate::blocks::{BACKFILL_BLOCKS_MAX, BlockBackfill, BlockReader, CHECKPOINT_EVERY_BLOCKS};
 pub use crate::error::StorageError;
 pub use crate::log::{LOG_READ_ENTRIES_MAX, LogStore};
 pub use crate::metrics::describe_metrics;

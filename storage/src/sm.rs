@@ -20,7 +20,7 @@ use openraft::{EntryPayload, OptionalSend, StoredMembership};
 use tokio::sync::watch;
 
 use crate::applied_tail::{AppliedTail, TailState};
-use crate::blocks::{self, put_block, read_head};
+use crate::blocks::{self, put_block, put_checkpoint, read_head};
 use crate::env::{self, Dbs, LmdbEnv};
 use crate::error::StorageError;
 use crate::log::LogShared;
@@ -363,6 +363,7 @@ impl StateMachineStore {
             membership,
             head,
             blocks,
+            checkpoints,
             ..
         } = file;
         let state = AppliedState {
@@ -397,6 +398,9 @@ impl StateMachineStore {
                     encode_rec("membership", &membership)?,
                 )?;
                 put(wtxn, sm_key::HEAD, encode_rec("head", &head)?)?;
+                for &(height, hash) in &checkpoints {
+                    put_checkpoint(wtxn, dbs, height, hash)?;
+                }
                 for b in &blocks {
                     put_block(wtxn, dbs, b)?;
                 }

@@ -18,11 +18,13 @@ use haseq_messages::TC;
 use openraft::storage::{RaftSnapshotBuilder, Snapshot, SnapshotMeta};
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf};
 
-use crate::blocks::{read_head, recent_blocks};
+use crate::blocks::{
+    CHECKPOINT_EVERY_BLOCKS, is_checkpoint, read_checkpoints, read_head, recent_blocks,
+};
 use crate::env::{Dbs, LmdbEnv};
 use crate::error::StorageError;
 use crate::metrics::SNAPSHOT_BUILDS_TOTAL;
-use crate::records::{SNAPSHOT_FORMAT_VERSION, SnapshotFile, decode_rec, encode_rec};
+use crate::records::{SNAPSHOT_FORMAT_VERSION, SnapshotFile, decode_snapshot, encode_rec};
 use crate::sm::{read_applied, read_membership};
 
 /// File name prefix of snapshots and their temp files.
@@ -175,7 +177,7 @@ impl SnapshotDir {
             return Ok(None);
         };
         let bytes = fs::read(&path).map_err(StorageError::io("read snapshot", &path))?;
-        let file: SnapshotFile = decode_rec("snapshot file", path.display(), &bytes)?;
+        let file = decode_snapshot("snapshot file", path.display(), &bytes)?;
         check_file(&file, &path.display().to_string())?;
         Ok(Some(Snapshot {
             meta: meta_of(&file),
@@ -226,6 +228,37 @@ pub(crate) fn check_file(file: &SnapshotFile, origin: &str) -> Result<(), Storag
             });
         }
     }
+    for pair in file.checkpoints.windows(2) {
+        if pair[1].0 <= pair[0].0 {
+            return Err(StorageError::SnapshotBlocks {
+                height: pair[1].0,
+                reason: format!("checkpoint after checkpoint {}: not ascending", pair[0].0),
+            });
+        }
+    }
+    for &(height, hash) in &file.checkpoints {
+        if !is_checkpoint(height) || height > file.head.height {
+            return Err(StorageError::SnapshotBlocks {
+                height,
+                reason: format!(
+                    "checkpoint at a height that is not a multiple of {CHECKPOINT_EVERY_BLOCKS} in 1..={}",
+                    file.head.height
+                ),
+            });
+        }
+        // A carried block at a checkpoint height is the checkpoint's block.
+        if let Some(first) = file.blocks.first()
+            && height >= first.height
+        {
+            let b = &file.blocks[(height.0 - first.height.0) as usize];
+            if b.hash != hash {
+                return Err(StorageError::SnapshotBlocks {
+                    height,
+                    reason: format!("checkpoint {hash} but the carried block is {}", b.hash),
+                });
+            }
+        }
+    }
     if let Some(last) = file.blocks.last()
         && (last.height != file.head.height || last.hash != file.head.hash)
     {
@@ -247,7 +280,7 @@ pub(crate) fn decode_and_check(
     meta: &SnapshotMetaOf<TC>,
 ) -> Result<SnapshotFile, StorageError> {
     let origin = format!("leader, last log id {:?}", meta.last_log_id);
-    let file: SnapshotFile = decode_rec("snapshot data", &origin, data)?;
+    let file = decode_snapshot("snapshot data", &origin, data)?;
     check_file(&file, &origin)?;
     if file.applied != meta.last_log_id {
         return Err(StorageError::SnapshotMetaMismatch {
@@ -320,13 +353,15 @@ impl SnapshotBuilder {
                     let (count, max_bytes) = dir.recent_limits();
                     recent_blocks(&rtxn, dbs, head, count, max_bytes)?
                 },
+                checkpoints: read_checkpoints(&rtxn, dbs, head.height)?,
             }
             // The read transaction ends here, before the file I/O: a long reader pins pages.
         };
         let bytes = encode_rec("snapshot", &file)?;
         let path = dir.write(&file.applied, &bytes)?;
         tracing::info!(path = %path.display(), applied = ?file.applied, head = %file.head.height,
-            blocks = file.blocks.len(), bytes = bytes.len(), "snapshot built");
+            blocks = file.blocks.len(), checkpoints = file.checkpoints.len(), bytes = bytes.len(),
+            "snapshot built");
         Ok(Snapshot {
             meta: meta_of(&file),
             snapshot: bytes,

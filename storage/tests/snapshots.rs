@@ -504,3 +504,82 @@ async fn blocks_from_bounded_stops_at_its_byte_bound_but_always_gives_one() {
         0
     );
 }
+
+/// Goal: history can be filled oldest first. Method: a 600-block chain, a snapshot of its
+/// newest 8 blocks installed on a fresh store; the snapshot carries the checkpoints (256,
+/// 512), so a range ending at one is taken with nothing stored above it, a forged one is not,
+/// and a range ending elsewhere still needs the block above it. The checkpoints survive in
+/// the next snapshot the installed store builds, blocks or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_vouch_for_history_filled_oldest_first() {
+    assert_eq!(haseq_storage::CHECKPOINT_EVERY_BLOCKS, 256);
+    let src_dir = tempfile::tempdir().expect("tempdir");
+    let dst_dir = tempfile::tempdir().expect("tempdir");
+    let next_dir = tempfile::tempdir().expect("tempdir");
+    let mut src = open(src_dir.path(), opts(3, 8));
+    apply_blocks(&mut src, 1, 600).await;
+    assert_eq!(src.reader.checkpoint(Height(256)).unwrap(), Some(hash(256)));
+    assert_eq!(src.reader.checkpoint(Height(300)).unwrap(), None, "not one");
+    let mut dst = build_and_install(&mut src, dst_dir.path()).await;
+    let r = dst.reader.clone();
+    assert_eq!(
+        r.block(Height(256)).unwrap(),
+        None,
+        "the block is not carried"
+    );
+    assert_eq!(r.checkpoint(Height(256)).unwrap(), Some(hash(256)));
+    assert_eq!(r.checkpoint(Height(512)).unwrap(), Some(hash(512)));
+    let backfill = dst.backfill();
+
+    // Oldest first: 1..=256 ends at a checkpoint.
+    assert_eq!(
+        backfill
+            .insert((1..=256).map(block).collect())
+            .await
+            .unwrap(),
+        256
+    );
+    // A range ending at a checkpoint with another hash there is refused, all of it.
+    let mut forged: Vec<Block> = (257..=512).map(block).collect();
+    let top = forged.last_mut().unwrap();
+    top.hash = BlockHash([0xEE; 32]);
+    let err = backfill.insert(forged).await.expect_err("forged top");
+    assert!(err.to_string().contains("512"), "{err}");
+    assert_eq!(r.block(Height(300)).unwrap(), None);
+    // A range ending between checkpoints waits for the block above it.
+    assert!(
+        backfill
+            .insert((257..=300).map(block).collect())
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        backfill
+            .insert((301..=512).map(block).collect())
+            .await
+            .unwrap(),
+        212
+    );
+    assert_eq!(
+        backfill
+            .insert((257..=300).map(block).collect())
+            .await
+            .unwrap(),
+        44
+    );
+    assert_eq!(
+        r.missing_range(Height(0), Height(600)).unwrap(),
+        Some((Height(513), Height(592)))
+    );
+
+    // A snapshot of the installed store carries the checkpoints it holds no block for too.
+    let next = build_and_install(&mut dst, next_dir.path()).await;
+    assert_eq!(
+        next.reader.checkpoint(Height(512)).unwrap(),
+        Some(hash(512))
+    );
+    assert_eq!(
+        next.reader.checkpoint(Height(256)).unwrap(),
+        Some(hash(256))
+    );
+}
