@@ -6,6 +6,7 @@
 //! <dir>/snapshot-<term>-<index>.snp   snapshot files (see `snapshot`)
 //! ```
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -154,6 +155,13 @@ pub(crate) fn open_dbs(env: &LmdbEnv) -> Result<Option<InspectDbs>, StorageError
     Ok(res
         .commit()
         .map(|(log, meta, sm)| InspectDbs { log, meta, sm }))
+}
+
+/// fsyncs a directory, so that a rename or delete in it survives a crash.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StorageError::io("fsync directory", dir))
 }
 
 /// Reads and decodes the value under a string key, `None` if absent.

@@ -10,20 +10,25 @@
 //! hand it a closure and await the result, which arrives after the commit and its fsync. Reads
 //! are short read transactions on the calling thread.
 //!
-//! Modules:
-//! - `env`: the environment, its databases, the directory layout;
-//! - `writer`: the writer thread;
+//! Modules, bottom up: each one uses only modules listed before it, so the crate reads one way.
+//! - [`error`]: the error type, [`StorageError`]; [`metrics`]: metric names and
+//!   [`describe_metrics`];
 //! - [`drop_behind`]: after each commit, the page cache let go of what the data file grew by
 //!   two commits earlier (also used by the embedded engine's environment);
-//! - `wal`: the log journal, which makes a log change durable with one flush, ahead of LMDB;
-//! - `log`: Raft log, vote, committed and purged pointers ([`LogStore`]);
-//! - `sm`: the apply rule, head and membership ([`StateMachineStore`], [`check_block`]);
-//! - `blocks`: height -> block, hash -> height ([`BlockReader`], [`BlockBackfill`]);
-//! - `snapshot`: snapshot files, atomic writes, retention ([`SnapshotBuilder`]);
 //! - `records`: the stored record types and their encoding ([`Head`]);
-//! - [`metrics`]: metric names and [`describe_metrics`];
-//! - [`error`]: the error type, [`StorageError`].
+//! - `env`: the environment, its databases, the directory layout;
+//! - `writer`: the writer thread;
+//! - `applied`: the applied state as the `sm` database records it ([`AppliedState`]);
+//!   `applied_tail`: applies whose transaction has not committed yet;
+//! - `wal`: the log journal, which makes a log change durable with one flush, ahead of LMDB
+//!   (`record` format, `segment` files, the `journal` thread);
+//! - `blocks`: height -> block, hash -> height ([`BlockReader`], [`BlockBackfill`]);
+//! - `log`: Raft log, vote, committed and purged pointers (`rows` in LMDB, the shared `tail`,
+//!   the `store`: [`LogStore`]);
+//! - `snapshot`: snapshot files, atomic writes, retention ([`SnapshotBuilder`]);
+//! - `sm`: the apply rule and the state machine ([`StateMachineStore`], [`check_block`]).
 
+mod applied;
 mod applied_tail;
 mod blocks;
 pub mod drop_behind;
@@ -43,12 +48,13 @@ use std::sync::Arc;
 use haseq_messages::TC;
 use tokio::sync::watch;
 
+pub use crate::applied::AppliedState;
 pub use crate::blocks::{BACKFILL_BLOCKS_MAX, BlockBackfill, BlockReader};
 pub use crate::error::StorageError;
 pub use crate::log::{LOG_READ_ENTRIES_MAX, LogStore};
 pub use crate::metrics::describe_metrics;
 pub use crate::records::Head;
-pub use crate::sm::{APPLY_BATCH_ENTRIES_MAX, AppliedState, StateMachineStore, check_block};
+pub use crate::sm::{APPLY_BATCH_ENTRIES_MAX, StateMachineStore, check_block};
 pub use crate::snapshot::SnapshotBuilder;
 
 use crate::snapshot::SnapshotDir;
@@ -174,7 +180,7 @@ pub fn open(dir: &Path, opts: StoreOptions) -> Result<Storage, StorageError> {
             .map_err(StorageError::lmdb("open: begin read"))?;
         // Everything the journal held is in LMDB now (no append has been queued yet).
         log_shared.init(log::last_stored_index(&rtxn, &dbs)?);
-        sm::read_applied_state(&rtxn, &dbs)?
+        applied::read_applied_state(&rtxn, &dbs)?
     };
     tracing::info!(dir = %dir.display(), applied = ?initial.applied, head = %initial.head_height, "store opened");
     ::metrics::gauge!(metrics::APPLIED_HEIGHT).set(initial.head_height.0 as f64);
