@@ -7,8 +7,9 @@ use haseq_messages::{BlockHash, Height, TC};
 use heed::RoTxn;
 use openraft::type_config::alias::{LogIdOf, StoredMembershipOf};
 
-use crate::env::{self, Dbs};
+use crate::env::Dbs;
 use crate::error::StorageError;
+use crate::lmdb;
 use crate::records::{Head, sm_key};
 
 /// What the rest of the node sees of the state machine after each committed change.
@@ -34,7 +35,7 @@ impl AppliedState {
 
 /// Reads the head record (genesis when absent).
 pub(crate) fn read_head(txn: &RoTxn<'_>, dbs: &Dbs) -> Result<Head, StorageError> {
-    Ok(env::get_rec(txn, dbs.sm, "head", sm_key::HEAD)?.unwrap_or(Head::GENESIS))
+    Ok(lmdb::get_rec(txn, dbs.sm, "head", sm_key::HEAD)?.unwrap_or(Head::GENESIS))
 }
 
 /// Reads the applied log id.
@@ -43,7 +44,7 @@ pub(crate) fn read_applied(
     dbs: &Dbs,
 ) -> Result<Option<LogIdOf<TC>>, StorageError> {
     Ok(
-        env::get_rec::<Option<LogIdOf<TC>>>(txn, dbs.sm, "applied log id", sm_key::APPLIED)?
+        lmdb::get_rec::<Option<LogIdOf<TC>>>(txn, dbs.sm, "applied log id", sm_key::APPLIED)?
             .flatten(),
     )
 }
@@ -53,7 +54,7 @@ pub(crate) fn read_membership(
     txn: &RoTxn<'_>,
     dbs: &Dbs,
 ) -> Result<StoredMembershipOf<TC>, StorageError> {
-    Ok(env::get_rec(txn, dbs.sm, "membership", sm_key::MEMBERSHIP)?.unwrap_or_default())
+    Ok(lmdb::get_rec(txn, dbs.sm, "membership", sm_key::MEMBERSHIP)?.unwrap_or_default())
 }
 
 /// Reads the applied state as published on the watch channel.

@@ -13,9 +13,10 @@ use tokio::sync::watch;
 
 use crate::applied::{AppliedState, read_head};
 use crate::applied_tail::AppliedTail;
-use crate::env::{Dbs, LmdbEnv};
+use crate::env::Dbs;
 use crate::error::StorageError;
-use crate::records::{Head, encode_rec};
+use crate::lmdb::{LmdbEnv, encode_rec};
+use crate::records::Head;
 use crate::writer::Writer;
 
 /// Writes `block` at its height and indexes its hash. A different block already stored at

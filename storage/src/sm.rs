@@ -21,11 +21,12 @@ use tokio::sync::watch;
 use crate::applied::{AppliedState, read_applied, read_head, read_membership};
 use crate::applied_tail::{AppliedTail, TailState};
 use crate::blocks::{self, put_block};
-use crate::env::{Dbs, LmdbEnv};
+use crate::env::Dbs;
 use crate::error::StorageError;
+use crate::lmdb::{LmdbEnv, encode_rec};
 use crate::log::LogShared;
 use crate::metrics::{APPLIED_HEIGHT, PROPOSALS_REJECTED_TOTAL, SNAPSHOT_INSTALLS_TOTAL};
-use crate::records::{Head, SnapshotFile, encode_rec, sm_key};
+use crate::records::{Head, SnapshotFile, sm_key};
 use crate::snapshot::{self, SnapshotBuilder, SnapshotDir};
 use crate::writer::{Durability, Writer};
 

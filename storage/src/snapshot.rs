@@ -20,10 +20,11 @@ use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf};
 
 use crate::applied::{read_applied, read_head, read_membership};
 use crate::blocks::recent_blocks;
-use crate::env::{Dbs, LmdbEnv, sync_dir};
+use crate::env::{Dbs, sync_dir};
 use crate::error::StorageError;
+use crate::lmdb::{LmdbEnv, decode_rec, encode_rec};
 use crate::metrics::SNAPSHOT_BUILDS_TOTAL;
-use crate::records::{SNAPSHOT_FORMAT_VERSION, SnapshotFile, decode_rec, encode_rec};
+use crate::records::{SNAPSHOT_FORMAT_VERSION, SnapshotFile};
 
 /// File name prefix of snapshots and their temp files.
 const PREFIX: &str = "snapshot-";

@@ -32,7 +32,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use haseq_messages::{BlockHash, Height};
-use haseq_storage::drop_behind::DropBehind;
+use haseq_storage::lmdb::drop_behind::DropBehind;
 use heed::byteorder::BE;
 use heed::types::{Bytes, Str, U64};
 use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};

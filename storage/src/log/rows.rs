@@ -11,9 +11,10 @@ use openraft::entry::RaftEntry;
 use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
 
 use crate::blocks::get_block;
-use crate::env::{self, Dbs};
+use crate::env::Dbs;
 use crate::error::StorageError;
-use crate::records::{BlockEntryRow, decode_rec, encode_rec, meta_key};
+use crate::lmdb::{self, decode_rec, encode_rec};
+use crate::records::{BlockEntryRow, meta_key};
 use crate::wal::{ByteBuf, Op};
 
 /// The block an entry proposes, if it is a block entry.
@@ -119,7 +120,7 @@ pub(crate) fn read_last_purged(
     txn: &RoTxn<'_>,
     dbs: &Dbs,
 ) -> Result<Option<LogIdOf<TC>>, StorageError> {
-    env::get_rec(txn, dbs.meta, "last purged log id", meta_key::LAST_PURGED)
+    lmdb::get_rec(txn, dbs.meta, "last purged log id", meta_key::LAST_PURGED)
 }
 
 /// Reads the newest stored entry's log id, checking it is stored under its own index.
@@ -158,20 +159,18 @@ pub(crate) fn read_committed(
     txn: &RoTxn<'_>,
     dbs: &Dbs,
 ) -> Result<Option<LogIdOf<TC>>, StorageError> {
-    Ok(
-        env::get_rec::<Option<LogIdOf<TC>>>(
-            txn,
-            dbs.meta,
-            "committed log id",
-            meta_key::COMMITTED,
-        )?
-        .flatten(),
-    )
+    Ok(lmdb::get_rec::<Option<LogIdOf<TC>>>(
+        txn,
+        dbs.meta,
+        "committed log id",
+        meta_key::COMMITTED,
+    )?
+    .flatten())
 }
 
 /// Reads the saved vote.
 pub(crate) fn read_vote(txn: &RoTxn<'_>, dbs: &Dbs) -> Result<Option<VoteOf<TC>>, StorageError> {
-    env::get_rec(txn, dbs.meta, "vote", meta_key::VOTE)
+    lmdb::get_rec(txn, dbs.meta, "vote", meta_key::VOTE)
 }
 
 /// The index the next appended entry must have, `None` when the log has never held anything

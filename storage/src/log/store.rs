@@ -21,10 +21,11 @@ use super::rows::{
 };
 use super::tail::{LogShared, lock};
 use crate::blocks::BlockBackfill;
-use crate::env::{Dbs, LmdbEnv};
+use crate::env::Dbs;
 use crate::error::StorageError;
+use crate::lmdb::{LmdbEnv, decode_rec, encode_rec};
 use crate::metrics::LOG_APPEND_SECONDS;
-use crate::records::{decode_rec, encode_rec, meta_key};
+use crate::records::meta_key;
 use crate::wal::{ByteBuf, JournalHandle, Op, Request};
 use crate::writer::{Durability, Writer};
 

@@ -15,7 +15,8 @@ use super::rows::{
 };
 use crate::env::Dbs;
 use crate::error::StorageError;
-use crate::records::{BlockEntryRow, encode_rec};
+use crate::lmdb::encode_rec;
+use crate::records::BlockEntryRow;
 use crate::wal::{ByteBuf, JournalTarget, Op};
 
 /// What the log holds outside LMDB, shared by the log store, the journal's checkpoints and the
