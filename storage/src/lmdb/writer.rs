@@ -28,6 +28,11 @@
 //! cost few flushes. Every job's caller hears back only after the group's commit (or with the
 //! commit's error).
 //!
+//! A batch ([`Writer::submit_batched`]): jobs queued one right behind the other that end with
+//! the same kind of write (the embedded engine's blocks, each made the head) run in one nested
+//! transaction of the group's, without one each, followed by the newest job's final write only;
+//! they commit into the group, or fail, together.
+//!
 //! A deferred write ([`Writer::defer`]) is not a job of its own: it rides in the next group's
 //! transaction, written last so that it carries the newest value saved before any job of the
 //! group is told.
@@ -72,20 +77,37 @@ pub enum Durability {
     Full,
 }
 
-/// What a job hands back once it has run in its nested transaction: its durability, whether
-/// it lets its group linger, and what to do with the group's commit outcome.
-struct Ran {
+/// What a job hands back once it has run: its durability, whether it lets its group linger,
+/// the final write of its batch if it is in one, its error, and what to do with the group's
+/// commit outcome.
+struct Ran<C> {
     durability: Durability,
     lingers: bool,
+    finish: Option<Finish<C>>,
+    /// The job's error, when it failed (what fails the rest of its batch).
+    error: Option<String>,
     completion: Completion,
 }
+
+/// A batch's final write (see [`Writer::submit_batched`]); `Err` carries the error's text.
+type Finish<C> = (
+    &'static str,
+    Box<dyn FnOnce(&mut RwTxn<'_>, &C) -> Result<(), String> + Send + 'static>,
+);
 
 /// Told the group's commit outcome (`Err` carries the commit's error text).
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send + 'static>;
 
 /// A write job: runs in a nested transaction of the group's (`None`: the group could not begin
 /// one), then waits for the group's commit outcome.
-type Job<C> = Box<dyn FnOnce(&LmdbEnv, Option<&mut RwTxn<'_>>, &C) -> Ran + Send + 'static>;
+struct Job<C> {
+    /// Whether it is a job of a batch ([`Writer::submit_batched`]).
+    batched: bool,
+    run: RunJob<C>,
+}
+
+/// What runs a job: in the transaction it is given (`None`: the group could not begin one).
+type RunJob<C> = Box<dyn FnOnce(&LmdbEnv, Option<&mut RwTxn<'_>>, &C) -> Ran<C> + Send + 'static>;
 
 /// A write that rides in the next group's transaction.
 type Deferred<C, E> = Box<dyn FnOnce(&mut RwTxn<'_>, &C) -> Result<(), E> + Send + 'static>;
@@ -227,7 +249,44 @@ where
         D: FnOnce(Result<R, E>) + Send + 'static,
     {
         let lingers = durability == Durability::DataOnly;
-        self.send(job(op, durability, lingers, f, done)).await
+        self.send(job(op, durability, lingers, f, None, done)).await
+    }
+
+    /// [`Writer::submit`] for a job of a batch: `finish` is the batch's final write. Jobs
+    /// submitted this way one right behind the other, in one group, run in one nested
+    /// transaction (not one each: a nested transaction per job is a cost at thousands of jobs
+    /// a second), followed by the newest job's `finish` only, once (so it sees what they wrote
+    /// and comes before what follows). If a job or that write fails, the batch is rolled back
+    /// whole and each of its jobs hears the error; the rest of the group goes on.
+    ///
+    /// For the embedded engine's blocks imported as the head: each is written by its own job,
+    /// the fork choice once per batch, to the newest.
+    ///
+    /// # Errors
+    /// When the writer has stopped.
+    pub async fn submit_batched<R, F, G, D>(
+        &self,
+        op: &'static str,
+        durability: Durability,
+        f: F,
+        finish: G,
+        done: D,
+    ) -> Result<(), E>
+    where
+        F: FnOnce(&mut RwTxn<'_>, &C) -> Result<R, E> + Send + 'static,
+        G: FnOnce(&mut RwTxn<'_>, &C) -> Result<(), E> + Send + 'static,
+        R: Send + 'static,
+        D: FnOnce(Result<R, E>) + Send + 'static,
+    {
+        let lingers = durability == Durability::DataOnly;
+        let finish: Finish<C> = (
+            op,
+            Box::new(move |wtxn: &mut RwTxn<'_>, ctx: &C| {
+                finish(wtxn, ctx).map_err(|e| e.to_string())
+            }),
+        );
+        self.send(job(op, durability, lingers, f, Some(finish), done))
+            .await
     }
 
     /// [`Writer::submit`] from a plain thread (the log journal's): waits for room in the queue
@@ -248,7 +307,7 @@ where
         D: FnOnce(Result<R, E>) + Send + 'static,
     {
         let lingers = durability == Durability::DataOnly;
-        self.send_blocking(job(op, durability, lingers, f, done))
+        self.send_blocking(job(op, durability, lingers, f, None, done))
     }
 
     /// [`Writer::write_with`] from a plain thread: blocks until the commit is done. Never call
@@ -268,7 +327,7 @@ where
     {
         let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
         // Awaited: the caller blocks on it, so it ends its group's linger.
-        self.send_blocking(job(op, durability, false, f, move |res| {
+        self.send_blocking(job(op, durability, false, f, None, move |res| {
             let _ = reply_tx.send(res);
         }))?;
         reply_rx
@@ -297,7 +356,7 @@ where
         R: Send + 'static,
     {
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.send(job(op, durability, false, f, move |res| {
+        self.send(job(op, durability, false, f, None, move |res| {
             // The submitter may have gone away (cancelled); the write stands regardless.
             let _ = reply_tx.send(res);
         }))
@@ -327,27 +386,34 @@ where
     }
 }
 
-/// The job that runs `f` in its nested transaction and tells `done` after the group's commit.
+/// The job that runs `f` in its nested transaction (a batched job: in its batch's, see
+/// `run_batch`) and tells `done` after the group's commit.
 fn job<C, E, R, F, D>(
     op: &'static str,
     durability: Durability,
     lingers: bool,
     f: F,
+    finish: Option<Finish<C>>,
     done: D,
 ) -> Job<C>
 where
-    E: From<StorageError> + Send + 'static,
+    C: 'static,
+    E: From<StorageError> + std::fmt::Display + Send + 'static,
     F: FnOnce(&mut RwTxn<'_>, &C) -> Result<R, E> + Send + 'static,
     R: Send + 'static,
     D: FnOnce(Result<R, E>) + Send + 'static,
 {
-    Box::new(
+    let batched = finish.is_some();
+    let run = Box::new(
         move |env: &LmdbEnv, group: Option<&mut RwTxn<'_>>, ctx: &C| {
             let res = match group {
+                // The batch's transaction is rolled back whole if this fails.
+                Some(batch) if batched => f(batch, ctx).map(Some),
                 Some(group) => run_nested(env, group, ctx, op, f).map(Some),
                 // Nothing ran: the completion gets the group's error.
                 None => Ok(None),
             };
+            let error = res.as_ref().err().map(|e| format!("{op}: {e}"));
             let completion: Completion = match res {
                 Ok(out) => Box::new(move |committed: Result<(), String>| {
                     let res = match (committed, out) {
@@ -365,10 +431,13 @@ where
             Ran {
                 durability,
                 lingers,
+                finish,
+                error,
                 completion,
             }
         },
-    )
+    );
+    Job { batched, run }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -403,6 +472,98 @@ fn run_writer<C, E: std::fmt::Display>(
     }
 }
 
+/// Where a group's jobs come from: first those taken at once, then, while nobody waits on the
+/// group, whatever arrives within the linger, then whatever is queued by then; never more than
+/// the config's `group_jobs_max`.
+struct Feed<'r, C> {
+    taken_at_once: std::vec::IntoIter<Job<C>>,
+    rx: &'r mut mpsc::Receiver<Job<C>>,
+    rt: &'r tokio::runtime::Runtime,
+    config: &'r WriterConfig,
+    phase: Phase,
+    taken: usize,
+}
+
+/// How far a [`Feed`] has got.
+enum Phase {
+    /// Handing out the jobs taken at once.
+    AtOnce,
+    /// Waiting for more, until the deadline or a job somebody waits on.
+    Linger(tokio::time::Instant),
+    /// Taking what is queued, without waiting.
+    Drain,
+    /// Nothing more for this group.
+    Done,
+}
+
+impl<C> Feed<'_, C> {
+    /// The group's next job; `lingering`: nobody waits on the group so far.
+    fn next(&mut self, lingering: bool) -> Option<Job<C>> {
+        if let Some(job) = self.taken_at_once.next() {
+            self.taken += 1;
+            return Some(job);
+        }
+        if self.taken >= self.config.group_jobs_max {
+            return None;
+        }
+        loop {
+            match self.phase {
+                Phase::AtOnce if lingering && !self.config.linger.is_zero() => {
+                    self.phase = Phase::Linger(tokio::time::Instant::now() + self.config.linger);
+                }
+                // Somebody waits on the group already: it commits now.
+                Phase::AtOnce => self.phase = Phase::Done,
+                Phase::Linger(_) if !lingering => self.phase = Phase::Drain,
+                Phase::Linger(deadline) => {
+                    // A queued job needs no timer.
+                    let next = match self.rx.try_recv() {
+                        Ok(job) => Some(job),
+                        Err(_) => {
+                            let rx = &mut *self.rx;
+                            self.rt
+                                .block_on(async {
+                                    tokio::time::timeout_at(deadline, rx.recv()).await
+                                })
+                                .ok()
+                                .flatten()
+                        }
+                    };
+                    match next {
+                        Some(job) => {
+                            self.taken += 1;
+                            return Some(job);
+                        }
+                        None => self.phase = Phase::Drain,
+                    }
+                }
+                Phase::Drain => match self.rx.try_recv() {
+                    Ok(job) => {
+                        self.taken += 1;
+                        return Some(job);
+                    }
+                    Err(_) => self.phase = Phase::Done,
+                },
+                Phase::Done => return None,
+            }
+        }
+    }
+}
+
+/// What a group has gathered so far: the strongest durability asked for, whether nobody waits
+/// on it, and the completions to tell, in queue order.
+struct Gathered {
+    durability: Durability,
+    lingers: bool,
+    completions: Vec<Completion>,
+}
+
+impl Gathered {
+    fn add<C>(&mut self, ran: &Ran<C>) {
+        self.durability = self.durability.max(ran.durability);
+        self.lingers &= ran.lingers;
+    }
+}
+
 /// Runs `group` (and, for a group nobody waits on, whatever arrives within the linger) in one
 /// transaction and commits it once; then tells every job the outcome.
 fn commit_group<C, E: std::fmt::Display>(
@@ -420,42 +581,35 @@ fn commit_group<C, E: std::fmt::Display>(
             // Nothing can be written: every job hears so through its completion.
             let detail = format!("LMDB begin write: {e}");
             for job in group {
-                (job(env, None, ctx).completion)(Err(detail.clone()));
+                ((job.run)(env, None, ctx).completion)(Err(detail.clone()));
             }
             return;
         }
     };
-    let mut durability = Durability::DataOnly;
-    let mut lingers = true;
-    let mut completions: Vec<Completion> = Vec::with_capacity(group.len());
-    let mut run = |job: Job<C>, wtxn: &mut RwTxn<'_>, completions: &mut Vec<Completion>| {
-        let ran = job(env, Some(wtxn), ctx);
-        durability = durability.max(ran.durability);
-        lingers &= ran.lingers;
-        completions.push(ran.completion);
-        lingers
+    let mut gathered = Gathered {
+        durability: Durability::DataOnly,
+        lingers: true,
+        completions: Vec::with_capacity(group.len()),
     };
-    let mut lingering = true;
-    for job in group {
-        lingering = run(job, &mut wtxn, &mut completions);
-    }
-    // Only jobs nobody waits on so far (applies, as a rule): give the next job a moment to
-    // come and carry them in its commit.
-    if lingering && !config.linger.is_zero() {
-        let deadline = tokio::time::Instant::now() + config.linger;
-        while completions.len() < config.group_jobs_max && lingering {
-            match rt.block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await }) {
-                Ok(Some(job)) => lingering = run(job, &mut wtxn, &mut completions),
-                _ => break,
-            }
-        }
-        while completions.len() < config.group_jobs_max {
-            match rx.try_recv() {
-                Ok(job) => {
-                    run(job, &mut wtxn, &mut completions);
-                }
-                Err(_) => break,
-            }
+    let mut feed = Feed {
+        taken_at_once: group.into_iter(),
+        rx,
+        rt,
+        config,
+        phase: Phase::AtOnce,
+        taken: 0,
+    };
+    // Only jobs nobody waits on so far (applies, imported blocks, as a rule): the feed gives
+    // the next job a moment to come and carry them in its commit.
+    let mut next = feed.next(true);
+    while let Some(job) = next.take() {
+        if job.batched {
+            next = run_batch(env, &mut wtxn, ctx, job, &mut feed, &mut gathered);
+        } else {
+            let ran = (job.run)(env, Some(&mut wtxn), ctx);
+            gathered.add(&ran);
+            gathered.completions.push(ran.completion);
+            next = feed.next(gathered.lingers);
         }
     }
     // Last, so that it carries the newest value saved before any job of the group is told.
@@ -474,10 +628,77 @@ fn commit_group<C, E: std::fmt::Display>(
     }
     // A failed commit is reported to every caller as is: never retried quietly, never
     // reported done (the storage's callers hand it to openraft, which stops the node).
-    let committed = commit_at(env, wtxn, durability).map_err(|e| format!("LMDB commit: {e}"));
-    for c in completions {
+    let committed =
+        commit_at(env, wtxn, gathered.durability).map_err(|e| format!("LMDB commit: {e}"));
+    for c in gathered.completions {
         c(committed.clone());
     }
+}
+
+/// Runs a batch, `first` and the batched jobs the feed has right behind it, in one nested
+/// transaction of `group`, then the newest job's final write: committed into the group
+/// together, or, if a job or the final write fails, rolled back together (every job of the
+/// batch then hears the error). Returns the job that ended the batch, if one did.
+fn run_batch<C>(
+    env: &LmdbEnv,
+    group: &mut RwTxn<'_>,
+    ctx: &C,
+    first: Job<C>,
+    feed: &mut Feed<'_, C>,
+    gathered: &mut Gathered,
+) -> Option<Job<C>> {
+    let (mut batch, mut failed) = match env.nested_write_txn(group) {
+        Ok(child) => (Some(child), None),
+        Err(e) => (None, Some(format!("LMDB begin a batch: {e}"))),
+    };
+    let mut finish: Option<Finish<C>> = None;
+    let mut completions = Vec::new();
+    let mut next = Some(first);
+    let after = loop {
+        let Some(job) = next.take() else { break None };
+        if !job.batched {
+            break Some(job);
+        }
+        // After a failure the rest do not run (their completion gets the batch's error).
+        let txn = if failed.is_none() {
+            batch.as_mut()
+        } else {
+            None
+        };
+        let ran = (job.run)(env, txn, ctx);
+        gathered.add(&ran);
+        if let Some(e) = &ran.error {
+            failed.get_or_insert_with(|| e.clone());
+        }
+        // The newest final write covers the ones before it.
+        if ran.finish.is_some() {
+            finish = ran.finish;
+        }
+        completions.push(ran.completion);
+        next = feed.next(gathered.lingers);
+    };
+    if let (None, Some(txn), Some((op, write))) = (&failed, batch.as_mut(), finish)
+        && let Err(e) = write(txn, ctx)
+    {
+        failed = Some(format!("{op}: {e}"));
+    }
+    if let (None, Some(txn)) = (&failed, batch)
+        && let Err(e) = txn.commit()
+    {
+        failed = Some(format!("LMDB commit a batch: {e}"));
+    }
+    // (A batch not committed was aborted when it was dropped.)
+    for c in completions {
+        match &failed {
+            None => gathered.completions.push(c),
+            Some(detail) => {
+                tracing::error!(error = %detail, "a batch of writes failed; none of it is written");
+                let detail = detail.clone();
+                gathered.completions.push(Box::new(move |_| c(Err(detail))));
+            }
+        }
+    }
+    after
 }
 
 /// Runs `f` in a nested transaction of `group`: committed into the group if `f` succeeds,
@@ -686,6 +907,69 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    /// A batch's final write runs after its jobs and before the job behind them (which reads
+    /// what it wrote), and only the newest one; a batch whose final write fails leaves nothing,
+    /// and each of its jobs hears the error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_ends_with_its_newest_final_write_and_a_failed_one_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (env, writer, db) = start(dir.path(), 16 << 20);
+        let finishes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for i in 1..=3u8 {
+            let finishes = finishes.clone();
+            writer
+                .submit_batched(
+                    "test: batched",
+                    Durability::DataOnly,
+                    move |wtxn, db: &Db| {
+                        db.put(wtxn, &format!("b{i}"), &[i])
+                            .map_err(StorageError::lmdb("put"))
+                    },
+                    move |wtxn, db: &Db| {
+                        finishes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        db.put(wtxn, "last", &[i])
+                            .map_err(StorageError::lmdb("put"))
+                    },
+                    |res| res.expect("batched job"),
+                )
+                .await
+                .expect("queued");
+        }
+        let seen = writer
+            .write_with("test: after", Durability::DataOnly, move |wtxn, db: &Db| {
+                Ok(db
+                    .get(wtxn, "last")
+                    .map_err(StorageError::lmdb("get"))?
+                    .map(<[u8]>::to_vec))
+            })
+            .await
+            .expect("read job");
+        assert_eq!(
+            seen,
+            Some(vec![3]),
+            "the newest final write, before the next job"
+        );
+        let ran = finishes.load(std::sync::atomic::Ordering::Relaxed);
+        assert!((1..=3).contains(&ran), "{ran} final writes");
+
+        let (tx, rx) = oneshot::channel();
+        writer
+            .submit_batched(
+                "test: failing batch",
+                Durability::DataOnly,
+                |wtxn, db: &Db| db.put(wtxn, "b4", &[4]).map_err(StorageError::lmdb("put")),
+                |_, _| Err(StorageError::WriterStopped),
+                move |res| {
+                    let _ = tx.send(res.is_err());
+                },
+            )
+            .await
+            .expect("queued");
+        assert_eq!(rx.await, Ok(true), "the job hears the final write's error");
+        assert_eq!(read(&env, db, "b4"), None, "nothing of the batch written");
+        assert_eq!(read(&env, db, "b3").as_deref(), Some(&[3u8][..]));
     }
 
     /// The writer lets go of the values it committed (see `drop_behind`): after eighty commits
