@@ -1,8 +1,9 @@
-//! The LMDB environment and its databases: how they are opened and how a value is read.
+//! The store's LMDB environment, its databases, and the directory layout.
 //!
 //! Layout under the node's directory:
 //! ```text
 //! <dir>/db/data.mdb, lock.mdb     the LMDB environment (this module)
+//! <dir>/wal/<seq>.wal, spare       the log journal's segments (see `wal`)
 //! <dir>/snapshot-<term>-<index>.snp   snapshot files (see `snapshot`)
 //! ```
 

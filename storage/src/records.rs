@@ -1,8 +1,8 @@
-//! The records this crate stores, and how a record becomes bytes and back.
+//! The records this crate stores, and their keys.
 //!
-//! Every value on disk is postcard (through `haseq_messages::{encode, decode}`), so a stored
-//! value and the same value on the wire are the same bytes. Keys are not postcard: log indexes
-//! and heights are big-endian `u64` so that LMDB's byte order is numeric order.
+//! Every value on disk is postcard (the toolkit's codecs, `lmdb::{encode_rec, decode_rec}`), so
+//! a stored value and the same value on the wire are the same bytes. Keys are not postcard: log
+//! indexes and heights are big-endian `u64` so that LMDB's byte order is numeric order.
 
 use haseq_messages::{Block, BlockHash, Height, TC};
 use openraft::type_config::alias::{LogIdOf, StoredMembershipOf};
