@@ -6,9 +6,9 @@
 //! openraft's storage traits ([`LogStore`], [`StateMachineStore`]) and gives the rest of the node
 //! read access ([`BlockReader`]) and a watch on what was applied ([`AppliedState`]).
 //!
-//! Every write transaction runs on one writer thread per environment ([`lmdb::Writer`]): async callers
-//! hand it a closure and await the result, which arrives after the commit and its fsync. Reads
-//! are short read transactions on the calling thread.
+//! Every write transaction runs on one writer thread per environment ([`lmdb::Writer`]): async
+//! callers hand it a closure and await the result, which arrives after the commit and its
+//! fsync. Reads are short read transactions on the calling thread.
 //!
 //! Modules, bottom up: each one uses only modules listed before it, so the crate reads one way.
 //! - [`error`]: the error type, [`StorageError`]; [`metrics`]: metric names and
