@@ -159,6 +159,14 @@ impl EngineError {
     }
 }
 
+/// The embedded engine's LMDB environment and writer thread are the storage crate's toolkit
+/// (`haseq_storage::lmdb`), whose errors are its own; each says what it was doing.
+impl From<haseq_storage::StorageError> for EngineError {
+    fn from(e: haseq_storage::StorageError) -> Self {
+        EngineError::storage("LMDB", e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,11 +11,12 @@ use haseq_messages::{Block, BlockHash, BlockRef, BlockSummary, Height};
 use heed::{RoTxn, RwTxn};
 use tokio::sync::watch;
 
+use crate::applied::{AppliedState, read_head};
 use crate::applied_tail::AppliedTail;
-use crate::env::{self, Dbs, LmdbEnv};
+use crate::env::Dbs;
 use crate::error::StorageError;
-use crate::records::{Head, encode_rec, sm_key};
-use crate::sm::AppliedState;
+use crate::lmdb::{LmdbEnv, encode_rec};
+use crate::records::Head;
 use crate::writer::Writer;
 
 /// Every this many heights, the store keeps the committed block's hash even where it does not
@@ -207,11 +208,6 @@ pub(crate) fn recent_blocks(
     }
     out.reverse();
     Ok(out)
-}
-
-/// Reads the head record (genesis when absent).
-pub(crate) fn read_head(txn: &RoTxn<'_>, dbs: &Dbs) -> Result<Head, StorageError> {
-    Ok(env::get_rec(txn, dbs.sm, "head", sm_key::HEAD)?.unwrap_or(Head::GENESIS))
 }
 
 /// Read-only access to the applied chain: head, blocks by height, heights by hash.

@@ -1,35 +1,27 @@
-//! The LMDB environment and its databases: how they are opened and how a value is read.
+//! The store's LMDB environment, its databases, and the directory layout.
 //!
 //! Layout under the node's directory:
 //! ```text
 //! <dir>/db/data.mdb, lock.mdb     the LMDB environment (this module)
+//! <dir>/wal/<seq>.wal, spare       the log journal's segments (see `wal`)
 //! <dir>/snapshot-<term>-<index>.snp   snapshot files (see `snapshot`)
 //! ```
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use heed::byteorder::BE;
 use heed::types::{Bytes, Str, U64};
-use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, WithoutTls};
-use serde::de::DeserializeOwned;
+use heed::{CommitOrAbort, Database};
 
 use crate::error::StorageError;
-use crate::records::decode_rec;
-
-/// The environment type: read transactions without thread-local slots, so that a reader never
-/// depends on which tokio worker it happens to run on.
-pub(crate) type LmdbEnv = Env<WithoutTls>;
+use crate::lmdb::{self, EnvOptions, LmdbEnv};
 
 /// Name of the environment's subdirectory under the node's directory.
 const ENV_SUBDIR: &str = "db";
 
 /// How many named databases the environment may hold (we use seven; room to grow).
 const MAX_DBS: u32 = 16;
-
-/// How long `open` waits for a just-dropped store on the same directory to finish closing
-/// (its writer thread joins on drop, but another handle may still be in flight).
-pub(crate) const REOPEN_WAIT_MAX: Duration = Duration::from_secs(10);
 
 /// The databases of one environment. `Copy`: a handle is only a number.
 #[derive(Clone, Copy)]
@@ -58,41 +50,14 @@ pub(crate) fn env_dir(dir: &Path) -> PathBuf {
     dir.join(ENV_SUBDIR)
 }
 
-/// Opens (creating the directory if needed) the environment under `dir`.
-///
-/// If this process still has the environment open (a store on the same directory that was just
-/// dropped, and whose last handle is being released), waits for it to close, up to
-/// [`REOPEN_WAIT_MAX`].
+/// Opens (creating the directory if needed) the environment under `dir` (see
+/// [`lmdb::open_env`]: it waits for a store on the same directory that was just dropped).
 pub(crate) fn open_env(dir: &Path, map_size_bytes: usize) -> Result<LmdbEnv, StorageError> {
-    let path = env_dir(dir);
-    std::fs::create_dir_all(&path).map_err(StorageError::io("create directory", &path))?;
-    let mut opts = EnvOpenOptions::new().read_txn_without_tls();
-    opts.map_size(map_size_bytes).max_dbs(MAX_DBS);
-
-    for attempt in 0..2 {
-        // SAFETY: LMDB maps the file into memory; heed's `open` is unsafe because another
-        // party modifying the file outside LMDB's locking is UB. Only this crate opens this
-        // directory, always through LMDB and its lock file, and heed refuses a second open of
-        // the same path in this process (`EnvAlreadyOpened`, handled below).
-        let res = unsafe { opts.open(&path) };
-        match res {
-            Ok(env) => return Ok(env),
-            Err(heed::Error::EnvAlreadyOpened) if attempt == 0 => {
-                let canonical = path
-                    .canonicalize()
-                    .map_err(StorageError::io("canonicalize", &path))?;
-                if let Some(closing) = heed::env_closing_event(&canonical) {
-                    tracing::info!(path = %path.display(), "waiting for the previous store on this directory to close");
-                    if !closing.wait_timeout(REOPEN_WAIT_MAX) {
-                        return Err(StorageError::AlreadyOpen { path });
-                    }
-                }
-            }
-            Err(heed::Error::EnvAlreadyOpened) => return Err(StorageError::AlreadyOpen { path }),
-            Err(source) => return Err(StorageError::OpenEnv { path, source }),
-        }
-    }
-    Err(StorageError::AlreadyOpen { path })
+    let opts = EnvOptions {
+        map_size_bytes,
+        max_dbs: MAX_DBS,
+    };
+    lmdb::open_env(&env_dir(dir), &opts)
 }
 
 /// Creates (or opens) the databases. Runs a write transaction: call it on the writer thread.
@@ -169,15 +134,9 @@ pub(crate) fn open_dbs(env: &LmdbEnv) -> Result<Option<InspectDbs>, StorageError
         .map(|(log, meta, sm)| InspectDbs { log, meta, sm }))
 }
 
-/// Reads and decodes the value under a string key, `None` if absent.
-pub(crate) fn get_rec<T: DeserializeOwned>(
-    txn: &RoTxn<'_>,
-    db: Database<'static, Str, Bytes>,
-    what: &'static str,
-    key: &str,
-) -> Result<Option<T>, StorageError> {
-    match db.get(txn, key).map_err(StorageError::lmdb("get record"))? {
-        None => Ok(None),
-        Some(bytes) => decode_rec(what, key, bytes).map(Some),
-    }
+/// fsyncs a directory, so that a rename or delete in it survives a crash.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StorageError::io("fsync directory", dir))
 }

@@ -6,29 +6,35 @@
 //! openraft's storage traits ([`LogStore`], [`StateMachineStore`]) and gives the rest of the node
 //! read access ([`BlockReader`]) and a watch on what was applied ([`AppliedState`]).
 //!
-//! Every write transaction runs on one writer thread per environment (`writer`): async callers
-//! hand it a closure and await the result, which arrives after the commit and its fsync. Reads
-//! are short read transactions on the calling thread.
+//! Every write transaction runs on one writer thread per environment ([`lmdb::Writer`]): async
+//! callers hand it a closure and await the result, which arrives after the commit and its
+//! fsync. Reads are short read transactions on the calling thread.
 //!
-//! Modules:
+//! Modules, bottom up: each one uses only modules listed before it, so the crate reads one way.
+//! - [`error`]: the error type, [`StorageError`]; [`metrics`]: metric names and
+//!   [`describe_metrics`];
+//! - [`lmdb`]: the LMDB toolkit, shared with the embedded engine: opening an environment, the
+//!   writer thread (group commit, durability per job, linger, deferred writes, drop-behind),
+//!   record codecs;
+//! - `records`: the stored record types and their keys ([`Head`]);
 //! - `env`: the environment, its databases, the directory layout;
-//! - `writer`: the writer thread;
-//! - [`drop_behind`]: after each commit, the page cache let go of what the data file grew by
-//!   two commits earlier (also used by the embedded engine's environment);
-//! - `wal`: the log journal, which makes a log change durable with one flush, ahead of LMDB;
-//! - `log`: Raft log, vote, committed and purged pointers ([`LogStore`]);
-//! - `sm`: the apply rule, head and membership ([`StateMachineStore`], [`check_block`]);
+//! - `writer`: the store's writer thread (the toolkit's, over the store's databases);
+//! - `applied`: the applied state as the `sm` database records it ([`AppliedState`]);
+//!   `applied_tail`: applies whose transaction has not committed yet;
+//! - `wal`: the log journal, which makes a log change durable with one flush, ahead of LMDB
+//!   (`record` format, `segment` files, the `journal` thread);
 //! - `blocks`: height -> block, hash -> height ([`BlockReader`], [`BlockBackfill`]);
+//! - `log`: Raft log, vote, committed and purged pointers (`rows` in LMDB, the shared `tail`,
+//!   the `store`: [`LogStore`]);
 //! - `snapshot`: snapshot files, atomic writes, retention ([`SnapshotBuilder`]);
-//! - `records`: the stored record types and their encoding ([`Head`]);
-//! - [`metrics`]: metric names and [`describe_metrics`];
-//! - [`error`]: the error type, [`StorageError`].
+//! - `sm`: the apply rule and the state machine ([`StateMachineStore`], [`check_block`]).
 
+mod applied;
 mod applied_tail;
 mod blocks;
-pub mod drop_behind;
 mod env;
 pub mod error;
+pub mod lmdb;
 mod log;
 pub mod metrics;
 mod records;
@@ -43,16 +49,16 @@ use std::sync::Arc;
 use haseq_messages::TC;
 use tokio::sync::watch;
 
+pub use crate::applied::AppliedState;
 pub use crate::blocks::{BACKFILL_BLOCKS_MAX, BlockBackfill, BlockReader, CHECKPOINT_EVERY_BLOCKS};
 pub use crate::error::StorageError;
 pub use crate::log::{LOG_READ_ENTRIES_MAX, LogStore};
 pub use crate::metrics::describe_metrics;
 pub use crate::records::Head;
-pub use crate::sm::{APPLY_BATCH_ENTRIES_MAX, AppliedState, StateMachineStore, check_block};
+pub use crate::sm::{APPLY_BATCH_ENTRIES_MAX, StateMachineStore, check_block};
 pub use crate::snapshot::SnapshotBuilder;
 
 use crate::snapshot::SnapshotDir;
-use crate::writer::Writer;
 
 /// Default LMDB map size: 64 GiB of address space. LMDB grows the file only as data is
 /// written, so this is a ceiling, not an allocation.
@@ -158,7 +164,7 @@ pub fn open(dir: &Path, opts: StoreOptions) -> Result<Storage, StorageError> {
         Ok(n) => tracing::info!(stale = n, "cleared stale LMDB readers"),
         Err(e) => tracing::warn!(error = %e, "could not clear stale LMDB readers"),
     }
-    let (writer, dbs) = Writer::start(env.clone())?;
+    let (writer, dbs) = writer::start(env.clone())?;
     let writer = Arc::new(writer);
     // Before anything reads the log: what the journal holds goes into LMDB first.
     let log_shared = log::LogShared::default();
@@ -174,7 +180,7 @@ pub fn open(dir: &Path, opts: StoreOptions) -> Result<Storage, StorageError> {
             .map_err(StorageError::lmdb("open: begin read"))?;
         // Everything the journal held is in LMDB now (no append has been queued yet).
         log_shared.init(log::last_stored_index(&rtxn, &dbs)?);
-        sm::read_applied_state(&rtxn, &dbs)?
+        applied::read_applied_state(&rtxn, &dbs)?
     };
     tracing::info!(dir = %dir.display(), applied = ?initial.applied, head = %initial.head_height, "store opened");
     ::metrics::gauge!(metrics::APPLIED_HEIGHT).set(initial.head_height.0 as f64);
@@ -246,7 +252,7 @@ fn inspect(dir: &Path) -> Result<bool, StorageError> {
             .is_some())
     };
     let applied: Option<Option<openraft::type_config::alias::LogIdOf<TC>>> =
-        env::get_rec(&rtxn, dbs.sm, "applied log id", records::sm_key::APPLIED)?;
+        lmdb::get_rec(&rtxn, dbs.sm, "applied log id", records::sm_key::APPLIED)?;
     let has = meta_has(records::meta_key::VOTE)?
         || meta_has(records::meta_key::LAST_PURGED)?
         || !dbs

@@ -1,15 +1,15 @@
-//! The records this crate stores, and how a record becomes bytes and back.
+//! The records this crate stores, and their keys.
 //!
-//! Every value on disk is postcard (through `haseq_messages::{encode, decode}`), so a stored
-//! value and the same value on the wire are the same bytes. Keys are not postcard: log indexes
-//! and heights are big-endian `u64` so that LMDB's byte order is numeric order.
+//! Every value on disk is postcard (the toolkit's codecs, `lmdb::{encode_rec, decode_rec}`), so
+//! a stored value and the same value on the wire are the same bytes. Keys are not postcard: log
+//! indexes and heights are big-endian `u64` so that LMDB's byte order is numeric order.
 
 use haseq_messages::{Block, BlockHash, Height, TC};
 use openraft::type_config::alias::{LogIdOf, StoredMembershipOf};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StorageError;
+use crate::lmdb::decode_rec;
 
 /// The applied chain's tip: the block every new proposal must extend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -119,27 +119,6 @@ pub(crate) fn decode_snapshot(
     })
 }
 
-/// Encodes a record, naming it in the error.
-pub(crate) fn encode_rec<T: Serialize>(
-    what: &'static str,
-    value: &T,
-) -> Result<Vec<u8>, StorageError> {
-    haseq_messages::encode(value).map_err(|source| StorageError::Encode { what, source })
-}
-
-/// Decodes a record, naming it and its key in the error.
-pub(crate) fn decode_rec<T: DeserializeOwned>(
-    what: &'static str,
-    key: impl std::fmt::Display,
-    bytes: &[u8],
-) -> Result<T, StorageError> {
-    haseq_messages::decode(bytes).map_err(|source| StorageError::Decode {
-        what,
-        key: key.to_string(),
-        source,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
@@ -151,7 +130,10 @@ mod tests {
     use openraft::{LogId, Membership, StoredMembership};
     use proptest::prelude::*;
 
+    use serde::de::DeserializeOwned;
+
     use super::*;
+    use crate::lmdb::{decode_rec, encode_rec};
 
     /// With one leader per term (`leader_id_std`) a log id does not name the node.
     fn log_id(term: u64, _node: u64, index: u64) -> LogIdOf<TC> {

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use haseq_messages::{ApplyOutcome, Block, BlockHash, Command, Height, RejectReason, TC};
-use heed::RoTxn;
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::type_config::alias::{
@@ -19,40 +18,21 @@ use openraft::type_config::alias::{
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
 use tokio::sync::watch;
 
+use crate::applied::{AppliedState, read_applied, read_head, read_membership};
 use crate::applied_tail::{AppliedTail, TailState};
-use crate::blocks::{self, put_block, put_checkpoint, read_head};
-use crate::env::{self, Dbs, LmdbEnv};
+use crate::blocks::{self, put_block, put_checkpoint};
+use crate::env::Dbs;
 use crate::error::StorageError;
+use crate::lmdb::{LmdbEnv, encode_rec};
 use crate::log::LogShared;
 use crate::metrics::{APPLIED_HEIGHT, PROPOSALS_REJECTED_TOTAL, SNAPSHOT_INSTALLS_TOTAL};
-use crate::records::{Head, SnapshotFile, encode_rec, sm_key};
+use crate::records::{Head, SnapshotFile, sm_key};
 use crate::snapshot::{self, SnapshotBuilder, SnapshotDir};
 use crate::writer::{Durability, Writer};
 
 /// Most entries applied in one write transaction. Bounds the transaction's size and how long
 /// the first entry's client waits for the batch's commit.
 pub const APPLY_BATCH_ENTRIES_MAX: usize = 1024;
-
-/// What the rest of the node sees of the state machine after each committed change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppliedState {
-    /// The last applied log id.
-    pub applied: Option<LogIdOf<TC>>,
-    /// Height of the applied head.
-    pub head_height: Height,
-    /// Hash of the applied head.
-    pub head_hash: BlockHash,
-}
-
-impl AppliedState {
-    /// The head as a [`Head`].
-    pub fn head(&self) -> Head {
-        Head {
-            height: self.head_height,
-            hash: self.head_hash,
-        }
-    }
-}
 
 /// The apply rule: a block is accepted only if it is the next height on the applied head and
 /// builds on the head's hash.
@@ -76,36 +56,6 @@ pub fn check_block(head: &Head, block: &Block) -> Result<(), RejectReason> {
         });
     }
     Ok(())
-}
-
-/// Reads the applied log id.
-pub(crate) fn read_applied(
-    txn: &RoTxn<'_>,
-    dbs: &Dbs,
-) -> Result<Option<LogIdOf<TC>>, StorageError> {
-    Ok(
-        env::get_rec::<Option<LogIdOf<TC>>>(txn, dbs.sm, "applied log id", sm_key::APPLIED)?
-            .flatten(),
-    )
-}
-
-/// Reads the applied membership (the empty default before any membership entry).
-pub(crate) fn read_membership(
-    txn: &RoTxn<'_>,
-    dbs: &Dbs,
-) -> Result<StoredMembershipOf<TC>, StorageError> {
-    Ok(env::get_rec(txn, dbs.sm, "membership", sm_key::MEMBERSHIP)?.unwrap_or_default())
-}
-
-/// Reads the applied state as published on the watch channel.
-pub(crate) fn read_applied_state(txn: &RoTxn<'_>, dbs: &Dbs) -> Result<AppliedState, StorageError> {
-    let applied = read_applied(txn, dbs)?;
-    let head = read_head(txn, dbs)?;
-    Ok(AppliedState {
-        applied,
-        head_height: head.height,
-        head_hash: head.hash,
-    })
 }
 
 /// The Raft state machine store: applies committed entries, builds and installs snapshots.

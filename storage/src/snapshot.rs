@@ -9,7 +9,7 @@
 //! new one, never a torn one. A crash can leave a temp file behind; `open` deletes those, and
 //! listings never look at them. The newest `snap_count` files are kept, older ones deleted.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,14 +18,13 @@ use haseq_messages::TC;
 use openraft::storage::{RaftSnapshotBuilder, Snapshot, SnapshotMeta};
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf};
 
-use crate::blocks::{
-    CHECKPOINT_EVERY_BLOCKS, is_checkpoint, read_checkpoints, read_head, recent_blocks,
-};
-use crate::env::{Dbs, LmdbEnv};
+use crate::applied::{read_applied, read_head, read_membership};
+use crate::blocks::{CHECKPOINT_EVERY_BLOCKS, is_checkpoint, read_checkpoints, recent_blocks};
+use crate::env::{Dbs, sync_dir};
 use crate::error::StorageError;
+use crate::lmdb::{LmdbEnv, encode_rec};
 use crate::metrics::SNAPSHOT_BUILDS_TOTAL;
-use crate::records::{SNAPSHOT_FORMAT_VERSION, SnapshotFile, decode_snapshot, encode_rec};
-use crate::sm::{read_applied, read_membership};
+use crate::records::{SNAPSHOT_FORMAT_VERSION, SnapshotFile, decode_snapshot};
 
 /// File name prefix of snapshots and their temp files.
 const PREFIX: &str = "snapshot-";
@@ -65,13 +64,6 @@ fn parse_name(name: &str) -> Option<SortKey> {
     }
     let (term, index) = stem.split_once('-')?;
     Some(Some((term.parse().ok()?, index.parse().ok()?)))
-}
-
-/// fsyncs a directory, so that a rename or delete in it survives a crash.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(StorageError::io("fsync directory", dir))
 }
 
 impl SnapshotDir {

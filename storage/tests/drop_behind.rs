@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use haseq_storage::drop_behind::{
+use haseq_storage::lmdb::drop_behind::{
     DROP_CHUNK_BYTES, DropBehind, LAG_COMMITS, page_bytes, resident_pages,
 };
 

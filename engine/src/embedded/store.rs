@@ -19,32 +19,31 @@
 //! scattered page with a syscall of its own, and the file system's writeback walks every
 //! cached page around it). `headers` is still keyed by hash: a lookup by hash alone needs it.
 //!
-//! Why a writer thread: `write_txn()` waits on LMDB's writer mutex and `commit()` fsyncs, so
-//! either can block for milliseconds; on a tokio worker that would stall every task scheduled
-//! there. Async callers hand the thread a closure and await a oneshot that fires after the
-//! commit returned, i.e. once the write is durable. Reads use read transactions in place: they
-//! take no lock and, with `WithoutTls`, may run on any thread.
+//! Writes go through the storage crate's LMDB toolkit (`haseq_storage::lmdb`): one writer
+//! thread runs every write transaction (`write_txn()` waits on LMDB's writer mutex and
+//! `commit()` fsyncs, either blocking for milliseconds, which on a tokio worker would stall
+//! every task scheduled there); async callers hand it a closure and await a oneshot that fires
+//! after the commit returned. Every commit flushes its data pages, not the meta page
+//! ([`DURABILITY`]). Reads use read transactions in place: they take no lock and, with
+//! `WithoutTls`, may run on any thread.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use haseq_messages::{BlockHash, Height};
-use haseq_storage::drop_behind::DropBehind;
+use haseq_storage::lmdb::{
+    Durability, EnvOptions, LmdbEnv, Writer, WriterConfig, decode_rec, encode_rec, get_rec,
+    open_env,
+};
 use heed::byteorder::BE;
 use heed::types::{Bytes, Str, U64};
-use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+use heed::{CommitOrAbort, Database, RoTxn, RwTxn, WithoutTls};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
 
 use crate::error::EngineError;
 use crate::payload::ExecPayload;
-
-/// The environment type: read transactions without thread-local slots, so a read may run on
-/// whichever tokio worker the caller happens to be on.
-pub(crate) type LmdbEnv = Env<WithoutTls>;
 
 /// Subdirectory of the data dir holding the environment.
 pub(crate) const ENV_SUBDIR: &str = "engine-db";
@@ -52,8 +51,13 @@ pub(crate) const ENV_SUBDIR: &str = "engine-db";
 const DBS_MAX: u32 = 8;
 /// Write jobs that may queue for the writer thread before submitters wait.
 const WRITER_QUEUE_JOBS_MAX: usize = 256;
-/// How long `open` waits for an engine on the same directory, just dropped, to close.
-const REOPEN_WAIT_MAX: Duration = Duration::from_secs(10);
+/// How durable every commit of the engine is: data pages flushed, the meta page written but
+/// not flushed (`MDB_NOMETASYNC`), so a power loss may undo the last transactions (never
+/// corrupt the database; a process crash loses nothing). That is an execution client's
+/// ordinary behaviour (reth and geth persist in batches, behind what they acknowledged), and
+/// haseq refills such a hole from its block store on start-up. It halves the flushes of every
+/// import.
+const DURABILITY: Durability = Durability::DataOnly;
 
 const META_HEAD: &str = "head";
 const META_SAFE: &str = "safe";
@@ -95,18 +99,6 @@ pub(crate) enum ForkchoiceRefusal {
     InvalidState(String),
 }
 
-/// A transaction of its own: open, write, commit, reply.
-type TxnJob = Box<dyn FnOnce(&LmdbEnv, &Dbs) + Send + 'static>;
-
-/// Work for the writer thread.
-enum Job {
-    /// A transaction of its own.
-    Txn(TxnJob),
-    /// A block to write behind (see [`Store::extend_behind`]); consecutive ones share one
-    /// transaction.
-    Extend(UnwrittenBlock),
-}
-
 /// Blocks imported as the new head whose transaction has not committed yet: a linear
 /// extension of the stored canonical chain, oldest first, each the head, safe and finalized
 /// block once it is the newest (see [`Store::extend_behind`]).
@@ -120,95 +112,18 @@ struct Unwritten {
 /// Reads a stored block pointer (head, safe or finalized).
 type PointerRead = fn(&RoTxn<'_, WithoutTls>, &Dbs) -> Result<(Height, BlockHash), EngineError>;
 
-/// Most queued extensions written in one transaction.
+/// Most queued writes (extensions, as a rule) committed in one transaction.
 pub(crate) const EXTEND_BATCH_MAX: usize = 256;
 /// How long the writer lets extensions gather before writing them, unless a full batch
 /// ([`EXTEND_BATCH_MAX`]) is queued sooner: the most a process crash can lose of what the
 /// engine acknowledged, and the least time between two of its flushes while blocks come at
 /// under a batch per linger (as in production: 100 KiB blocks at 450/s fill a tenth of one).
 /// 25 ms, with the storage writer's `DATA_ONLY_LINGER`: fewer flushes competing with the
-/// Raft journal's on a shared disk (measurements there).
+/// Raft journal's on a shared disk (measurements there). A full batch ends the linger at once:
+/// a writer that waited it out before every batch, full or not, could never write more than
+/// `EXTEND_BATCH_MAX` blocks per linger (10,240 blocks/s; the 100,000-block replay bench ran
+/// at 6,000, a third of each writer cycle spent asleep with a full batch queued).
 pub(crate) const EXTEND_LINGER: Duration = Duration::from_millis(25);
-// A full batch can be queued, or the writer would always wait out the linger.
-const _: () = assert!(WRITER_QUEUE_JOBS_MAX + 1 >= EXTEND_BATCH_MAX);
-
-/// Wakes the writer out of its linger once a full batch of extensions is queued (or the
-/// store closes). Without it the writer waited out [`EXTEND_LINGER`] before every batch, full
-/// or not, so a replay could never write more than `EXTEND_BATCH_MAX` blocks per linger
-/// (10,240 blocks/s; the 100,000-block replay bench ran at 6,000, a third of each writer
-/// cycle spent asleep with a full batch queued).
-#[derive(Debug, Default)]
-struct BatchQueued {
-    /// Held by the writer from its check of the queue until it waits, and by a sender to
-    /// notify, so a notification never falls between the two.
-    lock: Mutex<()>,
-    cv: Condvar,
-}
-
-impl BatchQueued {
-    /// Wakes the writer if it is lingering.
-    fn notify(&self) {
-        let _held = self
-            .lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.cv.notify_one();
-    }
-
-    /// Waits up to `linger` for the rest of a batch behind the extension the writer holds.
-    fn wait(&self, rx: &mpsc::Receiver<Job>, linger: Duration) {
-        let held = self
-            .lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let _ = self
-            .cv
-            .wait_timeout_while(held, linger, |_| {
-                rx.len() + 1 < EXTEND_BATCH_MAX && !rx.is_closed()
-            })
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-    }
-}
-
-/// Writes queued extensions in one transaction, then takes them off the unwritten list (or
-/// records the failure: the engine's storage is broken from then on).
-fn write_extensions(
-    env: &LmdbEnv,
-    dbs: &Dbs,
-    unwritten: &Mutex<Unwritten>,
-    batch: Vec<UnwrittenBlock>,
-) {
-    let res = (|| {
-        let mut wtxn = env.write_txn().map_err(lmdb("extend"))?;
-        for b in &batch {
-            put_encoded(&mut wtxn, dbs, b.hash, &b.header, &b.encoded)?;
-        }
-        if let Some(last) = batch.last() {
-            let h = last.hash;
-            if let Err(refusal) = set_forkchoice(&mut wtxn, dbs, h, h, h)? {
-                return Err(EngineError::storage("extend", format!("{refusal:?}")));
-            }
-        }
-        wtxn.commit().map_err(lmdb("extend"))
-    })();
-    let mut u = unwritten
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    match res {
-        // Committed: readers find them on disk from now on.
-        Ok(()) => {
-            for b in &batch {
-                if u.blocks.front().is_some_and(|f| f.hash == b.hash) {
-                    u.blocks.pop_front();
-                }
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "embedded engine: writing imported blocks failed");
-            u.failed = Some(e.to_string());
-        }
-    }
-}
 
 #[derive(Debug)]
 struct UnwrittenBlock {
@@ -224,14 +139,10 @@ pub(crate) struct Store {
     env: LmdbEnv,
     dbs: Dbs,
     path: PathBuf,
-    /// `None` only while dropping.
-    jobs: Option<mpsc::Sender<Job>>,
-    /// `None` only while dropping.
-    writer: Option<JoinHandle<()>>,
+    /// Dropping it drains and joins the writer thread.
+    writer: Writer<Dbs, EngineError>,
     /// Imports acknowledged whose transaction is still queued; consulted before every read.
     unwritten: Arc<Mutex<Unwritten>>,
-    /// Ends the writer's linger early (a full batch queued, or closing).
-    batch_queued: Arc<BatchQueued>,
 }
 
 fn lmdb(op: &str) -> impl FnOnce(heed::Error) -> EngineError + '_ {
@@ -254,9 +165,11 @@ impl Store {
         linger: Duration,
     ) -> Result<(Store, u64), EngineError> {
         let path = data_dir.join(ENV_SUBDIR);
-        std::fs::create_dir_all(&path)
-            .map_err(|e| EngineError::storage(format!("create {}", path.display()), e))?;
-        let env = open_env(&path, map_size_bytes)?;
+        let opts = EnvOptions {
+            map_size_bytes,
+            max_dbs: DBS_MAX,
+        };
+        let env = open_env(&path, &opts)?;
         let dbs = create_dbs(&env)?;
 
         // Start-up work runs here, on the opening thread, before the writer exists.
@@ -299,58 +212,23 @@ impl Store {
         }
         wtxn.commit().map_err(lmdb("commit: open"))?;
 
-        let (jobs, mut rx) = mpsc::channel::<Job>(WRITER_QUEUE_JOBS_MAX);
-        let writer_env = env.clone();
-        let unwritten: Arc<Mutex<Unwritten>> = Arc::default();
-        let unwritten_w = unwritten.clone();
-        let batch_queued: Arc<BatchQueued> = Arc::default();
-        let batch_queued_w = batch_queued.clone();
-        let writer = std::thread::Builder::new()
-            .name("haseq-engine-writer".into())
-            .spawn(move || {
-                // Blocks are written once and seldom read again (see `DropBehind`).
-                let mut drop_behind = DropBehind::for_env_dir(writer_env.path());
-                // Queued jobs still run after the last sender is gone: nothing handed to the
-                // writer is skipped.
-                let mut next = rx.blocking_recv();
-                while let Some(job) = next.take() {
-                    match job {
-                        Job::Txn(f) => f(&writer_env, &dbs),
-                        Job::Extend(first) => {
-                            // Extensions queued within the linger go in one transaction (reth
-                            // too persists blocks in batches, behind what it acknowledged); a
-                            // full batch goes at once: waiting would only idle the writer.
-                            batch_queued_w.wait(&rx, linger);
-                            let mut batch = vec![first];
-                            while batch.len() < EXTEND_BATCH_MAX {
-                                match rx.try_recv() {
-                                    Ok(Job::Extend(b)) => batch.push(b),
-                                    Ok(other) => {
-                                        next = Some(other);
-                                        break;
-                                    }
-                                    Err(_) => break,
-                                }
-                            }
-                            write_extensions(&writer_env, &dbs, &unwritten_w, batch);
-                        }
-                    }
-                    drop_behind.after_commit();
-                    if next.is_none() {
-                        next = rx.blocking_recv();
-                    }
-                }
-            })
-            .map_err(|e| EngineError::storage("spawn haseq-engine-writer", e))?;
+        // Extensions queued within the linger go in one transaction (reth too persists blocks
+        // in batches, behind what it acknowledged); a full batch goes at once: waiting would
+        // only idle the writer.
+        let config = WriterConfig {
+            thread_name: "haseq-engine-writer",
+            queue_jobs_max: WRITER_QUEUE_JOBS_MAX,
+            group_jobs_max: EXTEND_BATCH_MAX,
+            linger,
+        };
+        let (writer, dbs) = Writer::start(env.clone(), config, move |_: &LmdbEnv| Ok(dbs))?;
         Ok((
             Store {
                 env,
                 dbs,
                 path,
-                jobs: Some(jobs),
-                writer: Some(writer),
-                unwritten,
-                batch_queued,
+                writer,
+                unwritten: Arc::default(),
             },
             dropped,
         ))
@@ -372,20 +250,7 @@ impl Store {
         op: &'static str,
         f: impl FnOnce(&mut RwTxn<'_>, &Dbs) -> Result<T, EngineError> + Send + 'static,
     ) -> Result<T, EngineError> {
-        let (tx, rx) = oneshot::channel();
-        let job = Job::Txn(Box::new(move |env, dbs| {
-            let res = (|| {
-                let mut wtxn = env.write_txn().map_err(lmdb(op))?;
-                let out = f(&mut wtxn, dbs)?;
-                wtxn.commit().map_err(lmdb(op))?;
-                Ok(out)
-            })();
-            let _ = tx.send(res);
-        }));
-        let stopped = || EngineError::storage(op, "writer thread stopped");
-        let jobs = self.jobs.as_ref().ok_or_else(stopped)?;
-        jobs.send(job).await.map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        self.writer.write_with(op, DURABILITY, f).await
     }
 
     fn unwritten(&self) -> Result<MutexGuard<'_, Unwritten>, EngineError> {
@@ -439,20 +304,38 @@ impl Store {
                 encoded: encoded.clone(),
             });
         }
-        let stopped = || EngineError::storage("extend", "writer thread stopped");
-        let jobs = self.jobs.as_ref().ok_or_else(stopped)?;
-        jobs.send(Job::Extend(UnwrittenBlock {
-            hash,
-            header,
-            encoded,
-        }))
-        .await
-        .map_err(|_| stopped())?;
-        // The writer holds one extension while it lingers: it needs EXTEND_BATCH_MAX - 1 more.
-        let queued = jobs.max_capacity() - jobs.capacity();
-        if queued + 1 >= EXTEND_BATCH_MAX {
-            self.batch_queued.notify();
-        }
+        let job =
+            move |wtxn: &mut RwTxn<'_>, dbs: &Dbs| put_encoded(wtxn, dbs, hash, &header, &encoded);
+        // The batch's newest block becomes the head, safe and finalized block, once per batch
+        // (each block extends the one before, so one fork choice covers them all).
+        let fork_choice = move |wtxn: &mut RwTxn<'_>, dbs: &Dbs| match set_forkchoice(
+            wtxn, dbs, hash, hash, hash,
+        )? {
+            Ok(_) => Ok(()),
+            Err(refusal) => Err(EngineError::storage("extend", format!("{refusal:?}"))),
+        };
+        let unwritten = self.unwritten.clone();
+        let done = move |res: Result<(), EngineError>| {
+            let mut u = unwritten
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match res {
+                // Committed: readers find it on disk from now on.
+                Ok(()) => {
+                    if u.blocks.front().is_some_and(|f| f.hash == hash) {
+                        u.blocks.pop_front();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "embedded engine: writing imported blocks failed");
+                    u.failed = Some(e.to_string());
+                }
+            }
+        };
+        // Nobody waits on it: it lingers for the rest of its batch (see `EXTEND_LINGER`).
+        self.writer
+            .submit_batched("extend", DURABILITY, job, fork_choice, done)
+            .await?;
         Ok(true)
     }
 
@@ -515,55 +398,6 @@ impl Store {
     }
 }
 
-impl Drop for Store {
-    fn drop(&mut self) {
-        drop(self.jobs.take());
-        // No more blocks can come: a lingering writer writes what it has now.
-        self.batch_queued.notify();
-        if let Some(writer) = self.writer.take()
-            && writer.join().is_err()
-        {
-            tracing::error!(path = %self.path.display(), "engine writer thread panicked");
-        }
-    }
-}
-
-fn open_env(path: &Path, map_size_bytes: usize) -> Result<LmdbEnv, EngineError> {
-    let mut opts = EnvOpenOptions::new().read_txn_without_tls();
-    opts.map_size(map_size_bytes).max_dbs(DBS_MAX);
-    // SAFETY: `MDB_NOMETASYNC` is one of the flags heed calls unsafe because it weakens
-    // durability, not memory safety: each commit flushes its data pages but not the meta page,
-    // so a power loss may undo the last transactions (never corrupt the database; a process
-    // crash loses nothing). That is an execution client's ordinary behaviour (reth and geth
-    // persist in batches, behind what they acknowledged), and haseq refills such a hole from
-    // its block store on start-up. It halves the flushes of every import.
-    unsafe {
-        opts.flags(EnvFlags::NO_META_SYNC);
-    }
-    for attempt in 0..2 {
-        // SAFETY: heed's `open` is unsafe because a file changed outside LMDB's locking is UB.
-        // Only this module opens this directory, always through LMDB, and heed refuses a second
-        // open of one path in a process (`EnvAlreadyOpened`, handled here).
-        match unsafe { opts.open(path) } {
-            Ok(env) => return Ok(env),
-            Err(heed::Error::EnvAlreadyOpened) if attempt == 0 => {
-                // An engine on this directory was just dropped and is still closing.
-                let canonical = path
-                    .canonicalize()
-                    .map_err(|e| EngineError::storage(format!("open {}", path.display()), e))?;
-                if let Some(closing) = heed::env_closing_event(&canonical) {
-                    closing.wait_timeout(REOPEN_WAIT_MAX);
-                }
-            }
-            Err(e) => return Err(EngineError::storage(format!("open {}", path.display()), e)),
-        }
-    }
-    Err(EngineError::storage(
-        format!("open {}", path.display()),
-        "already open in this process",
-    ))
-}
-
 fn create_dbs(env: &LmdbEnv) -> Result<Dbs, EngineError> {
     let wtxn = env.write_txn().map_err(lmdb("begin: create databases"))?;
     let (payloads, bodies, headers, canonical, meta) = env
@@ -587,30 +421,12 @@ fn create_dbs(env: &LmdbEnv) -> Result<Dbs, EngineError> {
     })
 }
 
-fn decode_rec<T: serde::de::DeserializeOwned>(
-    what: &'static str,
-    bytes: &[u8],
-) -> Result<T, EngineError> {
-    haseq_messages::decode(bytes).map_err(|e| EngineError::Decode {
-        method: "embedded store",
-        what,
-        detail: e.to_string(),
-    })
-}
-
-fn encode_rec<T: Serialize>(value: &T) -> Result<Vec<u8>, EngineError> {
-    haseq_messages::encode(value).map_err(|e| EngineError::storage("encode record", e))
-}
-
 fn get_meta<T: serde::de::DeserializeOwned>(
     txn: &RoTxn<'_, WithoutTls>,
     dbs: &Dbs,
     key: &'static str,
 ) -> Result<Option<T>, EngineError> {
-    match dbs.meta.get(txn, key).map_err(lmdb("read meta"))? {
-        Some(bytes) => decode_rec(key, bytes).map(Some),
-        None => Ok(None),
-    }
+    Ok(get_rec(txn, dbs.meta, key, key)?)
 }
 
 fn put_meta<T: Serialize>(
@@ -619,7 +435,7 @@ fn put_meta<T: Serialize>(
     key: &str,
     value: &T,
 ) -> Result<(), EngineError> {
-    let bytes = encode_rec(value)?;
+    let bytes = encode_rec("meta record", value)?;
     // An unchanged value is not written: a transaction that writes nothing commits without a
     // flush (a fork choice that only confirms the head, as every build does).
     if dbs.meta.get(wtxn, key).map_err(lmdb("read meta"))? == Some(&bytes[..]) {
@@ -677,7 +493,7 @@ fn put_encoded(
     encoded: &[u8],
 ) -> Result<(), EngineError> {
     dbs.headers
-        .put(wtxn, &hash.0, &encode_rec(rec)?)
+        .put(wtxn, &hash.0, &encode_rec("header record", rec)?)
         .map_err(lmdb("write header"))?;
     dbs.bodies
         .put(wtxn, &body_key(rec.number, hash), encoded)
@@ -691,7 +507,7 @@ pub(crate) fn header(
     hash: BlockHash,
 ) -> Result<Option<HeaderRec>, EngineError> {
     match dbs.headers.get(txn, &hash.0).map_err(lmdb("read header"))? {
-        Some(bytes) => decode_rec("header record", bytes).map(Some),
+        Some(bytes) => Ok(Some(decode_rec("header record", hash, bytes)?)),
         None => Ok(None),
     }
 }

@@ -745,7 +745,7 @@ async fn large_blocks_are_checked_off_the_async_workers_and_a_changed_transactio
     assert_eq!(b.head().await.expect("head"), (Height(1), built.block_hash));
 }
 
-/// The engine's writer lets go of the blocks it wrote (`haseq_storage::drop_behind`): after 80
+/// The engine's writer lets go of the blocks it wrote (`haseq_storage::lmdb::drop_behind`): after 80
 /// blocks of 100 KiB, the page cache holds little of its data file. Fails with the call taken
 /// out of the writer's loop.
 #[tokio::test]
@@ -760,8 +760,8 @@ async fn written_blocks_leave_the_page_cache() {
     let engine = EmbeddedEngine::open(cfg).expect("open");
     let built = extend(&engine, BLOCKS).await;
     let data = dir.path().join(store::ENV_SUBDIR).join("data.mdb");
-    let resident = haseq_storage::drop_behind::resident_pages(&data).expect("mincore");
-    let page = haseq_storage::drop_behind::page_bytes();
+    let resident = haseq_storage::lmdb::drop_behind::resident_pages(&data).expect("mincore");
+    let page = haseq_storage::lmdb::drop_behind::page_bytes();
     let cached = resident.iter().filter(|r| **r).count() * page;
     let file = resident.len() * page;
     assert!(file >= BLOCKS as usize * 100 * 1024, "file {file} bytes");

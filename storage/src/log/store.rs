@@ -1,26 +1,4 @@
-//! The Raft log and Raft's own durable state (vote, committed, last purged): [`LogStore`].
-//!
-//! Every log change (append, truncate, purge) is first made durable in the journal (`wal`: one
-//! record, one `fdatasync`), then carried into LMDB by a data-only job of the writer thread. An
-//! `append` queues its record and returns: its entries are readable at once by every reader
-//! handle (from the in-memory tail until their LMDB transaction has committed), and the
-//! `IOFlushed` callback fires from the journal thread once the record is durable. The leader
-//! thus replicates an entry while its own flush is under way, instead of after it. The vote is
-//! not journalled: it is rare, and a full LMDB commit of its own.
-//!
-//! One copy of a block: an entry that proposes a block is not carried into the `log` database
-//! with the others. It stays in the tail until the state machine applies it, and the apply's
-//! transaction, which puts the block into the block store, stores the entry as a reference to
-//! that block (`log_blocks`, a [`BlockEntryRow`]); a read rebuilds the entry from the block
-//! store in the same read transaction. At 100 KiB blocks this halves what the storage writer
-//! copies into the page cache. A rejected proposal (no block stored) is stored in full by its
-//! apply. What LMDB holds together with the journal segments still on disk never has a hole
-//! (a crash would leave one in the log): an apply that runs before its entry's append job
-//! (openraft applies what was submitted, not only what is flushed) leaves the row to that job
-//! ([`Ledger`]), and a checkpoint keeps its segment once the log has stopped. A journal checkpoint stores in full the
-//! block entries still waiting whose append job has run, since the segment it frees may hold
-//! their only durable copy (see `wal`). A journal replay at open stores its entries in full;
-//! those applied again afterwards become references, the others stay full until purged.
+//! [`LogStore`]: the Raft log store, and openraft's log traits over it.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
@@ -30,18 +8,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::Stream;
-use haseq_messages::{Block, Command, TC};
+use haseq_messages::TC;
 use heed::{RoTxn, RwTxn};
+use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
-use openraft::{EntryPayload, OptionalSend};
 
-use crate::blocks::{BlockBackfill, get_block};
-use crate::env::{self, Dbs, LmdbEnv};
+use super::rows::{
+    apply_append, apply_op, block_of, entry_of_row, next_index, put_meta, read_committed,
+    read_last_entry_id, read_last_purged, read_vote,
+};
+use super::tail::{LogShared, lock};
+use crate::blocks::BlockBackfill;
+use crate::env::Dbs;
 use crate::error::StorageError;
+use crate::lmdb::{LmdbEnv, decode_rec, encode_rec};
 use crate::metrics::LOG_APPEND_SECONDS;
-use crate::records::{BlockEntryRow, decode_rec, encode_rec, meta_key};
+use crate::records::meta_key;
 use crate::wal::{ByteBuf, JournalHandle, Op, Request};
 use crate::writer::{Durability, Writer};
 
@@ -63,471 +47,12 @@ pub struct LogStore {
     committed: Arc<Mutex<Option<Option<LogIdOf<TC>>>>>,
 }
 
-/// What the log holds outside LMDB, shared by the log store, the journal's checkpoints and the
-/// state machine. Cheap to clone.
-#[derive(Clone, Default)]
-pub(crate) struct LogShared {
-    /// The tail: entries appended that no committed LMDB transaction holds yet, by index.
-    /// Readers see them at once (openraft replicates an entry as soon as `append` returns).
-    /// An entry leaves the tail once a committed transaction holds it: its append job's, or
-    /// for a block entry its apply's (as a reference) or a journal checkpoint's (in full).
-    tail: Arc<Mutex<BTreeMap<u64, EntryOf<TC>>>>,
-    /// Set when a journalled change failed to reach LMDB: the log takes no more writes.
-    failed: Arc<Mutex<Option<String>>>,
-    /// Kept by the jobs on the writer thread, so in transaction order.
-    ledger: Arc<Mutex<Ledger>>,
-}
-
-/// What the writer thread knows of the log's rows. LMDB must never hold an entry above one
-/// that neither it nor a journal segment still on disk holds (a crash would leave a hole), and
-/// openraft applies what was submitted to the log, not only what is flushed: an apply can run
-/// before its entry's append job.
-#[derive(Debug, Default)]
-struct Ledger {
-    /// Every entry up to this index has had its append job run (or was stored before this
-    /// process started): LMDB holds it, unless it is a block entry that waits for its apply.
-    journalled_upto: Option<u64>,
-    /// Block entries applied before their append job ran: that job stores them.
-    applied_early: BTreeMap<u64, Early>,
-}
-
-/// How an entry applied early is to be stored by its append job.
-#[derive(Debug)]
-enum Early {
-    /// An accepted block: as a reference to the block store.
-    Ref(BlockEntryRow),
-    /// A rejected proposal: in full (the append job has its bytes).
-    Full(LogIdOf<TC>),
-}
-
-impl LogShared {
-    /// Starts the ledger at what LMDB holds after the journal's replay.
-    pub(crate) fn init(&self, stored_upto: Option<u64>) {
-        lock(&self.ledger).journalled_upto = stored_upto;
-    }
-
-    /// In an append job, after the entries it stores: stores the block entries of `waiting`
-    /// applied before this job ran (their bytes from `entries`), and raises the ledger to the
-    /// append's last index. Returns the ids stored.
-    fn appended(
-        &self,
-        wtxn: &mut RwTxn<'_>,
-        dbs: &Dbs,
-        entries: &[(u64, ByteBuf)],
-        waiting: &[u64],
-    ) -> Result<Vec<LogIdOf<TC>>, StorageError> {
-        let mut ledger = lock(&self.ledger);
-        let mut stored = Vec::new();
-        for index in waiting {
-            match ledger.applied_early.remove(index) {
-                None => {}
-                // A reference only to a block this transaction's block store holds (an apply
-                // rolled back after it recorded the entry stored none); else in full.
-                Some(Early::Ref(row)) if block_stored(wtxn, dbs, &row)? => {
-                    put_block_entry_row(wtxn, dbs, &row)?;
-                    stored.push(row.log_id);
-                }
-                Some(Early::Ref(BlockEntryRow { log_id: id, .. }) | Early::Full(id)) => {
-                    let bytes = entries
-                        .iter()
-                        .find(|(i, _)| i == index)
-                        .map(|(_, b)| &b.0)
-                        .ok_or(StorageError::LogHole {
-                            expected: *index,
-                            got: entries.first().map_or(0, |(i, _)| *i),
-                        })?;
-                    put_entry_row(wtxn, dbs, *index, bytes)?;
-                    stored.push(id);
-                }
-            }
-        }
-        if let Some((last, _)) = entries.last() {
-            ledger.journalled_upto = Some(*last);
-        }
-        Ok(stored)
-    }
-
-    /// In an apply job, after the blocks are stored: each accepted block's entry becomes a
-    /// reference to its block, each rejected proposal's entry is stored in full, or, for an
-    /// entry whose append job has not run yet, that job will do it. Returns the ids stored.
-    pub(crate) fn applied(
-        &self,
-        wtxn: &mut RwTxn<'_>,
-        dbs: &Dbs,
-        accepted: &[(LogIdOf<TC>, Block)],
-        rejected: &[(LogIdOf<TC>, Vec<u8>)],
-    ) -> Result<Vec<LogIdOf<TC>>, StorageError> {
-        let mut ledger = lock(&self.ledger);
-        let upto = ledger.journalled_upto;
-        let mut stored = Vec::new();
-        // Recorded in the ledger only once every row of this job is written.
-        let mut early = Vec::new();
-        for (id, b) in accepted {
-            let row = BlockEntryRow {
-                log_id: *id,
-                height: b.height,
-                hash: b.hash,
-            };
-            if upto.is_some_and(|u| id.index <= u) {
-                put_block_entry_row(wtxn, dbs, &row)?;
-                stored.push(*id);
-            } else {
-                early.push((id.index, Early::Ref(row)));
-            }
-        }
-        for (id, bytes) in rejected {
-            if upto.is_some_and(|u| id.index <= u) {
-                put_entry_row(wtxn, dbs, id.index, bytes)?;
-                stored.push(*id);
-            } else {
-                early.push((id.index, Early::Full(*id)));
-            }
-        }
-        ledger.applied_early.extend(early);
-        Ok(stored)
-    }
-
-    /// In a truncate's or purge's job, after its rows are deleted: the ledger follows.
-    fn changed(&self, op: &Op) {
-        if let Op::Truncate { after } = op {
-            let mut ledger = lock(&self.ledger);
-            ledger.journalled_upto = ledger.journalled_upto.min(*after);
-            let after = *after;
-            ledger
-                .applied_early
-                .retain(|i, _| after.is_some_and(|a| *i <= a));
-        }
-    }
-
-    /// Once a truncate or purge has committed: its entries leave the tail. Not before, so
-    /// that a checkpoint in between still finds (and stores) what the change has not yet
-    /// durably removed.
-    fn prune(&self, op: &Op) {
-        match op {
-            Op::Truncate { after } => {
-                lock(&self.tail).retain(|i, _| after.is_some_and(|a| *i <= a));
-            }
-            Op::Purge { upto, .. } => lock(&self.tail).retain(|i, _| *i > *upto),
-            Op::Append { .. } => {}
-        }
-    }
-
-    /// Drops the entries with these ids from the tail, once a committed transaction holds
-    /// them (an entry replaced meanwhile under the same index stays).
-    pub(crate) fn forget(&self, ids: &[LogIdOf<TC>]) {
-        let mut t = lock(&self.tail);
-        for id in ids {
-            if t.get(&id.index).is_some_and(|e| e.log_id() == *id) {
-                t.remove(&id.index);
-            }
-        }
-    }
-
-    /// Stops the log: every later write is refused with `detail`.
-    fn fail(&self, detail: String) {
-        lock(&self.failed).get_or_insert(detail);
-    }
-
-    /// For a journal checkpoint, in its transaction: stores in full every block entry of the
-    /// tail that waits for its apply and whose append job has run (the segment being freed
-    /// may hold its only durable copy; every append job of that segment ran before this one),
-    /// and returns their ids. Not the entries above (their records are in the next segment,
-    /// and storing one before the entries below it could leave a hole), nor those at or below
-    /// the purge point, nor one stored as a reference already.
-    pub(crate) fn carry(
-        &self,
-        wtxn: &mut RwTxn<'_>,
-        dbs: &Dbs,
-    ) -> Result<Vec<LogIdOf<TC>>, StorageError> {
-        let Some(upto) = lock(&self.ledger).journalled_upto else {
-            return Ok(Vec::new());
-        };
-        let above = read_last_purged(wtxn, dbs)?.map_or(0, |p| p.index + 1);
-        if above > upto {
-            return Ok(Vec::new());
-        }
-        let waiting: Vec<EntryOf<TC>> = lock(&self.tail)
-            .range(above..=upto)
-            .map(|(_, e)| e)
-            .filter(|e| block_of(e).is_some())
-            .cloned()
-            .collect();
-        let mut carried = Vec::with_capacity(waiting.len());
-        for e in waiting {
-            let index = e.index();
-            if dbs
-                .log_blocks
-                .get(wtxn, &index)
-                .map_err(StorageError::lmdb("log: get block entry"))?
-                .is_none()
-            {
-                put_entry_row(wtxn, dbs, index, &encode_rec("log entry", &e)?)?;
-            }
-            carried.push(e.log_id());
-        }
-        Ok(carried)
-    }
-
-    /// A checkpoint's outcome: its carried entries leave the tail, or the log stops. Returns
-    /// whether the freed segment may go: not if the log has stopped, since a job before the
-    /// checkpoint (in its group, or earlier) may have failed to store what only that segment
-    /// holds durably (completions run in queue order, so such a job's has run already).
-    pub(crate) fn carried(&self, res: Result<Vec<LogIdOf<TC>>, StorageError>) -> bool {
-        match res {
-            Ok(ids) => {
-                self.forget(&ids);
-                lock(&self.failed).is_none()
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "a journal checkpoint failed to store the log's waiting block entries");
-                self.fail(e.to_string());
-                false
-            }
-        }
-    }
-}
-
-/// The block an entry proposes, if it is a block entry.
-fn block_of(e: &EntryOf<TC>) -> Option<&Block> {
-    match &e.payload {
-        EntryPayload::Normal(Command::Block(b)) => Some(b),
-        _ => None,
-    }
-}
-
-/// Stores an entry in full (its encoding) at `index`, replacing a reference row there.
-pub(crate) fn put_entry_row(
-    wtxn: &mut RwTxn<'_>,
-    dbs: &Dbs,
-    index: u64,
-    bytes: &[u8],
-) -> Result<(), StorageError> {
-    dbs.log
-        .put(wtxn, &index, bytes)
-        .map_err(StorageError::lmdb("log: put entry"))?;
-    dbs.log_blocks
-        .delete(wtxn, &index)
-        .map_err(StorageError::lmdb("log: delete block entry"))?;
-    Ok(())
-}
-
-/// Stores a block's entry as a reference to the block store, which must hold that block at
-/// its height (in this transaction or before); replaces a full row there.
-fn put_block_entry_row(
-    wtxn: &mut RwTxn<'_>,
-    dbs: &Dbs,
-    row: &BlockEntryRow,
-) -> Result<(), StorageError> {
-    let index = row.log_id.index;
-    dbs.log_blocks
-        .put(wtxn, &index, &encode_rec("log block entry", row)?)
-        .map_err(StorageError::lmdb("log: put block entry"))?;
-    dbs.log
-        .delete(wtxn, &index)
-        .map_err(StorageError::lmdb("log: delete entry"))?;
-    Ok(())
-}
-
-/// Whether the block store holds the block a reference row names.
-fn block_stored(txn: &RoTxn<'_>, dbs: &Dbs, row: &BlockEntryRow) -> Result<bool, StorageError> {
-    let at = dbs
-        .hashes
-        .get(txn, &row.hash.0[..])
-        .map_err(StorageError::lmdb("log: look up a block's height"))?;
-    Ok(at == Some(row.height.0))
-}
-
-/// Rebuilds the entry a reference row stands for, from the block store.
-fn entry_of_row(
-    txn: &RoTxn<'_>,
-    dbs: &Dbs,
-    key: u64,
-    bytes: &[u8],
-) -> Result<EntryOf<TC>, StorageError> {
-    let row: BlockEntryRow = decode_rec("log block entry", key, bytes)?;
-    if row.log_id.index != key {
-        return Err(StorageError::LogKeyMismatch {
-            key,
-            got: row.log_id.index,
-        });
-    }
-    let missing = |found: String| StorageError::LogBlockMissing {
-        index: key,
-        height: row.height.0,
-        hash: row.hash.to_string(),
-        found,
-    };
-    match get_block(txn, dbs, row.height)? {
-        Some(b) if b.hash == row.hash => {
-            Ok(EntryOf::<TC>::new_normal(row.log_id, Command::Block(b)))
-        }
-        Some(b) => Err(missing(format!("holds {} there", b.hash))),
-        None => Err(missing("does not hold".to_string())),
-    }
-}
-
-/// The newest stored index in either log database.
-pub(crate) fn last_stored_index(txn: &RoTxn<'_>, dbs: &Dbs) -> Result<Option<u64>, StorageError> {
-    let full = dbs
-        .log
-        .last(txn)
-        .map_err(StorageError::lmdb("log: read last key"))?
-        .map(|(k, _)| k);
-    let refs = dbs
-        .log_blocks
-        .last(txn)
-        .map_err(StorageError::lmdb("log: read last block entry key"))?
-        .map(|(k, _)| k);
-    Ok(full.max(refs))
-}
-
 impl Debug for LogStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogStore")
             .field("path", &self.env.path())
             .finish()
     }
-}
-
-/// Reads the newest purged log id.
-pub(crate) fn read_last_purged(
-    txn: &RoTxn<'_>,
-    dbs: &Dbs,
-) -> Result<Option<LogIdOf<TC>>, StorageError> {
-    env::get_rec(txn, dbs.meta, "last purged log id", meta_key::LAST_PURGED)
-}
-
-/// Reads the newest stored entry's log id, checking it is stored under its own index.
-pub(crate) fn read_last_entry_id(
-    txn: &RoTxn<'_>,
-    dbs: &Dbs,
-) -> Result<Option<LogIdOf<TC>>, StorageError> {
-    let full = dbs
-        .log
-        .last(txn)
-        .map_err(StorageError::lmdb("log: read last entry"))?;
-    let refs = dbs
-        .log_blocks
-        .last(txn)
-        .map_err(StorageError::lmdb("log: read last block entry"))?;
-    let (key, id) = match (full, refs) {
-        (None, None) => return Ok(None),
-        (Some((key, bytes)), r) if r.is_none_or(|(rk, _)| rk < key) => {
-            let entry: EntryOf<TC> = decode_rec("log entry", key, bytes)?;
-            (key, entry.log_id())
-        }
-        (_, Some((key, bytes))) => {
-            let row: BlockEntryRow = decode_rec("log block entry", key, bytes)?;
-            (key, row.log_id)
-        }
-        (Some(_), None) => unreachable!("matched by the arm above"),
-    };
-    if id.index != key {
-        return Err(StorageError::LogKeyMismatch { key, got: id.index });
-    }
-    Ok(Some(id))
-}
-
-/// Reads the saved committed log id (stored as an `Option`: openraft may save `None`).
-pub(crate) fn read_committed(
-    txn: &RoTxn<'_>,
-    dbs: &Dbs,
-) -> Result<Option<LogIdOf<TC>>, StorageError> {
-    Ok(
-        env::get_rec::<Option<LogIdOf<TC>>>(
-            txn,
-            dbs.meta,
-            "committed log id",
-            meta_key::COMMITTED,
-        )?
-        .flatten(),
-    )
-}
-
-/// Reads the saved vote.
-pub(crate) fn read_vote(txn: &RoTxn<'_>, dbs: &Dbs) -> Result<Option<VoteOf<TC>>, StorageError> {
-    env::get_rec(txn, dbs.meta, "vote", meta_key::VOTE)
-}
-
-/// The index the next appended entry must have, `None` when the log has never held anything
-/// (the first entry may then have any index; openraft starts at 0, a snapshot elsewhere).
-fn next_index(txn: &RoTxn<'_>, dbs: &Dbs) -> Result<Option<u64>, StorageError> {
-    if let Some(key) = last_stored_index(txn, dbs)? {
-        return Ok(Some(key + 1));
-    }
-    Ok(read_last_purged(txn, dbs)?.map(|p| p.index + 1))
-}
-
-fn put_meta(
-    wtxn: &mut RwTxn<'_>,
-    dbs: &Dbs,
-    key: &'static str,
-    bytes: &[u8],
-) -> Result<(), StorageError> {
-    dbs.meta
-        .put(wtxn, key, bytes)
-        .map_err(StorageError::lmdb("meta: put"))
-}
-
-/// Applies one journalled change to LMDB. Also how the journal is recovered: each op only sets
-/// keys (puts these entries, deletes above or below an index, raises a pointer), so applying
-/// ops again, in order, to any state they already reached gives the same state.
-pub(crate) fn apply_op(wtxn: &mut RwTxn<'_>, dbs: &Dbs, op: &Op) -> Result<(), StorageError> {
-    match op {
-        Op::Append { entries, committed } => {
-            apply_append(wtxn, dbs, entries, committed.as_ref(), |_| false)?;
-        }
-        Op::Truncate { after } => {
-            let from = match after {
-                Some(a) => Bound::Excluded(*a),
-                None => Bound::Unbounded,
-            };
-            dbs.log
-                .delete_range(wtxn, &(from, Bound::Unbounded))
-                .map_err(StorageError::lmdb("log: delete range"))?;
-            dbs.log_blocks
-                .delete_range(wtxn, &(from, Bound::Unbounded))
-                .map_err(StorageError::lmdb("log: delete block entries"))?;
-        }
-        Op::Purge { upto, log_id } => {
-            dbs.log
-                .delete_range(wtxn, &(..=*upto))
-                .map_err(StorageError::lmdb("log: delete range"))?;
-            dbs.log_blocks
-                .delete_range(wtxn, &(..=*upto))
-                .map_err(StorageError::lmdb("log: delete block entries"))?;
-            let new: LogIdOf<TC> =
-                decode_rec("last purged log id", meta_key::LAST_PURGED, &log_id.0)?;
-            if read_last_purged(wtxn, dbs)?.is_none_or(|current| current < new) {
-                put_meta(wtxn, dbs, meta_key::LAST_PURGED, &log_id.0)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Stores an append's entries in full, except those `skip` names (block entries waiting for
-/// their apply), and raises the committed pointer that rides with them.
-fn apply_append(
-    wtxn: &mut RwTxn<'_>,
-    dbs: &Dbs,
-    entries: &[(u64, ByteBuf)],
-    committed: Option<&ByteBuf>,
-    skip: impl Fn(u64) -> bool,
-) -> Result<(), StorageError> {
-    for (index, bytes) in entries {
-        if !skip(*index) {
-            put_entry_row(wtxn, dbs, *index, &bytes.0)?;
-        }
-    }
-    if let Some(bytes) = committed {
-        let new: Option<LogIdOf<TC>> =
-            decode_rec("committed log id", meta_key::COMMITTED, &bytes.0)?;
-        if new > read_committed(wtxn, dbs)? {
-            put_meta(wtxn, dbs, meta_key::COMMITTED, &bytes.0)?;
-        }
-    }
-    Ok(())
 }
 
 impl LogStore {
@@ -872,11 +397,6 @@ impl LogStore {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Plain data (a map, a pointer): a panic while it was held leaves it consistent.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl RaftLogReader<TC> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -1053,13 +573,14 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use futures::stream;
-    use haseq_messages::{BlockHash, Height, NodeId};
+    use haseq_messages::{Block, BlockHash, Command, Height, NodeId};
     use openraft::LogId;
     use openraft::storage::RaftStateMachine;
     use openraft::type_config::TypeConfigExt;
     use openraft::vote::leader_id_std::CommittedLeaderId;
 
     use super::*;
+    use crate::wal::JournalTarget;
     use crate::{Storage, StoreOptions};
 
     fn log_id(index: u64) -> LogIdOf<TC> {
