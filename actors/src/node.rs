@@ -257,7 +257,15 @@ pub async fn start_with_listeners(
         });
     }
 
-    if fresh {
+    if fresh && settings.join {
+        // `raft.join`: the cluster adds this node (or has it as a member already) and its
+        // leader replicates the log to it, membership included; bootstrapping here would
+        // start a second history under the same cluster.
+        tracing::info!(
+            dir = %settings.raft_dir.display(),
+            "raft.join: waiting for the cluster's leader to replicate to this node"
+        );
+    } else if fresh {
         // Every node of a new cluster initialises the same membership (ids only; addresses
         // come from each node's own `raft.peers`), so the entry at index 0 is identical on
         // all of them whichever initialises first.

@@ -40,6 +40,9 @@ pub enum Role {
     Learner,
     /// Raft has stopped on this node.
     Shutdown,
+    /// No membership yet: started with `raft.join` (or not yet bootstrapped), waiting for a
+    /// leader to replicate to it.
+    Joining,
 }
 
 impl Role {
@@ -61,6 +64,7 @@ impl Role {
             Role::Candidate => "candidate",
             Role::Learner => "learner",
             Role::Shutdown => "shutdown",
+            Role::Joining => "joining",
         }
     }
 }
@@ -109,9 +113,16 @@ impl RaftStatus {
         members.extend(learners.iter().cloned());
         #[allow(deprecated)]
         let quorum_ack = m.millis_since_quorum_ack;
+        // An uninitialised node is a learner to openraft; to an operator it is one that
+        // waits to be added.
+        let role = if voters.is_empty() && learners.is_empty() && m.state != ServerState::Shutdown {
+            Role::Joining
+        } else {
+            Role::of(m.state)
+        };
         RaftStatus {
             node_id: m.id.clone(),
-            role: Role::of(m.state),
+            role,
             term: m.current_term,
             leader_id: m.current_leader.clone(),
             committed_index: m.local_committed.as_ref().map(|l| l.index),
@@ -363,6 +374,7 @@ fn publish_gauges(s: &RaftStatus) {
         Role::Candidate,
         Role::Learner,
         Role::Shutdown,
+        Role::Joining,
     ] {
         let on = if s.role == role { 1.0 } else { 0.0 };
         metrics::gauge!("haseq_role", "role" => role.as_str()).set(on);

@@ -50,6 +50,9 @@ pub struct NodeSettings {
     pub snapshot_threshold: u64,
     /// Entries kept in the log behind a snapshot (`raft.trailing_logs`).
     pub trailing_logs: u64,
+    /// Never bootstrap: with an empty `raft_dir`, wait for the cluster to add this node
+    /// (`raft.join`).
+    pub join: bool,
     /// Snapshot files kept on disk (`raft.snap_count`).
     pub snap_count: usize,
     /// The cluster's shared secret (`raft.secret_file`).

@@ -282,6 +282,7 @@ fn settings(cfg: &Config) -> Result<NodeSettings, String> {
         },
         snapshot_threshold: r.snapshot_threshold,
         trailing_logs: r.trailing_logs,
+        join: r.join,
         snap_count: r.snap_count as usize,
         secret: Arc::new(secret),
         api_addr: cfg.api.addr.to_string(),

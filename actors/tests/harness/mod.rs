@@ -78,6 +78,15 @@ impl Cluster {
         timing: RaftTiming,
         tune: impl Fn(&mut NodeSettings),
     ) -> Cluster {
+        Self::build(n, timing, tune, true).await
+    }
+
+    async fn build(
+        n: usize,
+        timing: RaftTiming,
+        tune: impl Fn(&mut NodeSettings),
+        start: bool,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut addrs = Vec::new();
         for _ in 0..n {
@@ -100,6 +109,7 @@ impl Cluster {
                 timing,
                 snapshot_threshold: 500,
                 trailing_logs: 200,
+                join: false,
                 snap_count: 3,
                 secret: Arc::new(SECRET.to_vec()),
                 api_addr: addrs[i].1.clone(),
@@ -132,10 +142,18 @@ impl Cluster {
             members,
             seen_height,
         };
-        for i in 0..n {
-            c.restart(i).await;
+        if start {
+            for i in 0..n {
+                c.restart(i).await;
+            }
         }
         c
+    }
+
+    /// `n` nodes with the guide's timings and settings adjusted by `tune`, none started:
+    /// the test starts each with [`Cluster::restart`], in the order it needs.
+    pub async fn configured(n: usize, tune: impl Fn(&mut NodeSettings)) -> Cluster {
+        Self::build(n, guide_timing(), tune, false).await
     }
 
     pub fn node(&self, i: usize) -> &Node {

@@ -110,6 +110,13 @@ pub struct RaftConfig {
     /// `raft.bootstrap` (default false): accepted for compatibility, no effect. Whether to
     /// bootstrap or rejoin is decided from the state in `raft_dir`.
     pub bootstrap: bool,
+    /// `raft.join` (default false): this node never bootstraps a cluster. Started with an
+    /// empty `raft_dir`, it serves its API and waits for a leader to replicate to it (it is
+    /// added to the membership, or is in it already), `/status` role `joining` meanwhile.
+    /// Without it, a node with an empty `raft_dir` whose peers already form a cluster
+    /// refuses to start (exit status 2): it would come back under its old id having
+    /// forgotten its votes.
+    pub join: bool,
     /// `raft.heartbeat_timeout` (default 350ms): the longest a follower waits without a
     /// heartbeat from the leader before it starts a new election; a follower-side timeout,
     /// the leader sends heartbeats more often. Tuning: 4-5 × RTT_MAX (92ms for RTT_MAX
@@ -384,6 +391,7 @@ fn parse_raft(l: &Layers, node: &NodeConfig) -> Result<RaftConfig, ConfigError> 
         raft_dir,
         peers,
         bootstrap: l.bool("raft.bootstrap")?,
+        join: l.bool("raft.join")?,
         heartbeat_timeout,
         election_timeout,
         leader_lease_timeout,
