@@ -45,6 +45,11 @@ const ACTOR_STOP_WAIT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a whole snapshot transfer may take.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a node with an empty `raft_dir` asks its peers whether their leader knew it,
+/// before it serves Raft (every peer answered, or this long).
+const IDENTITY_PROBE_MAX: Duration = Duration::from_secs(1);
+/// Pause between two rounds of that probe.
+const IDENTITY_PROBE_EVERY: Duration = Duration::from_millis(100);
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +81,67 @@ pub enum NodeError {
     /// The metrics recorder could not be installed.
     #[error("metrics: {0}")]
     Metrics(String),
+    /// `raft_dir` is empty, yet the cluster's leader has replicated its log to this node id:
+    /// the node lost its state, and started afresh it would forget the votes it gave.
+    #[error(
+        "raft.raft_dir {dir} is empty, but the cluster's leader {leader} has replicated its log \
+         to this node up to index {matched}: this node lost its Raft state (and the votes it gave); \
+         restore raft_dir, or bring the machine back under a new node id (raft.join: true is for \
+         an id the cluster never replicated to)"
+    )]
+    ForgottenIdentity {
+        /// `raft.raft_dir`.
+        dir: String,
+        /// The leader that answered.
+        leader: NodeId,
+        /// The highest index it says this node acknowledged.
+        matched: u64,
+    },
+}
+
+impl NodeError {
+    /// Whether the error is the operator's to fix in the configuration or on disk (the
+    /// process exits with status 2, as for a bad configuration).
+    pub fn is_operator_error(&self) -> bool {
+        matches!(self, NodeError::ForgottenIdentity { .. })
+    }
+}
+
+/// Asks each peer whether its leader ever replicated to this node; `Some((leader, index))`
+/// from a leader that did. Bounded by [`IDENTITY_PROBE_MAX`]; a peer that does not answer
+/// counts as not knowing (a brand-new cluster starting together answers nothing).
+async fn leader_that_knew_us(
+    net: &Network,
+    peers: &[(NodeId, String)],
+    budget: Duration,
+) -> Option<(NodeId, u64)> {
+    use haseq_messages::wire::{RpcRequest, RpcResponse};
+    let deadline = tokio::time::Instant::now() + IDENTITY_PROBE_MAX;
+    let mut answered = HashSet::new();
+    for _round in 0..(IDENTITY_PROBE_MAX.as_millis() / IDENTITY_PROBE_EVERY.as_millis() + 1) {
+        let pending: Vec<&(NodeId, String)> = peers
+            .iter()
+            .filter(|(id, _)| !answered.contains(id))
+            .collect();
+        for (id, addr) in pending {
+            let client = net.client(id.clone(), &PeerNode { addr: addr.clone() });
+            let call = client.call(RpcRequest::MemberHistory, budget);
+            if let Ok(Ok(RpcResponse::MemberHistory { matched, is_leader })) =
+                tokio::time::timeout(budget, call).await
+            {
+                answered.insert(id.clone());
+                // Index 0 is the membership every node of a new cluster writes itself.
+                if let Some(m) = matched.filter(|&m| is_leader && m > 0) {
+                    return Some((id.clone(), m));
+                }
+            }
+        }
+        if answered.len() == peers.len() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(IDENTITY_PROBE_EVERY).await;
+    }
+    None
 }
 
 /// A running node. Dropping it does not stop it; call [`Node::shutdown`].
@@ -196,6 +262,19 @@ pub async fn start_with_listeners(
         .map_err(|e| NodeError::Raft(format!("transport settings: {e}")))?;
     let book: Arc<HashMap<NodeId, String>> = Arc::new(settings.peers.iter().cloned().collect());
     let net = Network::new(net_cfg.clone());
+    if fresh && !settings.join {
+        // Before this node serves Raft: a leader would otherwise bring it back at once,
+        // votes forgotten.
+        if let Some((leader, matched)) =
+            leader_that_knew_us(&net, &settings.peers, settings.timing.send_timeout).await
+        {
+            return Err(NodeError::ForgottenIdentity {
+                dir: dir.display().to_string(),
+                leader,
+                matched,
+            });
+        }
+    }
     let (exec_tx, exec_rx) = watch::channel(ExecStatus::unknown());
     {
         // Every vote and pre-vote carries this node's execution height.

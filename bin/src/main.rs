@@ -223,6 +223,9 @@ fn run(path: PathBuf, set: Vec<(String, String)>) -> ExitCode {
             Err(e) => {
                 tracing::error!(error = %e, "node could not start");
                 eprintln!("haseqd: {e}");
+                if e.is_operator_error() {
+                    return ExitCode::from(2);
+                }
                 return ExitCode::FAILURE;
             }
         };

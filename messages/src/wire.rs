@@ -152,6 +152,9 @@ pub enum RpcRequest {
         /// At most this many blocks.
         max: u32,
     },
+    /// Has the caller ever held this cluster's log? Asked by a node starting with an empty
+    /// `raft_dir`, before it serves Raft: a leader that replicated to it says how far.
+    MemberHistory,
 }
 
 /// A node's view of itself, as its peers poll it.
@@ -190,6 +193,7 @@ impl RpcRequest {
             RpcRequest::TransferLeader(_) => "transfer_leader",
             RpcRequest::PeerStatus => "peer_status",
             RpcRequest::FetchBlocks { .. } => "fetch_blocks",
+            RpcRequest::MemberHistory => "member_history",
         }
     }
 }
@@ -210,6 +214,14 @@ pub enum RpcResponse {
     /// Answer to FetchBlocks: consecutive blocks from the requested height (fewer, or none,
     /// when the peer has fewer).
     Blocks(Vec<crate::Block>),
+    /// Answer to MemberHistory: on a leader, the highest log index the caller acknowledged
+    /// in this leader's term; `None` elsewhere, or when the caller never acknowledged one.
+    MemberHistory {
+        /// That index.
+        matched: Option<u64>,
+        /// Whether the answering node leads (only a leader knows).
+        is_leader: bool,
+    },
     /// The receiver could not serve the call (shutting down, not initialised, bad request).
     Error(RemoteError),
 }

@@ -244,6 +244,7 @@ fn response_kind(r: &RpcResponse) -> &'static str {
         RpcResponse::TransferLeader => "transfer_leader",
         RpcResponse::PeerStatus(_) => "peer_status",
         RpcResponse::Blocks(_) => "blocks",
+        RpcResponse::MemberHistory { .. } => "member_history",
         RpcResponse::Error(_) => "error",
     }
 }

@@ -132,12 +132,12 @@ where
                 Err(fatal) => RpcResponse::Error(RemoteError::Unavailable(fatal.to_string())),
             },
             // Not Raft's: the node's own handler answers these before they reach here.
-            other @ (RpcRequest::PeerStatus | RpcRequest::FetchBlocks { .. }) => {
-                RpcResponse::Error(RemoteError::Refused(format!(
-                    "{} is not a Raft call",
-                    other.kind()
-                )))
-            }
+            other @ (RpcRequest::PeerStatus
+            | RpcRequest::FetchBlocks { .. }
+            | RpcRequest::MemberHistory) => RpcResponse::Error(RemoteError::Refused(format!(
+                "{} is not a Raft call",
+                other.kind()
+            ))),
         }
     }
 }

@@ -222,6 +222,20 @@ impl haseq_net::RpcHandler for NodeHandler {
         match req {
             RpcRequest::PeerStatus => RpcResponse::PeerStatus(self.view.borrow().me.clone()),
             RpcRequest::FetchBlocks { from: start, max } => self.fetch(from, start, max).await,
+            RpcRequest::MemberHistory => {
+                use openraft::async_runtime::WatchReceiver as _;
+                let m = self.raft.raft().metrics();
+                let m = m.borrow_watched();
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&from).cloned().flatten())
+                    .map(|l| l.index);
+                RpcResponse::MemberHistory {
+                    matched,
+                    is_leader: m.state == openraft::ServerState::Leader,
+                }
+            }
             other => self.raft.handle(from, other).await,
         }
     }

@@ -178,6 +178,11 @@ impl Cluster {
 
     /// Start (or start again) node `i` on its directory and ports.
     pub async fn restart(&mut self, i: usize) {
+        self.try_restart(i).await.expect("node starts");
+    }
+
+    /// [`Cluster::restart`], returning why the node refused to start.
+    pub async fn try_restart(&mut self, i: usize) -> Result<(), node::NodeError> {
         assert!(
             self.members[i].node.is_none(),
             "node {i} is already running"
@@ -185,10 +190,9 @@ impl Cluster {
         let s = self.members[i].settings.clone();
         let raft = bind(&s.raft_addr).await;
         let api = bind(&s.api_addr).await;
-        let node = node::start_with_listeners(s, raft, api)
-            .await
-            .expect("node starts");
+        let node = node::start_with_listeners(s, raft, api).await?;
         self.members[i].node = Some(node);
+        Ok(())
     }
 
     /// Stop node `i` abruptly: its transport and Raft stop at once, nothing is handed over.

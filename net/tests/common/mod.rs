@@ -103,6 +103,10 @@ impl RpcHandler for FakeHandler {
             }
             RpcRequest::TransferLeader(_) => RpcResponse::TransferLeader,
             RpcRequest::PeerStatus => RpcResponse::PeerStatus(Default::default()),
+            RpcRequest::MemberHistory => RpcResponse::MemberHistory {
+                matched: None,
+                is_leader: false,
+            },
             RpcRequest::FetchBlocks { .. } => RpcResponse::Blocks(Vec::new()),
         }
     }
