@@ -97,6 +97,10 @@ pub struct Status {
     /// The history being fetched from peers (`{from, to, done, blocks_per_s, eta_s}`), or
     /// null while the store lacks nothing.
     pub sync: Option<crate::syncer::SyncProgress>,
+    /// The timing advisor: the largest round trip measured to a peer, the configured
+    /// timings, the guide's values for that round trip, and a verdict (`ok`, `too_tight`,
+    /// `unknown`) with its reasons. Null before the Elector's first decision.
+    pub timing: Option<crate::elector::timing::TimingAdvice>,
 }
 
 /// A committed block's header, as `GET /block/{height}` shows it.
@@ -242,6 +246,7 @@ async fn status(State(state): State<ApiState>) -> Response {
         peer_status: view.peers.clone(),
         peers: state.peers.clone(),
         sync: state.sync.borrow().clone(),
+        timing: view.timing.clone(),
     })
     .into_response()
 }

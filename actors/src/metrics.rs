@@ -52,6 +52,11 @@ fn describe_all() {
     );
     describe_gauge!("haseq_term", "Current Raft term");
     describe_gauge!(
+        "haseq_timing_too_tight",
+        "1 while a configured Raft timing is below the operator guide's rule for the largest \
+         round trip measured to a peer (see /status timing, haseqd ctl tune)"
+    );
+    describe_gauge!(
         "haseq_committed_index",
         Unit::Count,
         "Highest Raft log index known committed"

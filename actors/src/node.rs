@@ -436,6 +436,7 @@ pub async fn start_with_listeners(
         unhealthy_leader_grace: settings.unhealthy_leader_grace,
         leader_lease_timeout: settings.timing.leader_lease_timeout,
         election_timeout: settings.timing.election_timeout,
+        timing: settings.timing,
         pause_file: settings.raft_dir.join("paused"),
         faults: faults.clone(),
     };

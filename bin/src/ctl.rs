@@ -34,6 +34,9 @@ pub(crate) enum CtlCmd {
     Status,
     /// Print every role, term, leader and eligibility change as it happens (Ctrl-C stops).
     Watch,
+    /// Print the timing advisor's verdict: the largest round trip measured to a peer, the
+    /// configured Raft timings, and the operator guide's values for that round trip.
+    Tune,
     /// Hand leadership to a node (or the best peer).
     TransferLeader {
         /// The target node id; the most caught-up healthy peer when absent.
@@ -98,6 +101,7 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
     let (method, path, body) = match &args.cmd {
         CtlCmd::Status => ("GET", "/status", None),
         CtlCmd::Watch => return watch(&addr).await,
+        CtlCmd::Tune => return tune(&addr).await,
         CtlCmd::TransferLeader { to, force } => (
             "POST",
             "/admin/transfer-leader",
@@ -147,6 +151,57 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
     } else {
         bail!("{method} {path}: HTTP {}: {pretty}", r.status)
     }
+}
+
+/// The Raft timings `ctl tune` shows, as `raft.<key>`.
+const TIMING_KEYS: [&str; 4] = [
+    "heartbeat_timeout",
+    "election_timeout",
+    "leader_lease_timeout",
+    "send_timeout",
+];
+
+/// `ctl tune`: `/status` `timing` as a table, with the lines to put in the configuration.
+async fn tune(addr: &str) -> anyhow::Result<()> {
+    let r = http_client::request(addr, "GET", "/status", None, CALL_TIMEOUT)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if r.status != 200 {
+        bail!("GET /status: HTTP {}: {}", r.status, r.body);
+    }
+    let v: Value = serde_json::from_str(&r.body).context("GET /status: not JSON")?;
+    let t = &v["timing"];
+    if t.is_null() {
+        bail!("the node has no timing advice yet (it has just started); try again");
+    }
+    let verdict = t["verdict"].as_str().unwrap_or("unknown");
+    match (t["rtt_max_ms"].as_f64(), t["rtt_max_peer"].as_str()) {
+        (Some(rtt), Some(peer)) => {
+            println!("largest round trip over the last 30 s: {rtt} ms (to {peer})")
+        }
+        _ => println!("no round trip measured yet (no peer answered)"),
+    }
+    println!("{:<22} {:>12} {:>12}", "timing", "configured", "suggested");
+    for key in TIMING_KEYS {
+        let field = format!("{key}_ms");
+        let have = t["configured"][&field].as_f64();
+        let want = t["suggested"][&field].as_f64();
+        let show = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x} ms"));
+        println!("{key:<22} {:>12} {:>12}", show(have), show(want));
+    }
+    println!("verdict: {verdict}");
+    for reason in t["reasons"].as_array().into_iter().flatten() {
+        println!("  {}", reason.as_str().unwrap_or_default());
+    }
+    if let Some(s) = t["suggested"].as_object() {
+        println!("suggested configuration (raft section):");
+        for key in TIMING_KEYS {
+            if let Some(ms) = s.get(&format!("{key}_ms")).and_then(Value::as_f64) {
+                println!("  {key}: \"{}ms\"", ms.ceil());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Follow `/events` (server-sent events) and print each event's data line.

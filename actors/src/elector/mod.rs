@@ -17,6 +17,7 @@
 
 mod error;
 pub mod policy;
+pub mod timing;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -83,6 +84,8 @@ pub struct ElectorDeps {
     /// `raft.election_timeout`: the relaxation window and the transfer budget derive from it
     /// ([`policy::Limits::derive`]).
     pub election_timeout: Duration,
+    /// The four configured timings, for the timing advisor ([`timing::advise`]).
+    pub timing: crate::settings::RaftTiming,
     /// The file whose presence means "paused" (survives restarts).
     pub pause_file: PathBuf,
     /// Fault knobs.
@@ -137,6 +140,8 @@ pub struct ElectorView {
     /// The Elector has decided at least once: until then no height is known, and the vote
     /// gate cannot judge a candidate.
     pub decided: bool,
+    /// The timing advisor's verdict on the configured timings (`/status` `timing`).
+    pub timing: Option<timing::TimingAdvice>,
 }
 
 pub use crate::p2p::PeerPolled;
@@ -235,6 +240,10 @@ pub struct Elector {
     last_handover: Option<policy::Handover>,
     no_target_logged: Option<Instant>,
     last_event: Option<EventState>,
+    /// Round trips to peers, from the P2P actor's polls.
+    rtt: timing::RttSamples,
+    /// The timing verdict last logged.
+    timing_verdict: Option<timing::Verdict>,
     _exit: ExitGuard,
 }
 
@@ -279,6 +288,8 @@ impl Elector {
             last_handover: None,
             no_target_logged: None,
             last_event: None,
+            rtt: timing::RttSamples::default(),
+            timing_verdict: None,
             _exit: exit,
         }
     }
@@ -523,6 +534,7 @@ impl Elector {
             Production::Produce { .. } => (true, None),
             Production::Stop(r) => (false, Some(r.to_string())),
         };
+        let timing = self.advise_timing(now);
         self.d.view.send_replace(ElectorView {
             me,
             eligible: d.eligible,
@@ -538,6 +550,7 @@ impl Elector {
             stop_reason,
             peers,
             decided: true,
+            timing: Some(timing),
         });
 
         // Events: role, term, leader, eligibility.
@@ -568,6 +581,37 @@ impl Elector {
             });
             self.last_event = Some(now_state);
         }
+    }
+
+    /// The timing advice now; says so in the log and `haseq_timing_too_tight` when the
+    /// verdict changes.
+    fn advise_timing(&mut self, now: Instant) -> timing::TimingAdvice {
+        let a = timing::advise(self.rtt.max(now), &self.d.timing);
+        if self.timing_verdict != Some(a.verdict) {
+            match a.verdict {
+                timing::Verdict::TooTight => tracing::warn!(
+                    rtt_max_ms = a.rtt_max_ms,
+                    peer = a.rtt_max_peer.as_ref().map(|p| p.as_str()).unwrap_or(""),
+                    reasons = %a.reasons.join("; "),
+                    "raft timings too tight for the measured network (haseqd ctl tune suggests values)"
+                ),
+                timing::Verdict::Ok if self.timing_verdict.is_some() => {
+                    tracing::info!(
+                        rtt_max_ms = a.rtt_max_ms,
+                        "raft timings fit the measured network"
+                    )
+                }
+                _ => {}
+            }
+            let on = if a.verdict == timing::Verdict::TooTight {
+                1.0
+            } else {
+                0.0
+            };
+            metrics::gauge!("haseq_timing_too_tight").set(on);
+            self.timing_verdict = Some(a.verdict);
+        }
+        a
     }
 
     fn set_paused(&mut self, paused: bool) -> Result<(), PauseError> {
@@ -631,6 +675,9 @@ impl Handler<PeerPolled> for Elector {
     type Result = ();
 
     fn handle(&mut self, msg: PeerPolled, _: &mut Context<Self>) {
+        if let Some(rtt) = msg.rtt {
+            self.rtt.add(&msg.id, rtt, Instant::now());
+        }
         if let Some(seen) = self.peers.get_mut(&msg.id) {
             match msg.result {
                 Ok(s) => {

@@ -45,7 +45,7 @@ pub enum ServeFault {
 
 /// The serving side's fault knobs; cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct ServeFaults(Arc<(AtomicU8, AtomicU64)>);
+pub struct ServeFaults(Arc<(AtomicU8, AtomicU64, AtomicU64)>);
 
 impl ServeFaults {
     /// Serve blocks this way from now on.
@@ -56,6 +56,15 @@ impl ServeFaults {
     /// Hold every block answer this long before reading it (a slow peer; zero: none).
     pub fn set_delay(&self, delay: std::time::Duration) {
         self.0.1.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Hold every status answer this long (a slow link, as peers' round trips see it).
+    pub fn set_status_delay(&self, delay: std::time::Duration) {
+        self.0.2.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    fn status_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.0.2.load(Ordering::Relaxed))
     }
 
     fn delay(&self) -> std::time::Duration {
@@ -220,7 +229,13 @@ impl haseq_net::RpcHandler for NodeHandler {
             ));
         }
         match req {
-            RpcRequest::PeerStatus => RpcResponse::PeerStatus(self.view.borrow().me.clone()),
+            RpcRequest::PeerStatus => {
+                let delay = self.faults.status_delay();
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                RpcResponse::PeerStatus(self.view.borrow().me.clone())
+            }
             RpcRequest::FetchBlocks { from: start, max } => self.fetch(from, start, max).await,
             RpcRequest::MemberHistory => {
                 use openraft::async_runtime::WatchReceiver as _;
