@@ -193,8 +193,12 @@ async fn tune(addr: &str) -> anyhow::Result<()> {
     for reason in t["reasons"].as_array().into_iter().flatten() {
         println!("  {}", reason.as_str().unwrap_or_default());
     }
-    if let Some(s) = t["suggested"].as_object() {
-        println!("suggested configuration (raft section):");
+    // Only raise: below the configured values the formulas leave no room for load or
+    // jitter the 30 s window did not see (on loopback they suggest single milliseconds).
+    if verdict == "too_tight"
+        && let Some(s) = t["suggested"].as_object()
+    {
+        println!("suggested configuration (raft section), at least:");
         for key in TIMING_KEYS {
             if let Some(ms) = s.get(&format!("{key}_ms")).and_then(Value::as_f64) {
                 println!("  {key}: \"{}ms\"", ms.ceil());
