@@ -220,6 +220,17 @@ pub(crate) fn check_file(file: &SnapshotFile, origin: &str) -> Result<(), Storag
             });
         }
     }
+    if let Some(last) = file.blocks.last()
+        && (last.height != file.head.height || last.hash != file.head.hash)
+    {
+        return Err(StorageError::SnapshotBlocks {
+            height: last.height,
+            reason: format!(
+                "newest block {} is not the head {} at height {}",
+                last.hash, file.head.hash, file.head.height
+            ),
+        });
+    }
     for pair in file.checkpoints.windows(2) {
         if pair[1].0 <= pair[0].0 {
             return Err(StorageError::SnapshotBlocks {
@@ -238,29 +249,18 @@ pub(crate) fn check_file(file: &SnapshotFile, origin: &str) -> Result<(), Storag
                 ),
             });
         }
-        // A carried block at a checkpoint height is the checkpoint's block.
+        // A carried block at a checkpoint height is the checkpoint's block. (The blocks are
+        // consecutive and end at the head, checked above: the index is within them.)
         if let Some(first) = file.blocks.first()
             && height >= first.height
+            && let Some(b) = file.blocks.get((height.0 - first.height.0) as usize)
+            && b.hash != hash
         {
-            let b = &file.blocks[(height.0 - first.height.0) as usize];
-            if b.hash != hash {
-                return Err(StorageError::SnapshotBlocks {
-                    height,
-                    reason: format!("checkpoint {hash} but the carried block is {}", b.hash),
-                });
-            }
+            return Err(StorageError::SnapshotBlocks {
+                height,
+                reason: format!("checkpoint {hash} but the carried block is {}", b.hash),
+            });
         }
-    }
-    if let Some(last) = file.blocks.last()
-        && (last.height != file.head.height || last.hash != file.head.hash)
-    {
-        return Err(StorageError::SnapshotBlocks {
-            height: last.height,
-            reason: format!(
-                "newest block {} is not the head {} at height {}",
-                last.hash, file.head.hash, file.head.height
-            ),
-        });
     }
     Ok(())
 }

@@ -103,13 +103,14 @@ impl RttSamples {
         self.0
             .iter()
             .filter_map(|(id, q)| {
-                let recent: Vec<Duration> = q
+                // Read on every Elector tick: summed in place, nothing allocated.
+                let (sum, n) = q
                     .iter()
                     .filter(|(t, _)| now.duration_since(*t) <= RTT_WINDOW)
-                    .map(|(_, rtt)| *rtt)
-                    .collect();
-                let n = u32::try_from(recent.len()).ok().filter(|&n| n > 0)?;
-                Some((id, recent.iter().sum::<Duration>() / n))
+                    .fold((Duration::ZERO, 0u32), |(sum, n), (_, rtt)| {
+                        (sum + *rtt, n + 1)
+                    });
+                (n > 0).then(|| (id, sum / n))
             })
             .max_by_key(|(_, avg)| *avg)
             .map(|(id, avg)| (id.clone(), avg))
