@@ -212,3 +212,105 @@ pub async fn resume(State(state): State<ApiState>) -> Response {
         Err(e) => elector_down(e),
     }
 }
+
+/// Body of `POST /admin/members/{learner,promote,remove}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberRequest {
+    /// The member's node id.
+    pub id: String,
+    /// Its node-to-node `host:port` (learner only).
+    pub addr: Option<String>,
+    /// Override the lag guard (promote) or the quorum guard (remove).
+    #[serde(default)]
+    pub force: bool,
+}
+
+fn parse_member(body: &[u8], example: &str) -> Result<MemberRequest, String> {
+    serde_json::from_slice(body).map_err(|e| format!("body: {e}; expected {example}"))
+}
+
+/// Run a membership change here or at the leader, and answer as the API does: 200 with the
+/// membership after it, 400 for a request that makes no sense, 409 for a refusal (`force`
+/// overrides the guards; a promotion refused for lag carries `lag_blocks`), 503 when no
+/// leader could be reached.
+async fn member_change(
+    state: &ApiState,
+    change: haseq_messages::members::MemberChange,
+) -> Response {
+    use haseq_messages::members::MemberChangeError as E;
+    match crate::members::change(&state.members, change, 0).await {
+        Ok(report) => Json(json!(report)).into_response(),
+        Err(e @ E::Invalid(_)) => bad_request(e.to_string()),
+        Err(E::Refused { why, lag_blocks }) => (
+            StatusCode::CONFLICT,
+            Json(json!({ "error": why, "lag_blocks": lag_blocks })),
+        )
+            .into_response(),
+        Err(e @ E::NotLeader { .. }) => {
+            let leader = match &e {
+                E::NotLeader { leader, .. } => leader.clone(),
+                _ => None,
+            };
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "error": e.to_string(), "leader_id": leader })),
+            )
+                .into_response()
+        }
+        Err(e @ E::Unavailable(_)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /admin/members/learner {"id": "node-4", "addr": "10.0.0.4:5001"}`.
+pub async fn add_learner(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
+    let example = r#"{"id": "node-4", "addr": "10.0.0.4:5001"}"#;
+    let req = match parse_member(&body, example) {
+        Ok(r) => r,
+        Err(why) => return bad_request(why),
+    };
+    let Some(addr) = req.addr else {
+        return bad_request(format!("body: addr is missing; expected {example}"));
+    };
+    let change = haseq_messages::members::MemberChange::AddLearner {
+        id: haseq_messages::NodeId(req.id),
+        addr,
+    };
+    member_change(&state, change).await
+}
+
+/// `POST /admin/members/promote {"id": "node-4", "force": false}`.
+pub async fn promote(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
+    let req = match parse_member(&body, r#"{"id": "node-4", "force": false}"#) {
+        Ok(r) => r,
+        Err(why) => return bad_request(why),
+    };
+    if req.addr.is_some() {
+        return bad_request("body: addr belongs to /admin/members/learner, not promote".into());
+    }
+    let change = haseq_messages::members::MemberChange::Promote {
+        id: haseq_messages::NodeId(req.id),
+        force: req.force,
+    };
+    member_change(&state, change).await
+}
+
+/// `POST /admin/members/remove {"id": "node-1"}`.
+pub async fn remove(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
+    let req = match parse_member(&body, r#"{"id": "node-1", "force": false}"#) {
+        Ok(r) => r,
+        Err(why) => return bad_request(why),
+    };
+    if req.addr.is_some() {
+        return bad_request("body: addr belongs to /admin/members/learner, not remove".into());
+    }
+    let change = haseq_messages::members::MemberChange::Remove {
+        id: haseq_messages::NodeId(req.id),
+        force: req.force,
+    };
+    member_change(&state, change).await
+}

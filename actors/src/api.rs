@@ -49,6 +49,10 @@ pub struct ApiState {
     pub events: tokio::sync::broadcast::Sender<crate::events::NodeEvent>,
     /// The Syncer's progress.
     pub sync: tokio::sync::watch::Receiver<Option<crate::syncer::SyncProgress>>,
+    /// Membership changes.
+    pub members: crate::members::MembersCtx,
+    /// This node's `raft.raft_addr`, for `GET /members`.
+    pub raft_addr: String,
 }
 
 /// A configured peer as `/status` shows it.
@@ -97,6 +101,12 @@ pub struct Status {
     /// The history being fetched from peers (`{from, to, done, blocks_per_s, eta_s}`), or
     /// null while the store lacks nothing.
     pub sync: Option<crate::syncer::SyncProgress>,
+    /// Learners with their address, lag (`lag_blocks`), engine height, last contact and, on
+    /// the leader, the log index each has acknowledged.
+    pub learners: Vec<crate::members::MemberView>,
+    /// This node is no longer a member of the cluster: why (null while it is). A removed
+    /// node neither campaigns nor produces.
+    pub removed: Option<String>,
     /// The timing advisor: the largest round trip measured to a peer, the configured
     /// timings, the guide's values for that round trip, and a verdict (`ok`, `too_tight`,
     /// `unknown`) with its reasons. Null before the Elector's first decision.
@@ -128,6 +138,9 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/admin/pause", post(crate::admin::pause))
         .route("/admin/resume", post(crate::admin::resume))
+        .route("/admin/members/learner", post(crate::admin::add_learner))
+        .route("/admin/members/promote", post(crate::admin::promote))
+        .route("/admin/members/remove", post(crate::admin::remove))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::admin::guard,
@@ -136,6 +149,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/status", get(status))
+        .route("/members", get(members))
         .route("/metrics", get(metrics_text))
         .route("/block/{height}", get(block))
         .route("/stats/commit-latency", get(commit_latency))
@@ -218,6 +232,7 @@ async fn status(State(state): State<ApiState>) -> Response {
     let exec = state.exec.borrow().clone();
     let view = state.view.borrow().clone();
     let implied = implied_head(0, &raft);
+    let (_, learners) = crate::members::members(&raft, &view, &state.raft_addr);
     let head = match state.blocks.head() {
         Ok(h) => h,
         Err(e) => return unavailable(&format!("reading the applied head: {e}")),
@@ -246,8 +261,28 @@ async fn status(State(state): State<ApiState>) -> Response {
         peer_status: view.peers.clone(),
         peers: state.peers.clone(),
         sync: state.sync.borrow().clone(),
+        learners,
+        removed: view.removed.clone(),
         timing: view.timing.clone(),
     })
+    .into_response()
+}
+
+/// `GET /members`: voters and learners with address, role, lag and last contact.
+async fn members(State(state): State<ApiState>) -> Response {
+    let raft = match raft_status(&state).await {
+        Ok(raft) => raft,
+        Err(r) => return r,
+    };
+    let view = state.view.borrow().clone();
+    let (voters, learners) = crate::members::members(&raft, &view, &state.raft_addr);
+    axum::Json(json!({
+        "node_id": raft.node_id,
+        "leader_id": raft.leader_id,
+        "membership_log_index": raft.member_addrs.log_index,
+        "voters": voters,
+        "learners": learners,
+    }))
     .into_response()
 }
 

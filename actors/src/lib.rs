@@ -8,6 +8,8 @@
 //! - `p2p`: the P2P actor (peer status exchange, block fetches, penalties) and the serving
 //!   side of the node-to-node port;
 //! - `exec_replayer`: the ExecReplayer actor, keeping the engine at the applied head;
+//! - `members`: membership changes as operators ask for them (guards, hand-over,
+//!   forwarding to the leader);
 //! - `feed`: a publisher's named subscribers, kept across rebuilds of either side;
 //! - `faults`: panic knobs, to test that every actor and task is rebuilt;
 //! - `settings`: what a node needs to start, and the timing map onto openraft;
@@ -25,6 +27,7 @@ pub mod exec_replayer;
 pub mod faults;
 pub mod feed;
 pub mod http_client;
+pub mod members;
 pub mod metrics;
 pub mod node;
 pub mod p2p;

@@ -21,12 +21,18 @@ pub fn prometheus() -> Result<PrometheusHandle, String> {
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }
+    // One installer at a time: a thread that lost the race to a winner still describing the
+    // metrics would otherwise find no handle yet (seen with nodes started on parallel tests).
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
     let recorder = PrometheusBuilder::new()
         .set_buckets(LATENCY_BUCKETS_SECONDS)
         .map_err(|e| format!("prometheus buckets: {e}"))?
         .build_recorder();
     let handle = recorder.handle();
-    // Two threads may race here; the loser's recorder is dropped and it uses the winner's.
     if metrics::set_global_recorder(recorder).is_ok() {
         describe_all();
         let _ = HANDLE.set(handle);

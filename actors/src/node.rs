@@ -97,24 +97,48 @@ pub enum NodeError {
         /// The highest index it says this node acknowledged.
         matched: u64,
     },
+    /// `raft_dir` is empty and `raft.join` is off, but a peer already runs a cluster that
+    /// does not count this node a member: bootstrapping would start a second cluster.
+    #[error(
+        "raft.raft_dir {dir} is empty and raft.join is off, but peer {peer} already runs a \
+         cluster without this node ({why}): a node added to a running cluster starts with \
+         raft.join: true and is added with `haseqd ctl add-learner ID@HOST:PORT`"
+    )]
+    NotAMember {
+        /// `raft.raft_dir`.
+        dir: String,
+        /// The peer that refused.
+        peer: NodeId,
+        /// Its words.
+        why: String,
+    },
 }
 
 impl NodeError {
     /// Whether the error is the operator's to fix in the configuration or on disk (the
     /// process exits with status 2, as for a bad configuration).
     pub fn is_operator_error(&self) -> bool {
-        matches!(self, NodeError::ForgottenIdentity { .. })
+        matches!(
+            self,
+            NodeError::ForgottenIdentity { .. } | NodeError::NotAMember { .. }
+        )
     }
 }
 
-/// Asks each peer whether its leader ever replicated to this node; `Some((leader, index))`
-/// from a leader that did. Bounded by [`IDENTITY_PROBE_MAX`]; a peer that does not answer
-/// counts as not knowing (a brand-new cluster starting together answers nothing).
-async fn leader_that_knew_us(
-    net: &Network,
-    peers: &[(NodeId, String)],
-    budget: Duration,
-) -> Option<(NodeId, u64)> {
+/// What a fresh node's peers said about it.
+enum Probe {
+    /// None knew it, none refused it: a new cluster may start.
+    Clear,
+    /// A leader replicated its log to this node id up to `.1`.
+    KnewUs(NodeId, u64),
+    /// A peer runs a cluster that does not count this node a member.
+    Refused(NodeId, String),
+}
+
+/// Asks each peer whether its leader ever replicated to this node, and whether it counts
+/// this node a member at all. Bounded by [`IDENTITY_PROBE_MAX`]; a peer that does not
+/// answer counts as not knowing (a brand-new cluster starting together answers nothing).
+async fn probe_identity(net: &Network, peers: &[(NodeId, String)], budget: Duration) -> Probe {
     use haseq_messages::wire::{RpcRequest, RpcResponse};
     let deadline = tokio::time::Instant::now() + IDENTITY_PROBE_MAX;
     let mut answered = HashSet::new();
@@ -126,14 +150,18 @@ async fn leader_that_knew_us(
         for (id, addr) in pending {
             let client = net.client(id.clone(), &PeerNode { addr: addr.clone() });
             let call = client.call(RpcRequest::MemberHistory, budget);
-            if let Ok(Ok(RpcResponse::MemberHistory { matched, is_leader })) =
-                tokio::time::timeout(budget, call).await
-            {
-                answered.insert(id.clone());
-                // Index 0 is the membership every node of a new cluster writes itself.
-                if let Some(m) = matched.filter(|&m| is_leader && m > 0) {
-                    return Some((id.clone(), m));
+            match tokio::time::timeout(budget, call).await {
+                Ok(Ok(RpcResponse::MemberHistory { matched, is_leader })) => {
+                    answered.insert(id.clone());
+                    // Index 0 is the membership every node of a new cluster writes itself.
+                    if let Some(m) = matched.filter(|&m| is_leader && m > 0) {
+                        return Probe::KnewUs(id.clone(), m);
+                    }
                 }
+                Ok(Err(e)) if e.refused_as_not_a_member() => {
+                    return Probe::Refused(id.clone(), e.kind.to_string());
+                }
+                _ => {}
             }
         }
         if answered.len() == peers.len() || tokio::time::Instant::now() >= deadline {
@@ -141,7 +169,7 @@ async fn leader_that_knew_us(
         }
         tokio::time::sleep(IDENTITY_PROBE_EVERY).await;
     }
-    None
+    Probe::Clear
 }
 
 /// A running node. Dropping it does not stop it; call [`Node::shutdown`].
@@ -265,14 +293,22 @@ pub async fn start_with_listeners(
     if fresh && !settings.join {
         // Before this node serves Raft: a leader would otherwise bring it back at once,
         // votes forgotten.
-        if let Some((leader, matched)) =
-            leader_that_knew_us(&net, &settings.peers, settings.timing.send_timeout).await
-        {
-            return Err(NodeError::ForgottenIdentity {
-                dir: dir.display().to_string(),
-                leader,
-                matched,
-            });
+        match probe_identity(&net, &settings.peers, settings.timing.send_timeout).await {
+            Probe::Clear => {}
+            Probe::KnewUs(leader, matched) => {
+                return Err(NodeError::ForgottenIdentity {
+                    dir: dir.display().to_string(),
+                    leader,
+                    matched,
+                });
+            }
+            Probe::Refused(peer, why) => {
+                return Err(NodeError::NotAMember {
+                    dir: dir.display().to_string(),
+                    peer,
+                    why,
+                });
+            }
         }
     }
     let (exec_tx, exec_rx) = watch::channel(ExecStatus::unknown());
@@ -316,6 +352,7 @@ pub async fn start_with_listeners(
         ..ElectorView::default()
     });
     let serve_faults = ServeFaults::default();
+    let members_ctx = Arc::new(std::sync::OnceLock::new());
     let handler = Arc::new(NodeHandler {
         raft: haseq_net::RaftHandler::new(raft.clone()).with_vote_gate(vote_gate(view_rx.clone())),
         view: view_rx.clone(),
@@ -323,6 +360,7 @@ pub async fn start_with_listeners(
         cuts: net.link_cuts(),
         limits: ServeLimits::default(),
         faults: serve_faults.clone(),
+        members: members_ctx.clone(),
     });
     {
         let shutdown = shutdown.clone();
@@ -382,8 +420,11 @@ pub async fn start_with_listeners(
         })
     };
     let peer_feed = PeerFeed::default();
+    let raft_feed = RaftFeed::replaying();
     let p2p = {
         let deps = P2pDeps {
+            node_id: id.clone(),
+            raft_feed: raft_feed.clone(),
             peers: settings.peers.clone(),
             network: net.clone(),
             send_timeout: settings.timing.send_timeout,
@@ -395,7 +436,6 @@ pub async fn start_with_listeners(
     let latencies = crate::stats::LatencyLog::default();
     let core_raft = raft.clone();
     let core_faults = faults.clone();
-    let raft_feed = RaftFeed::replaying();
     let core_feed = raft_feed.clone();
     let raft_core = supervisor.start("raft_core", move |exit| {
         RaftCore::new(
@@ -453,6 +493,15 @@ pub async fn start_with_listeners(
         faults: faults.clone(),
     };
     let syncer = supervisor.start("syncer", move |exit| Syncer::new(syncer_deps.clone(), exit));
+    let members = crate::members::MembersCtx {
+        node_id: id.clone(),
+        raft_core: raft_core.clone(),
+        elector: elector.clone(),
+        p2p: p2p.clone(),
+        view: view_rx.clone(),
+    };
+    // Forwarded membership changes are served from now on.
+    let _ = members_ctx.set(members.clone());
 
     metrics::gauge!("haseq_up").set(1.0);
     let upkeep = prometheus.clone();
@@ -496,6 +545,8 @@ pub async fn start_with_listeners(
         view: view_rx.clone(),
         events: events.clone(),
         sync: sync_rx.clone(),
+        members,
+        raft_addr: raft_addr.to_string(),
     });
     let blocks = storage.reader;
     {

@@ -49,6 +49,8 @@ pub enum StopReason {
     NotAggregator,
     /// The node is shutting down.
     Shutdown,
+    /// The node is no longer a member of the cluster.
+    Removed,
 }
 
 impl std::fmt::Display for StopReason {
@@ -60,6 +62,7 @@ impl std::fmt::Display for StopReason {
             StopReason::HandingOver => "handing leadership over",
             StopReason::NotAggregator => "not an aggregator",
             StopReason::Shutdown => "shutting down",
+            StopReason::Removed => "removed from the cluster",
         })
     }
 }

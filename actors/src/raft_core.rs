@@ -16,8 +16,11 @@
 //! openraft's full metrics instead woke this actor several times per block, on the arbiter
 //! thread every other actor shares). (Production is steered by the Elector.)
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use actix::{Actor, AsyncContext, Context, Handler, Message, ResponseFuture, StreamHandler};
-use haseq_messages::{ApplyOutcome, Block, Command, NodeId, Term};
+use haseq_messages::members::{MemberChange, MemberChangeError, MemberEntry, MembersReport};
+use haseq_messages::{ApplyOutcome, Block, Command, NodeId, PeerNode, Term};
 use openraft::async_runtime::WatchReceiver;
 use openraft::{Instant as _, RaftMetrics, ServerState};
 use serde::Serialize;
@@ -95,10 +98,18 @@ pub struct RaftStatus {
     pub members: Vec<NodeId>,
     /// Voters of the effective membership.
     pub voters: Vec<NodeId>,
-    /// Learners of the effective membership.
+    /// Learners of the effective membership (`/status` shows them with their lag instead).
+    #[serde(skip)]
     pub learners: Vec<NodeId>,
     /// On a leader: milliseconds since a quorum last acknowledged it.
     pub millis_since_quorum_ack: Option<u64>,
+    /// On a leader: the highest log index each member (voter or learner) has acknowledged
+    /// (`None` for one that has acknowledged nothing yet); empty elsewhere.
+    #[serde(skip)]
+    pub matched: BTreeMap<NodeId, Option<u64>>,
+    /// The effective membership with the addresses it records.
+    #[serde(skip)]
+    pub member_addrs: Members,
     /// Set when openraft stopped with a fatal error.
     pub fatal: Option<String>,
 }
@@ -134,6 +145,16 @@ impl RaftStatus {
             voters,
             learners,
             millis_since_quorum_ack: quorum_ack,
+            matched: m
+                .replication
+                .as_ref()
+                .map(|r| {
+                    r.iter()
+                        .map(|(id, l)| (id.clone(), l.as_ref().map(|l| l.index)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            member_addrs: Members::of(m),
             fatal: m.running_state.as_ref().err().map(|e| e.to_string()),
         }
     }
@@ -146,6 +167,70 @@ pub struct LogPos {
     pub term: Term,
     /// The entry's index.
     pub index: u64,
+}
+
+/// The effective membership: voters and learners with the node-to-node address each entry
+/// records (empty for the members a cluster was bootstrapped with).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Members {
+    /// Voters (during a joint change, those of both configurations).
+    pub voters: BTreeMap<NodeId, String>,
+    /// Learners.
+    pub learners: BTreeMap<NodeId, String>,
+    /// The log index of the membership entry (0 before any).
+    pub log_index: u64,
+}
+
+impl Members {
+    /// Read from openraft's metrics.
+    pub fn of(m: &RaftMetrics<haseq_messages::TC>) -> Members {
+        let stored = m.membership_config.membership();
+        let addr = |id: &NodeId| {
+            stored
+                .get_node(id)
+                .map(|n| n.addr.clone())
+                .unwrap_or_default()
+        };
+        Members {
+            voters: stored
+                .voter_ids()
+                .map(|id| (id.clone(), addr(&id)))
+                .collect(),
+            learners: stored
+                .learner_ids()
+                .map(|id| (id.clone(), addr(&id)))
+                .collect(),
+            log_index: m.membership_config.log_id().as_ref().map_or(0, |l| l.index),
+        }
+    }
+
+    /// No membership yet (a node that has not joined).
+    pub fn is_empty(&self) -> bool {
+        self.voters.is_empty() && self.learners.is_empty()
+    }
+
+    /// Is `id` a voter or a learner?
+    pub fn contains(&self, id: &NodeId) -> bool {
+        self.voters.contains_key(id) || self.learners.contains_key(id)
+    }
+
+    /// As a change's answer reports it.
+    pub fn report(&self, leader: NodeId) -> MembersReport {
+        let list = |m: &BTreeMap<NodeId, String>| {
+            m.iter()
+                .map(|(id, addr)| MemberEntry {
+                    id: id.clone(),
+                    addr: addr.clone(),
+                })
+                .collect()
+        };
+        MembersReport {
+            leader,
+            log_index: self.log_index,
+            voters: list(&self.voters),
+            learners: list(&self.learners),
+        }
+    }
 }
 
 /// What RaftCore tells its subscribers (the Elector): the role, term and leader, what was
@@ -169,6 +254,8 @@ pub struct RaftFacts {
     pub committed_index: u64,
     /// On a leader: when a quorum last acknowledged it.
     pub quorum_acked_at: Option<std::time::Instant>,
+    /// The effective membership.
+    pub members: Members,
 }
 
 impl RaftFacts {
@@ -200,6 +287,7 @@ impl RaftFacts {
                 // openraft keeps its own instant type, with no conversion: its age, read now,
                 // dates it on the std clock.
                 .and_then(|t| std::time::Instant::now().checked_sub((*t).into_inner().elapsed())),
+            members: Members::of(&m),
         }
     }
 }
@@ -261,6 +349,13 @@ pub struct TransferLeader {
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct SetElect(pub bool);
+
+/// Make one membership change through openraft, on the leader, as asked: the guards an
+/// operator's request passes first (lag, quorum, hand-over) are [`crate::members`]'. Answered
+/// once the change is committed, with the membership after it.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<MembersReport, MemberChangeError>")]
+pub struct ChangeMembership(pub MemberChange);
 
 /// Why Raft did not take a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -491,6 +586,85 @@ impl Handler<TransferLeader> for RaftCore {
             }
             Ok(false)
         })
+    }
+}
+
+impl Handler<ChangeMembership> for RaftCore {
+    type Result = ResponseFuture<Result<MembersReport, MemberChangeError>>;
+
+    fn handle(&mut self, msg: ChangeMembership, _: &mut Context<Self>) -> Self::Result {
+        let raft = self.raft.clone();
+        let me = self.status.node_id.clone();
+        Box::pin(async move {
+            let change = msg.0;
+            tracing::info!(kind = change.kind(), member = %change.id(), "membership change");
+            let done = match &change {
+                // Not blocking: answered once the entry is committed; the learner catches up
+                // afterwards, its lag shown in `/status` `learners`.
+                MemberChange::AddLearner { id, addr } => {
+                    raft.add_learner(id.clone(), PeerNode { addr: addr.clone() }, false)
+                        .await
+                }
+                MemberChange::Promote { id, .. } => {
+                    raft.change_membership(
+                        openraft::ChangeMembers::AddVoterIds(BTreeSet::from([id.clone()])),
+                        false,
+                    )
+                    .await
+                }
+                MemberChange::Remove { id, .. } => {
+                    let m = Members::of(&raft.metrics().borrow_watched());
+                    let set = BTreeSet::from([id.clone()]);
+                    let step = if m.voters.contains_key(id) {
+                        // `retain: false`: it leaves as a voter and as a node; nothing is
+                        // replicated to it any more.
+                        openraft::ChangeMembers::RemoveVoters(set)
+                    } else {
+                        openraft::ChangeMembers::RemoveNodes(set)
+                    };
+                    raft.change_membership(step, false).await
+                }
+            };
+            match done {
+                Ok(_) => {
+                    let m = Members::of(&raft.metrics().borrow_watched());
+                    tracing::info!(
+                        kind = change.kind(), member = %change.id(), log_index = m.log_index,
+                        voters = ?m.voters.keys().collect::<Vec<_>>(),
+                        learners = ?m.learners.keys().collect::<Vec<_>>(),
+                        "membership changed"
+                    );
+                    Ok(m.report(me))
+                }
+                Err(e) => Err(membership_error(e)),
+            }
+        })
+    }
+}
+
+fn membership_error(
+    e: openraft::error::RaftError<
+        haseq_messages::TC,
+        openraft::error::ClientWriteError<haseq_messages::TC>,
+    >,
+) -> MemberChangeError {
+    use openraft::error::{ClientWriteError, RaftError};
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => MemberChangeError::NotLeader {
+            leader: f.leader_id.clone(),
+            why: f.to_string(),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            MemberChangeError::Refused {
+                why: c.to_string(),
+                lag_blocks: None,
+            }
+        }
+        RaftError::APIError(other) => MemberChangeError::Refused {
+            why: other.to_string(),
+            lag_blocks: None,
+        },
+        RaftError::Fatal(f) => MemberChangeError::Unavailable(format!("raft: {f}")),
     }
 }
 

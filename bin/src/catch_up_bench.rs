@@ -16,6 +16,12 @@
 //!   vouches for a block, so the replay of the hole waits for its bottom range);
 //! - the leader's production rate over the catch-up;
 //! - the serving nodes' resident memory (`VmRSS`) before the restart and at its peak.
+//!
+//! With `--learner`, no follower is killed: once the cluster has produced `--down-blocks`
+//! blocks, a new node started with `raft.join: true` is added as a learner
+//! (`POST /admin/members/learner` on the leader), and the time until the leader's
+//! `GET /members` shows its lag within `max_exec_lag_blocks` (it may be promoted) is measured;
+//! then it is promoted (`POST /admin/members/promote`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -60,7 +66,13 @@ pub(crate) struct CatchUpArgs {
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Measure a new node added as a learner instead of a follower coming back.
+    #[arg(long)]
+    pub(crate) learner: bool,
 }
+
+/// `raft.max_exec_lag_blocks` (the default): a learner within it may be promoted.
+const PROMOTABLE_LAG: u64 = 10;
 
 /// What a run measured.
 #[derive(Debug, Clone, Default)]
@@ -110,7 +122,8 @@ pub(crate) async fn run(args: CatchUpArgs) -> anyhow::Result<()> {
     };
     let (txs, tx_bytes) = tx_split(args.block_bytes);
     let secret = local_cluster::ensure_secret(&dir)?;
-    let mut nodes = local_cluster::layout(&dir, args.nodes, None)?;
+    let joiners = usize::from(args.learner);
+    let mut nodes = local_cluster::layout(&dir, args.nodes + joiners, None)?;
     let extra = format!(
         "engine:\n  kind: embedded\n  embedded:\n    txs_per_block: {txs}\n    tx_bytes: {tx_bytes}\n\
          log:\n  level: \"warn\"\n"
@@ -120,6 +133,19 @@ pub(crate) async fn run(args: CatchUpArgs) -> anyhow::Result<()> {
         snapshot_threshold: args.snapshot_threshold,
     };
     local_cluster::write_configs_sized(&dir, &nodes, &secret, Duration::ZERO, sizes, &extra)?;
+    if args.learner {
+        // The founders know only each other; the new node knows them all and joins.
+        let founders = &nodes[..args.nodes];
+        local_cluster::write_configs_sized(&dir, founders, &secret, Duration::ZERO, sizes, &extra)?;
+        let joiner = &nodes[args.nodes];
+        let text = std::fs::read_to_string(&joiner.config)?;
+        let text = text.replacen(
+            "raft:\n  enable: true\n",
+            "raft:\n  enable: true\n  join: true\n",
+            1,
+        );
+        std::fs::write(&joiner.config, text)?;
+    }
     let exe = std::env::current_exe().context("locating the haseqd executable")?;
     eprintln!(
         "haseq bench-catch-up: {} nodes, blocks of {} bytes, a follower down for {} blocks, \
@@ -133,7 +159,13 @@ pub(crate) async fn run(args: CatchUpArgs) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let deadline = Instant::now() + args.timeout;
     let result = tokio::select! {
-        r = measure(&exe, &mut nodes, &args, deadline) => r,
+        r = async {
+            if args.learner {
+                measure_learner(&exe, &mut nodes, &args, deadline).await.map(Measured::Learner)
+            } else {
+                measure(&exe, &mut nodes, &args, deadline).await.map(Measured::Follower)
+            }
+        } => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (Ctrl-C)")),
         _ = sigterm.recv() => Err(anyhow!("interrupted (SIGTERM)")),
     };
@@ -141,9 +173,17 @@ pub(crate) async fn run(args: CatchUpArgs) -> anyhow::Result<()> {
         show_logs(&nodes);
     }
     local_cluster::stop_all(&mut nodes).await;
-    let f = result?;
-    print(&f, &args);
+    match result? {
+        Measured::Follower(f) => print(&f, &args),
+        Measured::Learner(l) => print_learner(&l, &args),
+    }
     Ok(())
+}
+
+/// A run's figures, by mode.
+enum Measured {
+    Follower(Figures),
+    Learner(LearnerFigures),
 }
 
 fn rate(blocks: u64, s: f64) -> f64 {
@@ -357,5 +397,140 @@ async fn measure(
     };
     let now = read(&nodes[leader].api).await?.applied_height;
     f.produced_during = now.saturating_sub(leader_at_restart);
+    Ok(f)
+}
+
+/// What a `--learner` run measured.
+#[derive(Debug, Clone, Default)]
+struct LearnerFigures {
+    /// The leader's height when the learner was added.
+    behind_blocks: u64,
+    /// From the add to the leader seeing the learner within [`PROMOTABLE_LAG`].
+    promotable_s: f64,
+    /// The promotion call.
+    promote_s: f64,
+    /// The learner's lag then.
+    lag_then: u64,
+}
+
+fn print_learner(l: &LearnerFigures, args: &CatchUpArgs) {
+    if args.json {
+        let v = serde_json::json!({
+            "learner_behind_blocks": l.behind_blocks,
+            "promotable_s": l.promotable_s,
+            "promotable_blocks_per_s": rate(l.behind_blocks, l.promotable_s),
+            "promote_s": l.promote_s,
+            "lag_at_promotion": l.lag_then,
+            "block_bytes": args.block_bytes,
+            "nodes": args.nodes,
+        });
+        println!("{v}");
+        return;
+    }
+    println!(
+        "haseq bench-catch-up --learner: {} nodes, {}-byte blocks, a learner added {} blocks behind",
+        args.nodes, args.block_bytes, l.behind_blocks
+    );
+    println!(
+        "  promotable (lag {} <= {PROMOTABLE_LAG}, as the leader sees it) {:.2} s after add-learner: {} blocks/s",
+        l.lag_then,
+        l.promotable_s,
+        rate(l.behind_blocks, l.promotable_s)
+    );
+    println!("  promoted in {:.3} s", l.promote_s);
+}
+
+/// `POST path` with `body` on `api`; an error unless it answers 200.
+async fn post(api: &str, path: &str, body: &serde_json::Value) -> anyhow::Result<()> {
+    let body = body.to_string();
+    let r = http::request(api, "POST", path, Some(&body), Duration::from_secs(30))
+        .await
+        .map_err(|e| anyhow!(e))?;
+    anyhow::ensure!(
+        r.status == 200,
+        "POST {path} {body}: HTTP {}: {}",
+        r.status,
+        r.body
+    );
+    Ok(())
+}
+
+/// The learner's lag in the leader's `GET /members`, when it is listed with one.
+async fn learner_lag(leader_api: &str, id: &str) -> Option<u64> {
+    let r = http::request(leader_api, "GET", "/members", None, STATUS_TIMEOUT)
+        .await
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+    v["learners"].as_array()?.iter().find(|m| m["id"] == id)?["lag_blocks"].as_u64()
+}
+
+async fn measure_learner(
+    exe: &std::path::Path,
+    nodes: &mut [LocalNode],
+    args: &CatchUpArgs,
+    deadline: Instant,
+) -> anyhow::Result<LearnerFigures> {
+    let n = args.nodes;
+    for node in nodes[..n].iter_mut() {
+        node.child = Some(local_cluster::spawn(exe, node)?);
+    }
+    let leader = wait_for_leader(&mut nodes[..n], deadline).await?;
+    wait_height(nodes, leader, args.down_blocks, deadline).await?;
+    nodes[n].child = Some(local_cluster::spawn(exe, &nodes[n])?);
+    let (id, addr, api) = (
+        nodes[n].id.clone(),
+        nodes[n].raft.clone(),
+        nodes[leader].api.clone(),
+    );
+    // The joiner answers its API once it serves (bounded by the deadline).
+    while read(&nodes[n].api).await.is_err() {
+        check_processes(nodes)?;
+        anyhow::ensure!(Instant::now() < deadline, "{id} did not start in time");
+        tokio::time::sleep(POLL).await;
+    }
+    let mut f = LearnerFigures {
+        behind_blocks: read(&api).await?.applied_height,
+        ..LearnerFigures::default()
+    };
+    let added = Instant::now();
+    let body = serde_json::json!({ "id": id, "addr": addr });
+    post(&api, "/admin/members/learner", &body).await?;
+    eprintln!(
+        "haseq bench-catch-up: {id} added as a learner {} blocks behind",
+        f.behind_blocks
+    );
+    let mut last_shown = Instant::now();
+    loop {
+        check_processes(nodes)?;
+        let lag = learner_lag(&api, &id).await;
+        if let Some(lag) = lag.filter(|l| *l <= PROMOTABLE_LAG) {
+            f.promotable_s = added.elapsed().as_secs_f64();
+            f.lag_then = lag;
+            break;
+        }
+        if last_shown.elapsed() >= Duration::from_secs(1) {
+            let s = read(&nodes[n].api).await.ok();
+            eprintln!(
+                "  {:.1}s: {id} lag {lag:?}, exec {:?}, sync {:?}",
+                added.elapsed().as_secs_f64(),
+                s.as_ref().map(|s| s.exec_height),
+                s.as_ref().and_then(|s| s.sync)
+            );
+            last_shown = Instant::now();
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{id} did not become promotable within --timeout"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let t = Instant::now();
+    post(
+        &api,
+        "/admin/members/promote",
+        &serde_json::json!({ "id": id }),
+    )
+    .await?;
+    f.promote_s = t.elapsed().as_secs_f64();
     Ok(f)
 }

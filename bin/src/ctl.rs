@@ -13,6 +13,19 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Deadline of one API call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of a membership change: forwarded to the leader, committed twice (joint
+/// consensus), and for the leader's own removal a hand-over first.
+const MEMBERS_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `ID@HOST:PORT` of `ctl add-learner`.
+fn parse_member(s: &str) -> anyhow::Result<(String, String)> {
+    match s.split_once('@') {
+        Some((id, addr)) if !id.is_empty() && !addr.is_empty() => {
+            Ok((id.to_string(), addr.to_string()))
+        }
+        _ => bail!("{s:?}: expected ID@HOST:PORT, e.g. node-4@10.0.0.4:5001"),
+    }
+}
 
 /// Options of `haseqd ctl`.
 #[derive(Debug, clap::Args)]
@@ -54,6 +67,34 @@ pub(crate) enum CtlCmd {
     },
     /// Let this node produce again.
     Resume,
+    /// List the voters and learners: address, role, lag, last contact.
+    Members {
+        /// Print the JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a node as a learner: it receives the log and catches up, without a vote.
+    AddLearner {
+        /// `ID@HOST:PORT`, the node's id and its node-to-node address, e.g.
+        /// `node-4@10.0.0.4:5001`.
+        member: String,
+    },
+    /// Make a learner a voter (refused while it lags more than max_exec_lag_blocks).
+    Promote {
+        /// The learner's id.
+        id: String,
+        /// Promote whatever its lag.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove a voter or learner (the leader hands leadership over first).
+    Remove {
+        /// The member's id.
+        id: String,
+        /// Remove even if the voters left would not form a quorum of live nodes.
+        #[arg(long)]
+        force: bool,
+    },
     /// Set the embedded engine's fault knobs (tests and drills).
     EngineFault {
         /// Delay each imported block, e.g. `200ms`.
@@ -109,6 +150,26 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
         ),
         CtlCmd::Pause { force } => ("POST", "/admin/pause", Some(json!({ "force": force }))),
         CtlCmd::Resume => ("POST", "/admin/resume", Some(json!({}))),
+        CtlCmd::Members { json: false } => return members(&addr).await,
+        CtlCmd::Members { json: true } => ("GET", "/members", None),
+        CtlCmd::AddLearner { member } => {
+            let (id, member_addr) = parse_member(member)?;
+            (
+                "POST",
+                "/admin/members/learner",
+                Some(json!({ "id": id, "addr": member_addr })),
+            )
+        }
+        CtlCmd::Promote { id, force } => (
+            "POST",
+            "/admin/members/promote",
+            Some(json!({ "id": id, "force": force })),
+        ),
+        CtlCmd::Remove { id, force } => (
+            "POST",
+            "/admin/members/remove",
+            Some(json!({ "id": id, "force": force })),
+        ),
         CtlCmd::EngineFault {
             delay,
             fail,
@@ -131,13 +192,18 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
     };
     let body = body.map(|b| b.to_string());
+    let deadline = if path.starts_with("/admin/members/") {
+        MEMBERS_CALL_TIMEOUT
+    } else {
+        CALL_TIMEOUT
+    };
     let r = http_client::request_auth(
         &addr,
         method,
         path,
         body.as_deref(),
         token.as_deref(),
-        CALL_TIMEOUT,
+        deadline,
     )
     .await
     .map_err(|e| anyhow::anyhow!(e))?;
@@ -208,6 +274,44 @@ async fn tune(addr: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `ctl members`: `GET /members` as a table.
+async fn members(addr: &str) -> anyhow::Result<()> {
+    let r = http_client::request(addr, "GET", "/members", None, CALL_TIMEOUT)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if r.status != 200 {
+        bail!("GET /members: HTTP {}: {}", r.status, r.body);
+    }
+    let v: Value = serde_json::from_str(&r.body).context("GET /members: not JSON")?;
+    println!(
+        "membership at log index {} (asked {}; leader {})",
+        v["membership_log_index"],
+        v["node_id"].as_str().unwrap_or("?"),
+        v["leader_id"].as_str().unwrap_or("unknown")
+    );
+    println!(
+        "{:<12} {:<8} {:<22} {:>10} {:>12} {:>10}",
+        "id", "role", "addr", "lag", "last seen", "matched"
+    );
+    let show = |x: &Value, unit: &str| x.as_u64().map_or("-".to_string(), |n| format!("{n}{unit}"));
+    for m in ["voters", "learners"]
+        .iter()
+        .flat_map(|k| v[*k].as_array().cloned().unwrap_or_default())
+    {
+        let addr = m["addr"].as_str().unwrap_or("");
+        println!(
+            "{:<12} {:<8} {:<22} {:>10} {:>12} {:>10}",
+            m["id"].as_str().unwrap_or("?"),
+            m["role"].as_str().unwrap_or("?"),
+            if addr.is_empty() { "-" } else { addr },
+            show(&m["lag_blocks"], ""),
+            show(&m["last_seen_ms"], " ms"),
+            show(&m["matched_index"], ""),
+        );
+    }
+    Ok(())
+}
+
 /// Follow `/events` (server-sent events) and print each event's data line.
 async fn watch(addr: &str) -> anyhow::Result<()> {
     let mut s = tokio::net::TcpStream::connect(addr)
@@ -248,5 +352,16 @@ mod tests {
         assert_eq!(host_port("127.0.0.1:7700/").unwrap(), "127.0.0.1:7700");
         assert!(host_port("https://x:1").is_err());
         assert!(host_port("http://nohost").is_err());
+    }
+
+    #[test]
+    fn learner_arguments() {
+        assert_eq!(
+            parse_member("node-4@10.0.0.4:5001").unwrap(),
+            ("node-4".to_string(), "10.0.0.4:5001".to_string())
+        );
+        let e = parse_member("node-4").unwrap_err().to_string();
+        assert!(e.contains("ID@HOST:PORT"), "{e}");
+        assert!(parse_member("@10.0.0.4:5001").is_err());
     }
 }

@@ -3,13 +3,15 @@
 //! - ids: `NodeId`, `Height`, `BlockHash`, newtypes so a height can't be passed as a term.
 //! - the openraft type configuration `TC` and its node type `PeerNode`;
 //! - `Block` and the Raft command `Command` with its apply outcome;
-//! - the node-to-node wire protocol (`wire`): frames, handshake, RPC envelopes.
+//! - the node-to-node wire protocol (`wire`): frames, handshake, RPC envelopes;
+//! - membership changes (`members`), as operators ask for them and followers forward them.
 //!
 //! Not here: any I/O, actors, storage. Encoding is postcard (compact, binary, never JSON
 //! on the hot path); decoding arbitrary bytes returns an error, never panics.
 
 mod block;
 mod ids;
+pub mod members;
 mod raft_types;
 pub mod wire;
 

@@ -155,6 +155,15 @@ pub enum RpcRequest {
     /// Has the caller ever held this cluster's log? Asked by a node starting with an empty
     /// `raft_dir`, before it serves Raft: a leader that replicated to it says how far.
     MemberHistory,
+    /// A membership change an operator asked a follower for, forwarded to the leader.
+    /// `hops` counts forwards so far: a leader that must hand over before removing itself
+    /// forwards once more, and no further.
+    ChangeMembers {
+        /// The change.
+        change: crate::members::MemberChange,
+        /// Forwards so far.
+        hops: u8,
+    },
 }
 
 /// A node's view of itself, as its peers poll it.
@@ -194,6 +203,7 @@ impl RpcRequest {
             RpcRequest::PeerStatus => "peer_status",
             RpcRequest::FetchBlocks { .. } => "fetch_blocks",
             RpcRequest::MemberHistory => "member_history",
+            RpcRequest::ChangeMembers { .. } => "change_members",
         }
     }
 }
@@ -222,6 +232,8 @@ pub enum RpcResponse {
         /// Whether the answering node leads (only a leader knows).
         is_leader: bool,
     },
+    /// Answer to ChangeMembers.
+    MembersChanged(Result<crate::members::MembersReport, crate::members::MemberChangeError>),
     /// The receiver could not serve the call (shutting down, not initialised, bad request).
     Error(RemoteError),
 }
@@ -233,6 +245,8 @@ pub enum RemoteError {
     Unavailable(String),
     /// The request was not understood or not allowed.
     Refused(String),
+    /// The caller is not a member of the receiver's cluster (removed, or never added).
+    NotAMember(String),
 }
 
 impl std::fmt::Display for RemoteError {
@@ -240,6 +254,7 @@ impl std::fmt::Display for RemoteError {
         match self {
             RemoteError::Unavailable(s) => write!(f, "unavailable: {s}"),
             RemoteError::Refused(s) => write!(f, "refused: {s}"),
+            RemoteError::NotAMember(s) => write!(f, "not a member: {s}"),
         }
     }
 }

@@ -245,6 +245,7 @@ fn response_kind(r: &RpcResponse) -> &'static str {
         RpcResponse::PeerStatus(_) => "peer_status",
         RpcResponse::Blocks(_) => "blocks",
         RpcResponse::MemberHistory { .. } => "member_history",
+        RpcResponse::MembersChanged(_) => "members_changed",
         RpcResponse::Error(_) => "error",
     }
 }

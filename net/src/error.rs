@@ -70,6 +70,7 @@ impl NetErrorKind {
             NetErrorKind::Timeout(_)
             | NetErrorKind::ConnectionLost(_)
             | NetErrorKind::Remote(RemoteError::Refused(_))
+            | NetErrorKind::Remote(RemoteError::NotAMember(_))
             | NetErrorKind::Protocol(_)
             | NetErrorKind::Request(_)
             | NetErrorKind::Cancelled(_) => false,
@@ -78,6 +79,21 @@ impl NetErrorKind {
 }
 
 impl NetError {
+    /// The peer refused this node as not one of its cluster: at the handshake (neither in
+    /// its `raft.peers` nor in its membership), or in answer to a call (not in its
+    /// membership).
+    pub fn refused_as_not_a_member(&self) -> bool {
+        fn kind(k: &NetErrorKind) -> bool {
+            match k {
+                NetErrorKind::Handshake(why) => why.contains(crate::handshake::NOT_A_MEMBER),
+                NetErrorKind::Remote(RemoteError::NotAMember(_)) => true,
+                NetErrorKind::BackingOff { last, .. } => kind(last),
+                _ => false,
+            }
+        }
+        kind(&self.kind)
+    }
+
     /// openraft's form of this error for a call from `me` of type `action`.
     ///
     /// A deadline becomes `Timeout` (openraft's message names the call and both nodes; ours,

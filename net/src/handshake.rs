@@ -16,6 +16,9 @@
 //!
 //! These functions run no clock: callers put the whole exchange under one deadline.
 
+/// The words of a refusal at the handshake for a peer that is neither configured nor a
+/// member: [`crate::NetError::refused_as_not_a_member`] recognises them.
+pub const NOT_A_MEMBER: &str = "is not a member of this node's cluster";
 use std::io;
 
 use bytes::{Bytes, BytesMut};
@@ -233,13 +236,13 @@ where
     if !is_member(&client_id) {
         let _ = write_msg(
             io,
-            &Welcome::Refused(format!("{client_id} is not a member")),
+            &Welcome::Refused(format!("{client_id} {NOT_A_MEMBER}")),
             limit,
         )
         .await;
         return Err(HandshakeError::refused(
             RefusalReason::NotMember,
-            format!("{client_id} is not a member"),
+            format!("{client_id} {NOT_A_MEMBER}"),
         ));
     }
     write_msg(io, &Welcome::Accepted, limit).await?;

@@ -36,7 +36,7 @@ pub use client::{ExecHeightFn, LinkCuts, Network, PeerClient};
 pub use config::{NetConfig, NetConfigError};
 pub use error::{NetError, NetErrorKind};
 pub use frame::FrameError;
-pub use handshake::RefusalReason;
+pub use handshake::{NOT_A_MEMBER, RefusalReason};
 pub use metrics::{
     METRIC_PEER_AUTH_REFUSED, METRIC_RPC_ERRORS, METRIC_RPC_SECONDS, METRIC_RPC_SENT,
     describe_metrics,

@@ -134,10 +134,10 @@ where
             // Not Raft's: the node's own handler answers these before they reach here.
             other @ (RpcRequest::PeerStatus
             | RpcRequest::FetchBlocks { .. }
-            | RpcRequest::MemberHistory) => RpcResponse::Error(RemoteError::Refused(format!(
-                "{} is not a Raft call",
-                other.kind()
-            ))),
+            | RpcRequest::MemberHistory
+            | RpcRequest::ChangeMembers { .. }) => RpcResponse::Error(RemoteError::Refused(
+                format!("{} is not a Raft call", other.kind()),
+            )),
         }
     }
 }

@@ -213,6 +213,9 @@ impl Connection {
                 RpcRequest::InstallSnapshot { .. } | RpcRequest::FetchBlocks { .. } => {
                     self.cfg.snapshot_timeout
                 }
+                // A membership change waits for its entries to commit, and a leader that
+                // removes itself for the hand-over too.
+                RpcRequest::ChangeMembers { .. } => MEMBERS_TIMEOUT,
                 _ => self.cfg.send_timeout,
             } + SERVE_MARGIN;
             requests.spawn(answer(
@@ -269,6 +272,9 @@ impl Connection {
         None
     }
 }
+
+/// How long a forwarded membership change may run here (the caller waits 15 s).
+const MEMBERS_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Run one request under its budget and queue the answer.
 async fn answer<H: RpcHandler>(

@@ -13,8 +13,8 @@ pub enum TransferError {
     /// The target is this node.
     #[error("{0} already leads")]
     AlreadyLeads(NodeId),
-    /// The target is not in `raft.peers`.
-    #[error("{0} is not a configured peer")]
+    /// The target is not a voter (nor, before the membership is known, a configured peer).
+    #[error("{0} is not a voter of this cluster")]
     NotAPeer(NodeId),
     /// The target has not answered a status poll lately.
     #[error("{0} has not answered recently; use force to transfer anyway")]

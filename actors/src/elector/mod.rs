@@ -36,6 +36,7 @@ pub use policy::{PEER_STALE, TRANSFER_TARGET_FRESH};
 
 use crate::events::{NodeEvent, now_unix_ms};
 use crate::exec_replayer::ExecStatus;
+use crate::p2p::book::{self, Standing};
 use crate::producer::{Producer, StartProducing, StopProducing, StopReason};
 use crate::raft_core::{RaftCore, RaftFacts, RaftFeed, Role, SetElect, TransferLeader};
 use crate::supervisor::{ExitGuard, Slot};
@@ -45,6 +46,10 @@ use policy::{Decision, Inputs, Limits, Own, Production};
 pub const TICK: Duration = Duration::from_millis(20);
 /// How often peers are polled for their status (by the P2P actor).
 pub const PEER_POLL: Duration = crate::p2p::PEER_POLL;
+/// How long a majority of the other voters must keep refusing this node as not a member
+/// before it counts itself removed (a follower applies a new membership a moment after the
+/// leader, and a learner just added may be refused by it meanwhile).
+pub const REMOVED_AFTER: Duration = Duration::from_secs(2);
 /// How often a leader that should hand over but has no fit peer says so again.
 const NO_TARGET_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -59,7 +64,7 @@ pub struct ElectorDeps {
     pub raft_feed: RaftFeed,
     /// Where the P2P actor publishes peers' states.
     pub peer_feed: crate::p2p::PeerFeed,
-    /// The configured peers.
+    /// The configured peers (the book until RaftCore tells the membership).
     pub peers: Vec<(NodeId, String)>,
     /// The engine's position.
     pub exec: watch::Receiver<ExecStatus>,
@@ -99,6 +104,8 @@ pub struct PeerView {
     pub id: NodeId,
     /// Its node-to-node address.
     pub addr: String,
+    /// Voter, learner, or configured only (before this node has a membership).
+    pub standing: Standing,
     /// Its last answer, if fresh.
     pub state: Option<PeerState>,
     /// Milliseconds since its last answer.
@@ -135,6 +142,11 @@ pub struct ElectorView {
     pub gate_active: bool,
     /// Some peer has answered since start (or there are none): the cluster head is known.
     pub peers_heard: bool,
+    /// This node is no longer a member of the cluster: why, in words (null while it is).
+    pub removed: Option<String>,
+    /// The voters of this node's membership (empty before it has one): the vote gate
+    /// refuses any other candidate.
+    pub voters: Vec<NodeId>,
     /// The peers.
     pub peers: Vec<PeerView>,
     /// The Elector has decided at least once: until then no height is known, and the vote
@@ -179,9 +191,12 @@ pub struct Resume;
 #[rtype(result = "Option<NodeId>")]
 pub struct Handover;
 
+#[derive(Default)]
 struct Seen {
     state: Option<(PeerState, Instant)>,
     error: Option<String>,
+    /// Its last answer said this node is not a member of its cluster.
+    refuses_us: bool,
 }
 
 /// A timer the policy reads as "running for how long": started on the first tick its
@@ -216,7 +231,13 @@ struct EventState {
 pub struct Elector {
     d: ElectorDeps,
     limits: Limits,
+    /// Who the peers are: the configured ones, then the membership's ([`book::resolve`]).
+    book: Vec<book::Entry>,
     peers: BTreeMap<NodeId, Seen>,
+    /// Since when a majority of the other voters refuse this node as not a member.
+    refused: Since,
+    /// The removal reason last logged.
+    removed_logged: Option<String>,
     paused: bool,
     /// A graceful shutdown has begun (`Handover`).
     handing_over: bool,
@@ -251,18 +272,10 @@ impl Elector {
     /// An Elector; reads the persisted pause flag.
     pub fn new(d: ElectorDeps, exit: ExitGuard) -> Elector {
         let paused = d.pause_file.exists();
-        let peers = d
-            .peers
+        let (book, _) = book::resolve(&d.node_id, &d.peers, &Default::default());
+        let peers = book
             .iter()
-            .map(|(id, _)| {
-                (
-                    id.clone(),
-                    Seen {
-                        state: None,
-                        error: None,
-                    },
-                )
-            })
+            .map(|e| (e.id.clone(), Seen::default()))
             .collect();
         let limits = Limits::derive(
             d.election_timeout,
@@ -274,7 +287,10 @@ impl Elector {
         Elector {
             d,
             limits,
+            book,
             peers,
+            refused: Since::default(),
+            removed_logged: None,
             paused,
             handing_over: false,
             elect_sent: None,
@@ -303,9 +319,11 @@ impl Elector {
             .head()
             .map(|h| h.height)
             .unwrap_or(Height(exec.applied_height));
+        // Only those that may lead are the policy's peers: not learners.
         let peers = self
             .peers
             .iter()
+            .filter(|(id, _)| self.may_lead(id))
             .filter_map(|(id, s)| {
                 s.state.as_ref().map(|(st, at)| policy::Peer {
                     id: id.clone(),
@@ -322,7 +340,12 @@ impl Elector {
         let is_leader = r.role == Role::Leader;
         Inputs {
             node_id: self.d.node_id.clone(),
-            configured_peers: self.d.peers.iter().map(|(id, _)| id.clone()).collect(),
+            configured_peers: self
+                .book
+                .iter()
+                .filter(|e| e.standing != Standing::Learner)
+                .map(|e| e.id.clone())
+                .collect(),
             peers,
             is_leader,
             term: r.term,
@@ -343,12 +366,72 @@ impl Elector {
             aggregator: self.d.aggregator,
             paused: self.paused,
             shutting_down: self.handing_over,
+            removed: self.removed(r, now),
             leaderless_for: self.leaderless.elapsed(now),
             unhealthy_for: self.unhealthy.elapsed(now),
             behind_for: self.behind.elapsed(now),
             since_last_transfer: self.last_transfer.map(|t| now.saturating_duration_since(t)),
             limits: self.limits,
         }
+    }
+
+    /// A voter, or a configured peer before the membership is known.
+    fn may_lead(&self, id: &NodeId) -> bool {
+        self.book
+            .iter()
+            .any(|e| &e.id == id && e.standing != Standing::Learner)
+    }
+
+    /// Why this node is no longer a member, if it is not: its own membership leaves it out,
+    /// or a majority of the other voters have refused it as not a member for
+    /// [`REMOVED_AFTER`] (a node that was down while it was removed never received the entry
+    /// that removed it). A node with no membership yet is joining, not removed.
+    fn removed(&self, r: &RaftFacts, now: Instant) -> Option<String> {
+        let m = &r.members;
+        if m.is_empty() {
+            return None;
+        }
+        if !m.contains(&self.d.node_id) {
+            return Some(format!(
+                "the membership at log index {} does not include {}",
+                m.log_index, self.d.node_id
+            ));
+        }
+        let refused = self.refused.elapsed(now).filter(|t| *t >= REMOVED_AFTER)?;
+        Some(format!(
+            "a majority of the other voters have refused {} as not a member for {} s",
+            self.d.node_id,
+            refused.as_secs()
+        ))
+    }
+
+    /// Do a majority of the other voters refuse this node as not a member?
+    fn refused_by_majority(&self) -> bool {
+        let voters: Vec<&book::Entry> = self
+            .book
+            .iter()
+            .filter(|e| e.standing == Standing::Voter)
+            .collect();
+        let refusing = voters
+            .iter()
+            .filter(|e| self.peers.get(&e.id).is_some_and(|s| s.refuses_us))
+            .count();
+        !voters.is_empty() && refusing * 2 > voters.len()
+    }
+
+    /// Take the membership RaftCore told: the book, and the peer table with it.
+    fn take_members(&mut self, r: &RaftFacts) {
+        let (book, _) = book::resolve(&self.d.node_id, &self.d.peers, &r.members);
+        if book == self.book {
+            return;
+        }
+        self.peers.retain(|id, _| book.iter().any(|e| &e.id == id));
+        for e in &book {
+            self.peers.entry(e.id.clone()).or_default();
+        }
+        self.heard_since
+            .retain(|id, _| book.iter().any(|e| &e.id == id));
+        self.book = book;
     }
 
     fn transfer(&mut self, to: NodeId, why: &str) {
@@ -395,7 +478,9 @@ impl Elector {
         // Until RaftCore has told anything (a moment after start) nothing is decided: the
         // view stays undecided, so the vote gate refuses, as before the first tick.
         let Some(r) = self.raft.clone() else { return };
+        self.refused.track(self.refused_by_majority(), now);
         let inputs = self.gather(&r, now);
+        self.log_removal(&inputs);
         let d = policy::decide(&inputs);
         self.leaderless.track(d.clocks.leaderless, now);
         self.unhealthy.track(d.clocks.unhealthy, now);
@@ -404,6 +489,25 @@ impl Elector {
         self.apply_production(d.production);
         self.apply_handover(&d, now);
         self.publish(&inputs, &d, &r, now);
+    }
+
+    /// Says once, in the log, that this node was removed (and again if it is re-added).
+    fn log_removal(&mut self, i: &Inputs) {
+        let kind = |w: &Option<String>| {
+            w.as_ref()
+                .map(|w| w.split(" for ").next().map(str::to_string))
+        };
+        if kind(&i.removed) == kind(&self.removed_logged) {
+            return;
+        }
+        match &i.removed {
+            Some(why) => tracing::warn!(
+                why = %why,
+                "this node is no longer a member of the cluster: it does not campaign or produce (add it again as a learner, or stop it)"
+            ),
+            None => tracing::info!("this node is a member of the cluster again"),
+        }
+        self.removed_logged = i.removed.clone();
     }
 
     /// openraft's election timer follows the eligibility; logged with the real reason.
@@ -511,15 +615,15 @@ impl Elector {
             eligible: d.ineligible.is_none(),
         };
         let peers = self
-            .d
-            .peers
+            .book
             .iter()
-            .map(|(id, addr)| {
-                let seen = self.peers.get(id);
+            .map(|e| {
+                let seen = self.peers.get(&e.id);
                 let at = seen.and_then(|s| s.state.as_ref());
                 PeerView {
-                    id: id.clone(),
-                    addr: addr.clone(),
+                    id: e.id.clone(),
+                    addr: e.addr.clone(),
+                    standing: e.standing,
                     state: at
                         .filter(|(_, at)| now.saturating_duration_since(*at) < PEER_STALE)
                         .map(|(s, _)| s.clone()),
@@ -541,7 +645,9 @@ impl Elector {
             exec_lag: d.exec_lag_blocks,
             cluster_head: d.cluster_head.0,
             gate_active: d.gate_active,
-            peers_heard: self.d.peers.is_empty() || self.peers.values().any(|p| p.state.is_some()),
+            peers_heard: self.book.is_empty() || self.peers.values().any(|p| p.state.is_some()),
+            removed: i.removed.clone(),
+            voters: r.members.voters.keys().cloned().collect(),
             ineligible_reason: ineligible_reason.clone(),
             relaxed: d.relaxed,
             best_exec_height: d.best_exec_height.0,
@@ -662,6 +768,7 @@ impl Handler<RaftFacts> for Elector {
             .raft
             .as_ref()
             .is_none_or(|r| r.role != msg.role || r.term != msg.term || r.leader != msg.leader);
+        self.take_members(&msg);
         self.raft = Some(msg);
         // A role change is acted on at once (a new leader starts producing without waiting
         // for the tick).
@@ -683,8 +790,12 @@ impl Handler<PeerPolled> for Elector {
                 Ok(s) => {
                     seen.state = Some((s, Instant::now()));
                     seen.error = None;
+                    seen.refuses_us = false;
                 }
-                Err(e) => seen.error = Some(e.to_string()),
+                Err(e) => {
+                    seen.refuses_us = e.is_not_a_member();
+                    seen.error = Some(e.to_string());
+                }
             }
         }
     }
@@ -766,6 +877,20 @@ pub fn vote_gate(view: watch::Receiver<ElectorView>) -> haseq_net::VoteGate {
     let logged_term = Arc::new(std::sync::atomic::AtomicU64::new(0));
     Arc::new(move |c: &haseq_net::VoteCandidate<'_>| {
         let v = view.borrow();
+        // A candidate outside this node's membership (removed, or never promoted) is refused
+        // whatever its log: it must not disrupt the cluster by campaigning.
+        if !v.voters.is_empty() && !v.voters.contains(c.from) {
+            let kind = if c.pre_vote { "pre_vote" } else { "vote" };
+            metrics::counter!("haseq_votes_refused_not_member_total", "kind" => kind).increment(1);
+            let term = c.req.vote.leader_id().term;
+            if logged_term.fetch_max(term, std::sync::atomic::Ordering::Relaxed) < term {
+                tracing::warn!(
+                    candidate = %c.from, term,
+                    "refusing the {kind} of a node that is not a voter of this cluster (logged once per term)"
+                );
+            }
+            return false;
+        }
         let Some(h) = c.exec_height else { return true };
         // Before the Elector's first decision (one tick after start) this node knows no
         // height, not even its own, so every candidate would pass: refuse until then. A

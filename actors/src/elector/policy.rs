@@ -225,6 +225,9 @@ pub struct Inputs {
     pub paused: bool,
     /// A graceful shutdown has begun.
     pub shutting_down: bool,
+    /// This node is no longer a member of the cluster (why, in words): it neither
+    /// campaigns nor produces.
+    pub removed: Option<String>,
     /// How long no live leader has been known (`None`: the timer is not running).
     pub leaderless_for: Option<Duration>,
     /// How long this leader's engine has been sick.
@@ -240,6 +243,11 @@ pub struct Inputs {
 /// Why a node may not lead (strictly); the texts are those `/status` and `/events` show.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ineligible {
+    /// Removed from the cluster's membership.
+    Removed {
+        /// How this node knows.
+        why: String,
+    },
     /// An operator paused it.
     Paused,
     /// Its engine follows another chain.
@@ -261,6 +269,7 @@ pub enum Ineligible {
 impl fmt::Display for Ineligible {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Ineligible::Removed { why } => write!(f, "removed from the cluster: {why}"),
             Ineligible::Paused => f.write_str("paused"),
             Ineligible::OtherChain => f.write_str("engine on another chain"),
             Ineligible::Unhealthy { error } => write!(f, "engine unhealthy: {error}"),
@@ -405,7 +414,9 @@ pub fn decide(i: &Inputs) -> Decision {
             .unwrap_or(0),
     );
 
-    let ineligible = if i.paused {
+    let ineligible = if let Some(why) = &i.removed {
+        Some(Ineligible::Removed { why: why.clone() })
+    } else if i.paused {
         Some(Ineligible::Paused)
     } else if own.on_other_chain {
         Some(Ineligible::OtherChain)
@@ -459,6 +470,7 @@ pub fn decide(i: &Inputs) -> Decision {
     // window, as long as a normal election gets.
     let peers_settled = alive(i).all(|p| p.heard_for >= l.relax_after);
     let relaxed = !strict
+        && i.removed.is_none()
         && !i.paused
         && !own.on_other_chain
         && most_caught_up
@@ -479,6 +491,8 @@ pub fn decide(i: &Inputs) -> Decision {
 
     let production = if !i.is_leader {
         Production::Stop(StopReason::LostLeadership)
+    } else if i.removed.is_some() {
+        Production::Stop(StopReason::Removed)
     } else if !i.aggregator {
         Production::Stop(StopReason::NotAggregator)
     } else if i.shutting_down {

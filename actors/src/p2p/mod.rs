@@ -2,11 +2,13 @@
 //! node-to-node port (Raft's own RPCs share the port but not this actor: openraft sends
 //! them itself, so a busy arbiter never delays a heartbeat).
 //!
-//! Owns: the address book (the configured peers), the transport's client for status and
-//! blocks, the peer table (each peer's last [`PeerState`], round-trip time, errors,
+//! Owns: the address book ([`book`]: the configured peers until the node has a membership,
+//! then the log's members), the transport's client for status, blocks and forwarded
+//! membership changes, the peer table (each peer's last [`PeerState`], round-trip time, errors,
 //! penalties, fetches in flight), and the serving side's limits ([`serve`]).
 //! Receives: its poll task's [`PeerPolled`]; [`FetchBlocks`] (the Syncer);
-//! [`Penalise`] (the Syncer, for what only it can check); [`GetPeers`].
+//! [`Penalise`] (the Syncer, for what only it can check); [`GetPeers`]; [`ForwardMembers`]
+//! (the membership API on a follower); [`RaftFacts`] (RaftCore: the membership).
 //! Sends: every [`PeerPolled`] to the subscribers of its [`PeerFeed`] (the Elector, the
 //! Syncer); blocks in answer to [`FetchBlocks`].
 //!
@@ -14,23 +16,28 @@
 //! peer penalised: no blocks are asked of it for [`PEER_BAN`], the first offence of each
 //! ban is logged, and every one is counted in `haseq_p2p_peer_penalties_total{peer,reason}`.
 
+pub mod book;
 pub mod check;
 pub mod serve;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::fut::ActorFutureExt as _;
 use actix::{
     Actor, AsyncContext, Context, Handler, Message, MessageResult, ResponseActFuture, WrapFuture,
 };
+use haseq_messages::members::{MemberChange, MemberChangeError, MembersReport};
 use haseq_messages::wire::{PeerState, RpcRequest, RpcResponse};
 use haseq_messages::{Block, Height, NodeId, PeerNode};
 use serde::Serialize;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::faults::{PanicKnobs, PanicSite};
 use crate::feed::Feed;
+use crate::raft_core::{RaftFacts, RaftFeed};
 use crate::supervisor::{ExitGuard, TaskGuard, spawn_task, task_result};
 pub use check::PenaltyReason;
 
@@ -51,6 +58,10 @@ const PEER_BACKOFF: Duration = Duration::from_millis(200);
 /// may fetch that history itself meanwhile.
 const LACKS_FORGET: Duration = Duration::from_secs(10);
 
+/// How long a forwarded membership change may take: a removal of the leader waits for the
+/// hand-over and then for the new leader's two membership entries.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Why a status poll got no state.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PollError {
@@ -63,6 +74,13 @@ pub enum PollError {
         /// The answer, as debug text.
         got: String,
     },
+}
+
+impl PollError {
+    /// The peer answered that this node is not a member of its cluster.
+    pub fn is_not_a_member(&self) -> bool {
+        matches!(self, PollError::Net(e) if e.refused_as_not_a_member())
+    }
 }
 
 /// A peer's status poll, as the poll task reports it and subscribers receive it.
@@ -147,6 +165,18 @@ pub struct Penalise {
     pub detail: String,
 }
 
+/// Hand a membership change to the leader `to` (the membership API on a follower).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<MembersReport, MemberChangeError>")]
+pub struct ForwardMembers {
+    /// The leader.
+    pub to: NodeId,
+    /// The change.
+    pub change: MemberChange,
+    /// Forwards so far, this one included.
+    pub hops: u8,
+}
+
 /// The peer table, as `/status` might show it.
 #[derive(Message)]
 #[rtype(result = "Vec<PeerInfo>")]
@@ -159,6 +189,8 @@ pub struct PeerInfo {
     pub id: NodeId,
     /// Its node-to-node address.
     pub addr: String,
+    /// Voter, learner, or configured only (before a membership is known).
+    pub standing: Option<book::Standing>,
     /// Its last answer to a status poll.
     pub state: Option<PeerState>,
     /// Milliseconds since that answer.
@@ -174,8 +206,12 @@ pub struct PeerInfo {
 /// What the P2P actor needs; cheap to clone.
 #[derive(Clone)]
 pub struct P2pDeps {
+    /// This node's id.
+    pub node_id: NodeId,
     /// The configured peers and their node-to-node addresses.
     pub peers: Vec<(NodeId, String)>,
+    /// Where RaftCore tells the membership.
+    pub raft_feed: RaftFeed,
     /// The transport's client side.
     pub network: haseq_net::Network,
     /// `raft.send_timeout`: the budget of a status poll.
@@ -189,6 +225,7 @@ pub struct P2pDeps {
 #[derive(Default)]
 struct Peer {
     addr: String,
+    standing: Option<book::Standing>,
     state: Option<(PeerState, Instant)>,
     rtt: Option<Duration>,
     error: Option<String>,
@@ -226,6 +263,10 @@ impl Peer {
 pub struct P2p {
     d: P2pDeps,
     peers: BTreeMap<NodeId, Peer>,
+    /// The book the poll task polls (`None` entries: not reachable, no address).
+    book: watch::Sender<Arc<Vec<book::Entry>>>,
+    /// The disagreements between `raft.peers` and the log last warned about.
+    differences: Vec<String>,
     /// Rotates the choice among equally good peers.
     turn: usize,
     poll_cancel: CancellationToken,
@@ -236,26 +277,36 @@ pub struct P2p {
 impl P2p {
     /// A P2P actor over the configured peers.
     pub fn new(d: P2pDeps, exit: ExitGuard) -> P2p {
-        let peers = d
-            .peers
-            .iter()
-            .map(|(id, addr)| {
-                (
-                    id.clone(),
-                    Peer {
-                        addr: addr.clone(),
-                        ..Peer::default()
-                    },
-                )
-            })
-            .collect();
-        P2p {
+        let (entries, _) = book::resolve(&d.node_id, &d.peers, &Default::default());
+        let mut p2p = P2p {
             d,
-            peers,
+            peers: BTreeMap::new(),
+            book: watch::channel(Arc::new(Vec::new())).0,
+            differences: Vec::new(),
             turn: 0,
             poll_cancel: CancellationToken::new(),
             _poll: None,
             _exit: exit,
+        };
+        p2p.set_book(entries);
+        p2p
+    }
+
+    /// Take a new book: peers that left it are forgotten, new ones start unknown.
+    fn set_book(&mut self, entries: Vec<book::Entry>) {
+        self.peers
+            .retain(|id, _| entries.iter().any(|e| &e.id == id));
+        for e in &entries {
+            let p = self.peers.entry(e.id.clone()).or_default();
+            if p.addr != e.addr {
+                p.addr = e.addr.clone();
+            }
+            p.standing = Some(e.standing);
+        }
+        let entries: Vec<book::Entry> =
+            entries.into_iter().filter(|e| !e.addr.is_empty()).collect();
+        if **self.book.borrow() != entries {
+            self.book.send_replace(Arc::new(entries));
         }
     }
 
@@ -304,7 +355,7 @@ impl P2p {
     fn start_poll(&mut self, ctx: &mut Context<Self>) {
         let addr = ctx.address();
         let network = self.d.network.clone();
-        let peers = self.d.peers.clone();
+        let book = self.book.subscribe();
         let budget = self.d.send_timeout.max(Duration::from_millis(50));
         let cancel = self.poll_cancel.clone();
         let faults = self.d.faults.clone();
@@ -318,7 +369,9 @@ impl P2p {
                     _ = tick.tick() => {}
                 }
                 faults.trip(PanicSite::PollTask);
-                let polls = peers.iter().map(|(id, a)| {
+                let peers = book.borrow().clone();
+                let polls = peers.iter().map(|e| {
+                    let (id, a) = (&e.id, &e.addr);
                     let client = network.client(id.clone(), &PeerNode { addr: a.clone() });
                     async move {
                         let started = Instant::now();
@@ -355,6 +408,7 @@ impl Actor for P2p {
         // Each poll round sends one message per peer; leave room for a few rounds.
         ctx.set_mailbox_capacity(64);
         self.start_poll(ctx);
+        self.d.raft_feed.subscribe("p2p", ctx.address().recipient());
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -390,6 +444,60 @@ impl Handler<PeerPolled> for P2p {
             }
         }
         self.d.feed.publish(&msg);
+    }
+}
+
+impl Handler<RaftFacts> for P2p {
+    type Result = ();
+
+    fn handle(&mut self, msg: RaftFacts, _: &mut Context<Self>) {
+        let (entries, differences) = book::resolve(&self.d.node_id, &self.d.peers, &msg.members);
+        if differences != self.differences {
+            for d in &differences {
+                tracing::warn!(difference = %d, "raft.peers disagrees with the cluster's membership");
+            }
+            self.differences = differences;
+        }
+        self.set_book(entries);
+    }
+}
+
+impl Handler<ForwardMembers> for P2p {
+    type Result = ResponseActFuture<Self, Result<MembersReport, MemberChangeError>>;
+
+    fn handle(&mut self, msg: ForwardMembers, _: &mut Context<Self>) -> Self::Result {
+        let leader = msg.to.clone();
+        let not_leader = move |why: String| MemberChangeError::NotLeader {
+            leader: Some(leader.clone()),
+            why,
+        };
+        let Some(addr) = self
+            .peers
+            .get(&msg.to)
+            .map(|p| p.addr.clone())
+            .filter(|a| !a.is_empty())
+        else {
+            let e = not_leader(format!("no address known for the leader {}", msg.to));
+            return Box::pin(actix::fut::ready(Err(e)));
+        };
+        let client = self.d.network.client(msg.to.clone(), &PeerNode { addr });
+        let req = RpcRequest::ChangeMembers {
+            change: msg.change.clone(),
+            hops: msg.hops,
+        };
+        let task = tokio::spawn(async move { client.call(req, FORWARD_TIMEOUT).await });
+        Box::pin(task.into_actor(self).map(move |joined, _, ctx| {
+            let Some(answer) = task_result(joined, "p2p_forward", ctx) else {
+                return Err(MemberChangeError::Unavailable(
+                    "the P2P actor failed; try again".into(),
+                ));
+            };
+            match answer {
+                Ok(RpcResponse::MembersChanged(r)) => r,
+                Ok(other) => Err(not_leader(format!("unexpected answer {other:?}"))),
+                Err(e) => Err(not_leader(format!("forwarding to the leader: {e}"))),
+            }
+        }))
     }
 }
 
@@ -485,6 +593,7 @@ impl Handler<GetPeers> for P2p {
                 .map(|(id, p)| PeerInfo {
                     id: id.clone(),
                     addr: p.addr.clone(),
+                    standing: p.standing,
                     state: p.state.as_ref().map(|(s, _)| s.clone()),
                     seen_ms_ago: p
                         .state

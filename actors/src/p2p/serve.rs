@@ -161,9 +161,32 @@ pub struct NodeHandler {
     pub limits: ServeLimits,
     /// Deliberate misbehaviour (fault injection).
     pub faults: ServeFaults,
+    /// What a forwarded membership change needs; set once the actors run (a change that
+    /// arrives before is told to retry).
+    pub members: Arc<std::sync::OnceLock<crate::members::MembersCtx>>,
 }
 
 impl NodeHandler {
+    /// Whether this node has a membership and `peer` is not in it (removed, or never added).
+    fn not_a_member(&self, peer: &NodeId) -> Option<String> {
+        use openraft::async_runtime::WatchReceiver as _;
+        let m = self.raft.raft().metrics();
+        let m = m.borrow_watched();
+        let membership = m.membership_config.membership();
+        let empty =
+            membership.voter_ids().next().is_none() && membership.learner_ids().next().is_none();
+        if empty
+            || membership.get_node(peer).is_some()
+            || membership.voter_ids().any(|v| &v == peer)
+        {
+            return None;
+        }
+        let at = m.membership_config.log_id().as_ref().map_or(0, |l| l.index);
+        Some(format!(
+            "{peer} is not in the cluster's membership (log index {at}); add it as a learner to bring it back"
+        ))
+    }
+
     async fn fetch(&self, peer: NodeId, from: Height, max: u32) -> RpcResponse {
         let mut admission = match self.limits.admit(&peer) {
             Ok(a) => a,
@@ -230,6 +253,9 @@ impl haseq_net::RpcHandler for NodeHandler {
         }
         match req {
             RpcRequest::PeerStatus => {
+                if let Some(why) = self.not_a_member(&from) {
+                    return RpcResponse::Error(RemoteError::NotAMember(why));
+                }
                 let delay = self.faults.status_delay();
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
@@ -239,6 +265,9 @@ impl haseq_net::RpcHandler for NodeHandler {
             RpcRequest::FetchBlocks { from: start, max } => self.fetch(from, start, max).await,
             RpcRequest::MemberHistory => {
                 use openraft::async_runtime::WatchReceiver as _;
+                if let Some(why) = self.not_a_member(&from) {
+                    return RpcResponse::Error(RemoteError::NotAMember(why));
+                }
                 let m = self.raft.raft().metrics();
                 let m = m.borrow_watched();
                 let matched = m
@@ -250,6 +279,17 @@ impl haseq_net::RpcHandler for NodeHandler {
                     matched,
                     is_leader: m.state == openraft::ServerState::Leader,
                 }
+            }
+            RpcRequest::ChangeMembers { change, hops } => {
+                let Some(ctx) = self.members.get() else {
+                    return RpcResponse::MembersChanged(Err(
+                        haseq_messages::members::MemberChangeError::Unavailable(
+                            "the node is still starting; try again".into(),
+                        ),
+                    ));
+                };
+                tracing::info!(kind = change.kind(), member = %change.id(), from = %from, "membership change forwarded by a peer");
+                RpcResponse::MembersChanged(crate::members::change(ctx, change, hops).await)
             }
             other => self.raft.handle(from, other).await,
         }

@@ -10,6 +10,7 @@
 
 pub mod catch_up;
 pub mod leadership;
+pub mod members;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -223,9 +224,22 @@ impl Cluster {
 
     /// The one node that calls itself leader and that every running node follows.
     pub async fn agreed_leader(&self) -> Option<(usize, u64)> {
-        let st = self.statuses().await;
-        let running = self.members.iter().filter(|m| m.node.is_some()).count();
-        if st.len() != running {
+        let running: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.members[i].node.is_some())
+            .collect();
+        self.agreed_leader_among(&running).await
+    }
+
+    /// [`Cluster::agreed_leader`] among the nodes `among` only (all running), say the
+    /// members when others are joining or were removed.
+    pub async fn agreed_leader_among(&self, among: &[usize]) -> Option<(usize, u64)> {
+        let st: Vec<(usize, RaftStatus)> = self
+            .statuses()
+            .await
+            .into_iter()
+            .filter(|(i, _)| among.contains(i))
+            .collect();
+        if st.len() != among.len() {
             return None;
         }
         let leaders: Vec<_> = st.iter().filter(|(_, s)| s.role == Role::Leader).collect();
@@ -236,6 +250,20 @@ impl Cluster {
         st.iter()
             .all(|(_, s)| s.leader_id.as_ref() == Some(&ls.node_id))
             .then_some((*li, ls.term))
+    }
+
+    pub async fn wait_leader_among(&self, among: &[usize], deadline: Duration) -> (usize, u64) {
+        wait_until(
+            deadline,
+            &format!("one leader nodes {among:?} agree on"),
+            || async {
+                match self.agreed_leader_among(among).await {
+                    Some(l) => Ok(l),
+                    None => Err(format!("{:?}", self.statuses().await)),
+                }
+            },
+        )
+        .await
     }
 
     pub async fn wait_leader(&self, deadline: Duration) -> (usize, u64) {

@@ -48,37 +48,20 @@ impl Drop for Procs {
     }
 }
 
-fn free_port() -> u16 {
-    haseq_net::free_loopback_port().expect("a free loopback port")
-}
-
-impl Procs {
-    /// Lay out `size` producing nodes (`block_time`, e.g. `"100ms"`); `extra` adds YAML lines
-    /// to the `raft` section of every node. Starts nothing.
-    pub fn new(size: usize, block_time: &str, extra_raft: &str) -> Procs {
-        let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("cluster.secret");
-        std::fs::write(&secret, format!("{SECRET_HEX}\n")).unwrap();
-        let mut nodes: Vec<Proc> = (1..=size)
-            .map(|i| Proc {
-                id: format!("node-{i}"),
-                raft_port: free_port(),
-                api_port: free_port(),
-                config: dir.path().join(format!("node-{i}.yaml")),
-                log: dir.path().join(format!("node-{i}.log")),
-                child: None,
-            })
-            .collect();
-        let all: Vec<(String, u16)> = nodes.iter().map(|n| (n.id.clone(), n.raft_port)).collect();
-        for n in &mut nodes {
-            let peers: Vec<String> = all
-                .iter()
-                .filter(|(id, _)| *id != n.id)
-                .map(|(id, p)| format!("    {id}@127.0.0.1:{p}"))
-                .collect();
-            let node_dir = dir.path().join(&n.id);
-            let text = format!(
-                r#"node:
+fn write_config(
+    dir: &std::path::Path,
+    n: &Proc,
+    peers: &[(String, u16)],
+    block_time: &str,
+    extra_raft: &str,
+) {
+    let peers: Vec<String> = peers
+        .iter()
+        .map(|(id, p)| format!("    {id}@127.0.0.1:{p}"))
+        .collect();
+    let node_dir = dir.join(&n.id);
+    let text = format!(
+        r#"node:
   aggregator: true
   block_time: "{block_time}"
 raft:
@@ -102,16 +85,59 @@ engine:
 api:
   addr: "127.0.0.1:{ap}"
 "#,
-                id = n.id,
-                rp = n.raft_port,
-                ap = n.api_port,
-                raft_dir = node_dir.join("raft").display(),
-                engine_dir = node_dir.join("engine").display(),
-                peers = peers.join(",\n"),
-            );
-            std::fs::write(&n.config, text).unwrap();
+        id = n.id,
+        rp = n.raft_port,
+        ap = n.api_port,
+        raft_dir = node_dir.join("raft").display(),
+        engine_dir = node_dir.join("engine").display(),
+        peers = peers.join(",\n"),
+    );
+    std::fs::write(&n.config, text).unwrap();
+}
+
+fn free_port() -> u16 {
+    haseq_net::free_loopback_port().expect("a free loopback port")
+}
+
+impl Procs {
+    /// Lay out `size` producing nodes (`block_time`, e.g. `"100ms"`); `extra` adds YAML lines
+    /// to the `raft` section of every node. Starts nothing.
+    pub fn new(size: usize, block_time: &str, extra_raft: &str) -> Procs {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("cluster.secret");
+        std::fs::write(&secret, format!("{SECRET_HEX}\n")).unwrap();
+        let nodes: Vec<Proc> = (1..=size)
+            .map(|i| Proc {
+                id: format!("node-{i}"),
+                raft_port: free_port(),
+                api_port: free_port(),
+                config: dir.path().join(format!("node-{i}.yaml")),
+                log: dir.path().join(format!("node-{i}.log")),
+                child: None,
+            })
+            .collect();
+        let all: Vec<(String, u16)> = nodes.iter().map(|n| (n.id.clone(), n.raft_port)).collect();
+        for n in &nodes {
+            let peers: Vec<(String, u16)> =
+                all.iter().filter(|(id, _)| *id != n.id).cloned().collect();
+            write_config(dir.path(), n, &peers, block_time, extra_raft);
         }
         Procs { dir, secret, nodes }
+    }
+
+    /// Rewrite node `i`'s configuration with only `peers` (indexes) in `raft.peers`.
+    pub fn reconfigure(&self, i: usize, peers: &[usize], block_time: &str, extra_raft: &str) {
+        let peers: Vec<(String, u16)> = peers
+            .iter()
+            .map(|&j| (self.nodes[j].id.clone(), self.nodes[j].raft_port))
+            .collect();
+        write_config(
+            self.dir.path(),
+            &self.nodes[i],
+            &peers,
+            block_time,
+            extra_raft,
+        );
     }
 
     pub fn start(&mut self, i: usize) {

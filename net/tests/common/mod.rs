@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use haseq_messages::wire::{RpcRequest, RpcResponse};
+use haseq_messages::wire::{RemoteError, RpcRequest, RpcResponse};
 use haseq_messages::{NodeId, PeerNode, TC};
 use haseq_net::{IsMember, NetConfig, Network, PeerClient, RpcHandler, serve};
 use openraft::RaftNetworkFactory;
@@ -108,6 +108,9 @@ impl RpcHandler for FakeHandler {
                 is_leader: false,
             },
             RpcRequest::FetchBlocks { .. } => RpcResponse::Blocks(Vec::new()),
+            RpcRequest::ChangeMembers { .. } => {
+                RpcResponse::Error(RemoteError::Refused("no membership changes here".into()))
+            }
         }
     }
 }

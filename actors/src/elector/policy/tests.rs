@@ -74,6 +74,7 @@ fn base() -> Inputs {
         aggregator: true,
         paused: false,
         shutting_down: false,
+        removed: None,
         leaderless_for: None,
         unhealthy_for: None,
         behind_for: None,
@@ -147,6 +148,18 @@ fn each_ineligibility_reason_and_its_text() {
     type Tweak = fn(&mut Inputs);
     let cases: &[(&str, Tweak, Option<Ineligible>, &str)] = &[
         ("caught up", |_| {}, None, ""),
+        (
+            "removed wins over everything",
+            |i| {
+                i.removed = Some("not in the membership".into());
+                i.paused = true;
+                i.own.healthy = false;
+            },
+            Some(Ineligible::Removed {
+                why: "not in the membership".into(),
+            }),
+            "removed from the cluster: not in the membership",
+        ),
         (
             "paused",
             |i| i.paused = true,
@@ -478,6 +491,11 @@ fn production_and_its_stop_reason() {
             stop(StopReason::LeaseExpired),
         ),
         ("paused", |i| i.paused = true, stop(StopReason::Paused)),
+        (
+            "a removed leader",
+            |i| i.removed = Some("refused by its peers".into()),
+            stop(StopReason::Removed),
+        ),
         (
             "shutting down",
             |i| i.shutting_down = true,
