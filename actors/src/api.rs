@@ -187,40 +187,48 @@ async fn ready(State(state): State<ApiState>) -> Response {
         Err(r) => return r,
     };
     let view = state.view.borrow().clone();
+    match readiness(&s, &view) {
+        Ok(()) => axum::Json(json!({ "ready": true })).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "ready": false, "reason": reason })),
+        )
+            .into_response(),
+    }
+}
+
+/// Why the node is not ready (`GET /ready`, systemd's `READY=1`, `haseqd ctl ready`): no live
+/// leader known, a leader without a quorum, its engine too far behind, or not all it knows
+/// committed applied yet.
+pub fn readiness(s: &RaftStatus, view: &crate::elector::ElectorView) -> Result<(), String> {
     // The leader as a peer: when did we last hear from it? (A node cut off from the cluster
     // keeps the last leader it knew; that leader's silence is what tells.)
     let leader_silent_ms = s.leader_id.as_ref().and_then(|l| {
         let p = view.peers.iter().find(|p| &p.id == l)?;
         Some(p.seen_ms_ago.unwrap_or(u64::MAX))
     });
-    let why_not = if s.role == Role::Shutdown {
-        Some("raft is shut down".to_string())
+    if s.role == Role::Shutdown {
+        Err("raft is shut down".to_string())
+    } else if let Some(why) = &view.removed {
+        Err(format!("removed from the cluster: {why}"))
     } else if s.leader_id.is_none() {
-        Some("no leader known".to_string())
+        Err("no leader known".to_string())
     } else if s.role == Role::Leader && !view.producing && s.millis_since_quorum_ack.is_none() {
-        Some("leader without a quorum acknowledgement".to_string())
+        Err("leader without a quorum acknowledgement".to_string())
     } else if let Some(ms) = leader_silent_ms.filter(|ms| *ms > LEADER_SILENT_MS_MAX) {
-        Some(format!("leader not heard from for {ms} ms"))
+        Err(format!("leader not heard from for {ms} ms"))
     } else if view.exec_lag > view.max_exec_lag_blocks {
-        Some(format!(
+        Err(format!(
             "execution engine {} blocks behind (max_exec_lag_blocks {})",
             view.exec_lag, view.max_exec_lag_blocks
         ))
     } else if s.applied_index < s.committed_index {
-        Some(format!(
+        Err(format!(
             "applied index {:?} behind committed index {:?}",
             s.applied_index, s.committed_index
         ))
     } else {
-        None
-    };
-    match why_not {
-        None => axum::Json(json!({ "ready": true })).into_response(),
-        Some(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "ready": false, "reason": reason })),
-        )
-            .into_response(),
+        Ok(())
     }
 }
 

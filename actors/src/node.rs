@@ -30,7 +30,7 @@ use crate::faults::PanicKnobs;
 use crate::p2p::serve::{NodeHandler, ServeFaults, ServeLimits};
 use crate::p2p::{P2p, P2pDeps, PeerFeed};
 use crate::producer::{Producer, ProducerDeps};
-use crate::raft_core::{RaftCore, RaftFeed};
+use crate::raft_core::{GetStatus, RaftCore, RaftFeed};
 use crate::settings::{EngineSettings, NodeSettings, openraft_config};
 use crate::supervisor::{Slot, Supervisor};
 use crate::syncer::{SyncProgress, Syncer, SyncerDeps};
@@ -39,6 +39,8 @@ use crate::syncer::{SyncProgress, Syncer, SyncerDeps};
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// How long start-up waits for a first answer from a peer before serving the API.
 const PEERS_FIRST_WAIT: Duration = Duration::from_secs(1);
+/// How long [`Node::alive`] and [`Node::readiness`] wait for an actor's answer.
+const LIVENESS_CALL: Duration = Duration::from_secs(1);
 /// How long shutdown waits for the actors to stop.
 const ACTOR_STOP_WAIT: Duration = Duration::from_secs(2);
 /// How long the transport waits to establish a connection to a peer.
@@ -210,6 +212,10 @@ pub struct Node {
     pub raft_addr: SocketAddr,
     /// Where the HTTP API listens.
     pub api_addr: SocketAddr,
+    /// Set when a part the node cannot run without has stopped for good (the node-to-node
+    /// listener gave up, the HTTP API server failed): the process should exit non-zero so
+    /// that its supervisor starts it again.
+    pub failed: watch::Receiver<Option<String>>,
     supervisor: Supervisor,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -334,6 +340,8 @@ pub async fn start_with_listeners(
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let (failed_tx, failed_rx) = watch::channel(None::<String>);
+    let failed_tx = Arc::new(failed_tx);
 
     // The node-to-node port: only configured peers and current members get past the handshake.
     let configured: HashSet<NodeId> = book.keys().cloned().collect();
@@ -365,11 +373,13 @@ pub async fn start_with_listeners(
     {
         let shutdown = shutdown.clone();
         let net_cfg = net_cfg.clone();
+        let failed = failed_tx.clone();
         tasks.spawn(async move {
             if let Err(e) =
                 haseq_net::serve(raft_listener, net_cfg, handler, is_member, shutdown).await
             {
                 tracing::error!(error = %e, "node-to-node server stopped");
+                failed.send_replace(Some(format!("the node-to-node listener gave up: {e}")));
             }
         });
     }
@@ -557,6 +567,7 @@ pub async fn start_with_listeners(
                 .with_graceful_shutdown(async move { shutdown.cancelled().await });
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "HTTP API stopped");
+                failed_tx.send_replace(Some(format!("the HTTP API server stopped: {e}")));
             }
         });
     }
@@ -581,6 +592,7 @@ pub async fn start_with_listeners(
         link_cuts: net.link_cuts(),
         raft_addr,
         api_addr,
+        failed: failed_rx,
         supervisor,
         shutdown,
         tasks,
@@ -658,6 +670,42 @@ impl Node {
                     return None;
                 }
             }
+        }
+    }
+
+    /// Why the node is not ready (as `GET /ready` says), or `Ok` when it is.
+    pub async fn readiness(&self) -> Result<(), String> {
+        let s = tokio::time::timeout(LIVENESS_CALL, self.raft_core.get().send(GetStatus))
+            .await
+            .map_err(|_| "RaftCore did not answer".to_string())?
+            .map_err(|e| format!("RaftCore unavailable: {e}"))?;
+        crate::api::readiness(&s, &self.view.borrow())
+    }
+
+    /// Whether RaftCore and the Elector both answer a message within [`LIVENESS_CALL`]
+    /// (systemd's watchdog is fed only then); `Err` names the one that did not.
+    pub async fn alive(&self) -> Result<(), String> {
+        tokio::time::timeout(LIVENESS_CALL, self.raft_core.get().send(GetStatus))
+            .await
+            .map_err(|_| format!("RaftCore did not answer within {LIVENESS_CALL:?}"))?
+            .map_err(|e| format!("RaftCore unavailable: {e}"))?;
+        tokio::time::timeout(
+            LIVENESS_CALL,
+            self.elector.get().send(crate::elector::GetView),
+        )
+        .await
+        .map_err(|_| format!("the Elector did not answer within {LIVENESS_CALL:?}"))?
+        .map_err(|e| format!("the Elector unavailable: {e}"))?;
+        Ok(())
+    }
+
+    /// Resolves with the reason once a part the node cannot run without has failed for good.
+    pub async fn failure(&self) -> String {
+        let mut rx = self.failed.clone();
+        match rx.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            // The sender lives as long as the node's tasks; gone means they all ended.
+            Err(_) => std::future::pending().await,
         }
     }
 

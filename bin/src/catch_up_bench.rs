@@ -148,10 +148,15 @@ pub(crate) async fn run(args: CatchUpArgs) -> anyhow::Result<()> {
     }
     let exe = std::env::current_exe().context("locating the haseqd executable")?;
     eprintln!(
-        "haseq bench-catch-up: {} nodes, blocks of {} bytes, a follower down for {} blocks, \
+        "haseq bench-catch-up: {} nodes, blocks of {} bytes, {} for {} blocks, \
          trailing_logs {TRAILING_LOGS}, snapshot every {} entries, in {}",
         args.nodes,
         txs * tx_bytes,
+        if args.learner {
+            "a learner added after"
+        } else {
+            "a follower down"
+        },
         args.down_blocks,
         args.snapshot_threshold,
         dir.display()

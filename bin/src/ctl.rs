@@ -45,6 +45,14 @@ pub(crate) struct CtlArgs {
 pub(crate) enum CtlCmd {
     /// Print the node's status.
     Status,
+    /// Exit 0 when the node is ready (a live leader known, all it knows committed applied,
+    /// its engine within max_exec_lag_blocks), 1 otherwise with the reason: for health checks.
+    Ready,
+    /// Print a committed block's header.
+    Block {
+        /// Its height.
+        height: u64,
+    },
     /// Print every role, term, leader and eligibility change as it happens (Ctrl-C stops).
     Watch,
     /// Print the timing advisor's verdict: the largest round trip measured to a peer, the
@@ -141,6 +149,8 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
     };
     let (method, path, body) = match &args.cmd {
         CtlCmd::Status => ("GET", "/status", None),
+        CtlCmd::Ready => ("GET", "/ready", None),
+        CtlCmd::Block { .. } => ("GET", "/block/", None),
         CtlCmd::Watch => return watch(&addr).await,
         CtlCmd::Tune => return tune(&addr).await,
         CtlCmd::TransferLeader { to, force } => (
@@ -192,6 +202,11 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
     };
     let body = body.map(|b| b.to_string());
+    let path = match &args.cmd {
+        CtlCmd::Block { height } => format!("{path}{height}"),
+        _ => path.to_string(),
+    };
+    let path = path.as_str();
     let deadline = if path.starts_with("/admin/members/") {
         MEMBERS_CALL_TIMEOUT
     } else {

@@ -11,6 +11,7 @@ mod catch_up_bench;
 mod ctl;
 mod devnet;
 mod local_cluster;
+mod systemd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,7 +46,7 @@ enum Cmd {
     },
     /// Run a whole local cluster on loopback until Ctrl-C.
     Devnet(devnet::DevnetArgs),
-    /// Drive a node's API: status, watch, transfer-leader, pause, resume, engine-fault.
+    /// Drive a node's API: status, ready, members, membership changes, transfer-leader, pause, resume, engine-fault.
     Ctl(ctl::CtlArgs),
     /// The embedded execution engine on its own, served over the Engine API (JWT).
     Engine {
@@ -229,12 +230,21 @@ fn run(path: PathBuf, set: Vec<(String, String)>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_signal().await;
+        let code = tokio::select! {
+            _ = wait_for_signal() => ExitCode::SUCCESS,
+            why = node.failure() => {
+                tracing::error!(why = %why, "the node cannot go on; exiting so that its supervisor restarts it");
+                eprintln!("haseqd: {why}");
+                ExitCode::FAILURE
+            }
+            () = systemd::run(&node) => ExitCode::SUCCESS,
+        };
+        systemd::stopping();
         tracing::info!("shutting down");
         // A leader hands over first, so the cluster barely notices (bounded wait).
         node.handover(HANDOVER_WAIT).await;
         node.shutdown().await;
-        ExitCode::SUCCESS
+        code
     })
 }
 

@@ -75,6 +75,16 @@ fn an_operator_replaces_the_leaders_machine_with_ctl() {
     });
     let st = c.status(3).expect("node-4 status");
     assert_eq!(st["role"], "joining", "{st}");
+    // A node waiting to be added is not ready: its health check says so.
+    let probe = c.ctl(3, &["ready"]);
+    assert_eq!(probe.status.code(), Some(1), "{}", text(&probe));
+    assert!(text(&probe).contains("no leader known"), "{}", text(&probe));
+    let block = c.ctl(old, &["block", "1"]);
+    assert!(
+        block.status.success() && text(&block).contains("parent_hash"),
+        "{}",
+        text(&block)
+    );
     let via = founders.iter().copied().find(|&i| i != old).unwrap();
 
     // Bad input: the reason, exit 1.
