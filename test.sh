@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # haseq's whole test suite: formatting, lints, every crate's tests (storage suite, crash
 # safety, in-process and multi-process clusters), then the acceptance floor against release
-# builds. Needs only the Rust toolchain (and python3 for the acceptance floor, skipped with a
-# notice when ../shared/acceptance is absent).
+# builds, then the timing advisor against real latency between network namespaces. Needs only
+# the Rust toolchain (and python3 for the acceptance floor, skipped with a notice when
+# ../shared/acceptance is absent; root, iproute2 and python3 for the network-namespace step,
+# skipped with a notice elsewhere).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -35,6 +37,19 @@ if [ -f "$acceptance" ]; then
   done
 else
   echo "notice: $acceptance not found; acceptance floor skipped"
+fi
+
+# Three release nodes in network namespaces, 40 ms put on one node's link: the timing advisor
+# must call the guide's timings too tight and name that node (deploy/netns/timing-advisor.sh).
+step "netns: timing advisor under real latency"
+probe_ns="haseq-probe-$$"
+if [ "$(id -u)" -ne 0 ]; then
+  echo "notice: not root; network-namespace timing test skipped"
+elif ! command -v ip >/dev/null || ! ip netns add "$probe_ns" 2>/dev/null; then
+  echo "notice: ip netns unavailable; network-namespace timing test skipped"
+else
+  ip netns del "$probe_ns"
+  deploy/netns/timing-advisor.sh "${CARGO_TARGET_DIR:-target}/release/haseqd"
 fi
 echo
 echo "all tests passed"
