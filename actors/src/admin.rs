@@ -21,13 +21,19 @@ pub async fn guard(
     req: Request,
     next: Next,
 ) -> Response {
-    if peer.ip().is_loopback() || bearer_ok(&state, &req) {
+    if (peer.ip().is_loopback() && !state.admin_require_token) || bearer_ok(&state, &req) {
         return next.run(req).await;
     }
-    let why = if state.admin_token.is_some() {
-        "admin calls need a loopback client or the admin bearer token"
-    } else {
-        "admin calls are accepted from loopback only (no api.admin_token_file configured)"
+    let why = match (state.admin_token.is_some(), state.admin_require_token) {
+        (true, true) => "admin calls need the admin bearer token (api.admin_require_token is on)",
+        (true, false) => "admin calls need a loopback client or the admin bearer token",
+        (false, true) => {
+            "admin calls are refused: api.admin_require_token is on (the default when api.addr is \
+             not loopback) and no api.admin_token_file is configured"
+        }
+        (false, false) => {
+            "admin calls are accepted from loopback only (no api.admin_token_file configured)"
+        }
     };
     (StatusCode::FORBIDDEN, Json(json!({ "error": why }))).into_response()
 }

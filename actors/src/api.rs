@@ -39,6 +39,8 @@ pub struct ApiState {
     pub embedded: Option<std::sync::Arc<haseq_engine::EmbeddedEngine>>,
     /// Bearer token that admits admin calls from beyond loopback.
     pub admin_token: Option<String>,
+    /// Admin calls need the token even from loopback (`api.admin_require_token`).
+    pub admin_require_token: bool,
     /// Commit latencies of the blocks this node produced.
     pub latencies: crate::stats::LatencyLog,
     /// The Elector, for admin calls.

@@ -122,13 +122,12 @@ pub async fn change(
                     "{id} is not a learner; add it first (POST /admin/members/learner)"
                 )));
             }
-            if !force {
-                promotable(&view, id)?;
-            }
+            promotable(&view, id, *force)?;
         }
         MemberChange::Remove { id, force } => {
             if !m.contains(id) {
-                return Err(MemberChangeError::Invalid(format!("{id} is not a member")));
+                // Already done (say, a retry after a forward timed out): the same answer.
+                return Ok(m.report(ctx.node_id.clone()));
             }
             if m.voters.contains_key(id) {
                 let left: Vec<&NodeId> = m.voters.keys().filter(|v| *v != id).collect();
@@ -138,10 +137,21 @@ pub async fn change(
                     )));
                 }
                 if !force {
-                    quorum_stays(&view, &ctx.node_id, &left, id)?;
+                    // Joint consensus needs a live majority of the old voters and of the new.
+                    let all: Vec<&NodeId> = m.voters.keys().collect();
+                    quorum_stays(&view, &ctx.node_id, &all, id, "with")?;
+                    quorum_stays(&view, &ctx.node_id, &left, id, "without")?;
                 }
             }
             if id == &ctx.node_id {
+                if hops >= FORWARD_HOPS_MAX {
+                    return Err(MemberChangeError::NotLeader {
+                        leader: Some(ctx.node_id.clone()),
+                        why: format!(
+                            "removing the leader takes one more forward after its hand-over, and this request was forwarded {hops} times already; ask the leader directly"
+                        ),
+                    });
+                }
                 return remove_self(ctx, change, hops).await;
             }
         }
@@ -182,8 +192,10 @@ async fn forward(
     }
 }
 
-/// A learner may be promoted once its engine is within `max_exec_lag_blocks` of the head.
-fn promotable(view: &ElectorView, id: &NodeId) -> Result<(), MemberChangeError> {
+/// A learner may be promoted once it answers and its engine is within `max_exec_lag_blocks`
+/// of the head; `force` overrides only the lag (a voter that cannot be reached could cost the
+/// cluster its quorum).
+fn promotable(view: &ElectorView, id: &NodeId, force: bool) -> Result<(), MemberChangeError> {
     let Some(state) = view
         .peers
         .iter()
@@ -192,11 +204,14 @@ fn promotable(view: &ElectorView, id: &NodeId) -> Result<(), MemberChangeError> 
     else {
         return Err(MemberChangeError::Refused {
             why: format!(
-                "{id} has not answered a status poll lately, so its lag is unknown; use force to promote anyway"
+                "{id} has not answered a status poll lately: a voter that cannot be reached could cost the cluster its quorum; start it, check its address, try again"
             ),
             lag_blocks: None,
         });
     };
+    if force {
+        return Ok(());
+    }
     let head = view.cluster_head.max(view.me.applied_height.0);
     let lag = head.saturating_sub(state.exec_height.0);
     if lag > view.max_exec_lag_blocks {
@@ -211,12 +226,14 @@ fn promotable(view: &ElectorView, id: &NodeId) -> Result<(), MemberChangeError> 
     Ok(())
 }
 
-/// The voters left after removing `gone` must include a majority heard from lately.
+/// The voters `left` (those `with` or `without` `gone`) must include a majority heard from
+/// lately.
 fn quorum_stays(
     view: &ElectorView,
     me: &NodeId,
     left: &[&NodeId],
     gone: &NodeId,
+    side: &str,
 ) -> Result<(), MemberChangeError> {
     let alive = left
         .iter()
@@ -227,7 +244,7 @@ fn quorum_stays(
     }
     Err(MemberChangeError::Refused {
         why: format!(
-            "without {gone}, only {alive} of the {} voters left have answered lately: no quorum; bring the others back, or use force",
+            "{side} {gone}, only {alive} of the {} voters have answered lately: no quorum for the change; bring the others back, or use force",
             left.len()
         ),
         lag_blocks: None,

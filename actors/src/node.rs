@@ -343,18 +343,13 @@ pub async fn start_with_listeners(
     let (failed_tx, failed_rx) = watch::channel(None::<String>);
     let failed_tx = Arc::new(failed_tx);
 
-    // The node-to-node port: only configured peers and current members get past the handshake.
-    let configured: HashSet<NodeId> = book.keys().cloned().collect();
-    let members_rx = raft.metrics();
-    let is_member = Arc::new(move |peer: &NodeId| {
-        configured.contains(peer)
-            || members_rx
-                .borrow_watched()
-                .membership_config
-                .membership()
-                .get_node(peer)
-                .is_some()
-    });
+    // The node-to-node port admits every peer that proves the cluster secret. Membership is
+    // judged per request, not at the handshake: a node that missed a membership change (down
+    // while node-4 was added) must still accept the new leader's replication, as Raft requires
+    // of a server behind on its configuration, or it never catches up and the cluster can
+    // lose its quorum. Status polls and the identity probe of a non-member are answered
+    // `NotAMember` (p2p/serve.rs), and votes of a non-voter are refused (the vote gate).
+    let is_member = Arc::new(|_: &NodeId| true);
     let (view_tx, view_rx) = watch::channel(ElectorView {
         max_exec_lag_blocks: settings.max_exec_lag_blocks,
         ..ElectorView::default()
@@ -550,6 +545,7 @@ pub async fn start_with_listeners(
         exec: exec_rx.clone(),
         embedded: embedded.clone(),
         admin_token: settings.admin_token.clone(),
+        admin_require_token: settings.admin_require_token,
         latencies,
         elector: elector.clone(),
         view: view_rx.clone(),

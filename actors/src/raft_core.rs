@@ -357,6 +357,10 @@ pub struct SetElect(pub bool);
 #[rtype(result = "Result<MembersReport, MemberChangeError>")]
 pub struct ChangeMembership(pub MemberChange);
 
+/// How long a membership change may wait to be committed before the caller is answered
+/// (openraft goes on with it meanwhile).
+pub const MEMBERSHIP_COMMIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why Raft did not take a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
@@ -598,32 +602,40 @@ impl Handler<ChangeMembership> for RaftCore {
         Box::pin(async move {
             let change = msg.0;
             tracing::info!(kind = change.kind(), member = %change.id(), "membership change");
-            let done = match &change {
-                // Not blocking: answered once the entry is committed; the learner catches up
-                // afterwards, its lag shown in `/status` `learners`.
-                MemberChange::AddLearner { id, addr } => {
-                    raft.add_learner(id.clone(), PeerNode { addr: addr.clone() }, false)
+            let done = tokio::time::timeout(MEMBERSHIP_COMMIT_MAX, async {
+                match &change {
+                    // Not blocking: answered once the entry is committed; the learner catches up
+                    // afterwards, its lag shown in `/status` `learners`.
+                    MemberChange::AddLearner { id, addr } => {
+                        raft.add_learner(id.clone(), PeerNode { addr: addr.clone() }, false)
+                            .await
+                    }
+                    MemberChange::Promote { id, .. } => {
+                        raft.change_membership(
+                            openraft::ChangeMembers::AddVoterIds(BTreeSet::from([id.clone()])),
+                            false,
+                        )
                         .await
+                    }
+                    MemberChange::Remove { id, .. } => {
+                        let m = Members::of(&raft.metrics().borrow_watched());
+                        let set = BTreeSet::from([id.clone()]);
+                        let step = if m.voters.contains_key(id) {
+                            // `retain: false`: it leaves as a voter and as a node; nothing is
+                            // replicated to it any more.
+                            openraft::ChangeMembers::RemoveVoters(set)
+                        } else {
+                            openraft::ChangeMembers::RemoveNodes(set)
+                        };
+                        raft.change_membership(step, false).await
+                    }
                 }
-                MemberChange::Promote { id, .. } => {
-                    raft.change_membership(
-                        openraft::ChangeMembers::AddVoterIds(BTreeSet::from([id.clone()])),
-                        false,
-                    )
-                    .await
-                }
-                MemberChange::Remove { id, .. } => {
-                    let m = Members::of(&raft.metrics().borrow_watched());
-                    let set = BTreeSet::from([id.clone()]);
-                    let step = if m.voters.contains_key(id) {
-                        // `retain: false`: it leaves as a voter and as a node; nothing is
-                        // replicated to it any more.
-                        openraft::ChangeMembers::RemoveVoters(set)
-                    } else {
-                        openraft::ChangeMembers::RemoveNodes(set)
-                    };
-                    raft.change_membership(step, false).await
-                }
+            })
+            .await;
+            let Ok(done) = done else {
+                return Err(MemberChangeError::Unavailable(format!(
+                    "the change was not committed within {MEMBERSHIP_COMMIT_MAX:?} (no quorum?); it may still be: check `haseqd ctl members`"
+                )));
             };
             match done {
                 Ok(_) => {

@@ -61,6 +61,8 @@ pub struct NodeSettings {
     pub api_addr: String,
     /// Bearer token admitting admin calls from beyond loopback (`api.admin_token_file`).
     pub admin_token: Option<String>,
+    /// Admin calls need the token even from loopback (`api.admin_require_token`).
+    pub admin_require_token: bool,
     /// Whether this node produces blocks when it leads (`node.aggregator`). A node that does
     /// not still replicates and replays every block.
     pub aggregator: bool,

@@ -173,6 +173,18 @@ async fn wait_removed(c: &Cluster, i: usize) -> String {
     .await
 }
 
+/// `haseq_votes_refused_not_member_total`, summed over its labels, from this process's
+/// metrics.
+fn refused_not_member() -> f64 {
+    let text = haseq_actors::metrics::prometheus()
+        .expect("metrics")
+        .render();
+    text.lines()
+        .filter(|l| l.starts_with("haseq_votes_refused_not_member_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn assert_gap(what: &str, gap: Duration) {
     eprintln!(
         "measured: production gap during {what}: {} ms",
@@ -324,10 +336,27 @@ fn a_removed_node_coming_back_with_its_old_state_is_refused_and_changes_no_term(
         assert_gap("remove a stopped follower", g);
         let (_, term) = c.wait_leader(Duration::from_secs(10)).await;
 
-        // Back with the raft_dir it had: it still thinks it is a voter.
+        // Back with the raft_dir it had: it still thinks it is a voter, and campaigns until it
+        // learns otherwise; the voters' gate refuses it (the counter is the process's, shared
+        // by the in-process nodes: only the voters refuse anyone here).
+        let refused_before = refused_not_member();
         c.restart(gone).await;
         let why = wait_removed(&c, gone).await;
         eprintln!("{} says: {why}", c.members[gone].id);
+        let refused = wait_until(
+            Duration::from_secs(5),
+            "the voters to refuse the removed node's (pre-)votes",
+            || async {
+                let n = refused_not_member();
+                if n > refused_before {
+                    Ok(n - refused_before)
+                } else {
+                    Err(format!("{n}"))
+                }
+            },
+        )
+        .await;
+        eprintln!("(pre-)votes refused as not a voter: {refused}");
         // Past several election timeouts: nothing it does reaches the others' terms.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let others: Vec<usize> = (0..3).filter(|i| *i != gone).collect();
@@ -375,6 +404,66 @@ fn a_new_node_without_join_does_not_bootstrap_a_second_cluster() {
         eprintln!("node-4 refused to start: {text}");
         let h = c.top_applied();
         c.wait_block_above(h + 5, Duration::from_secs(10)).await;
+        c.check_invariants();
+        c.stop_all().await;
+    });
+}
+
+/// Review finding: a voter that was down while node-4 joined and took over must still
+/// accept node-4's replication (Raft asks a server behind on its configuration to accept a
+/// leader it does not know yet), catch up, and count in the quorum.
+#[test]
+fn a_voter_that_missed_a_promotion_follows_the_new_member_as_leader() {
+    run(async {
+        let mut c = founders_and_joiners(4, |_| {}).await;
+        let (leader, _) = c
+            .wait_leader_among(&[0, 1, 2], Duration::from_secs(10))
+            .await;
+        c.wait_block_above(10, Duration::from_secs(20)).await;
+        let stale = (0..3).find(|i| *i != leader).expect("a follower");
+        c.kill(stale).await;
+        let alive: Vec<usize> = (0..4).filter(|i| *i != stale).collect();
+        add_learner(&c, leader, 3).await;
+        promote_when_caught_up(&c, &alive, leader, 3).await;
+        let (status, v) = admin(
+            &c,
+            leader,
+            "/admin/transfer-leader",
+            json!({"to": "node-4", "force": true}),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        wait_until(Duration::from_secs(10), "node-4 to lead", || async {
+            match c.agreed_leader_among(&alive).await {
+                Some((3, _)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        c.restart(stale).await;
+        let all = [0, 1, 2, 3];
+        let h = c.top_applied();
+        wait_until(
+            Duration::from_secs(15),
+            "the stale voter to catch up under node-4",
+            || async {
+                let mine = c.applied_height(stale);
+                if mine > h {
+                    Ok(())
+                } else {
+                    Err(format!("applied {mine}, top {}", c.top_applied()))
+                }
+            },
+        )
+        .await;
+        c.wait_leader_among(&all, Duration::from_secs(10)).await;
+        // The stale voter now counts: with another founder down, three of four still produce.
+        let other = (0..3)
+            .find(|i| *i != stale && *i != leader)
+            .expect("the third founder");
+        c.kill(other).await;
+        let h = c.top_applied();
+        c.wait_block_above(h + 10, Duration::from_secs(15)).await;
         c.check_invariants();
         c.stop_all().await;
     });

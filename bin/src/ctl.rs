@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline of a membership change: forwarded to the leader, committed twice (joint
 /// consensus), and for the leader's own removal a hand-over first.
-const MEMBERS_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+const MEMBERS_CALL_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// `ID@HOST:PORT` of `ctl add-learner`.
 fn parse_member(s: &str) -> anyhow::Result<(String, String)> {

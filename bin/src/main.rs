@@ -300,6 +300,7 @@ fn settings(cfg: &Config) -> Result<NodeSettings, String> {
         secret: Arc::new(secret),
         api_addr: cfg.api.addr.to_string(),
         admin_token: cfg.api.admin_token.as_ref().map(|t| t.as_str().to_string()),
+        admin_require_token: cfg.api.admin_require_token,
         aggregator: cfg.node.aggregator,
         block_time: cfg.node.block_time,
         engine: engine_settings(cfg),

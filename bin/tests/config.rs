@@ -735,7 +735,22 @@ fn engine_api_needs_url_and_a_32_byte_jwt_secret() {
     );
     assert_has(
         &msg,
-        &["engine.url = \"127.0.0.1:8551\": expected an http:// or https:// URL"],
+        &["engine.url = \"127.0.0.1:8551\": expected an http:// URL"],
+    );
+    // No TLS in the client: refused here with the reason, not in a restart loop later.
+    let msg = fx.error(
+        &engine(&format!(
+            "  url: \"https://el.example:8551\"\n  jwt_secret: {jwt:?}\n"
+        )),
+        &[],
+        &[],
+    );
+    assert_has(
+        &msg,
+        &[
+            "engine.url = \"https://el.example:8551\"",
+            "https:// is not supported",
+        ],
     );
 
     let short = fx.write("short.jwt", &"ab".repeat(31));
@@ -874,6 +889,29 @@ fn admin_token_file_is_read() {
             "the file is empty",
         ],
     );
+}
+
+#[test]
+fn admin_token_is_required_by_default_beyond_loopback() {
+    let fx = Fixture::new();
+    let cfg = fx.load(&fx.guide(), &[], &[]).unwrap();
+    assert!(cfg.api.addr.ip().is_loopback());
+    assert!(
+        !cfg.api.admin_require_token,
+        "loopback API: the loopback exemption stays"
+    );
+    let wide = [("HASEQ_API__ADDR", "0.0.0.0:7700")];
+    let cfg = fx.load(&fx.guide(), &wide, &[]).unwrap();
+    assert!(
+        cfg.api.admin_require_token,
+        "an API beyond loopback needs the token"
+    );
+    let cfg = fx
+        .load(&fx.guide(), &wide, &[("api.admin_require_token", "false")])
+        .unwrap();
+    assert!(!cfg.api.admin_require_token, "an operator may turn it off");
+    let msg = fx.error(&fx.guide(), &[], &[("api.admin_require_token", "maybe")]);
+    assert_has(&msg, &["api.admin_require_token", "expected true or false"]);
 }
 
 #[test]

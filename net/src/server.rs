@@ -273,8 +273,8 @@ impl Connection {
     }
 }
 
-/// How long a forwarded membership change may run here (the caller waits 15 s).
-const MEMBERS_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a forwarded membership change may run here (the caller waits at most 25 s).
+const MEMBERS_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// Run one request under its budget and queue the answer.
 async fn answer<H: RpcHandler>(

@@ -145,8 +145,10 @@ pub struct ElectorView {
     /// This node is no longer a member of the cluster: why, in words (null while it is).
     pub removed: Option<String>,
     /// The voters of this node's membership (empty before it has one): the vote gate
-    /// refuses any other candidate.
+    /// refuses any other candidate that cannot know a newer membership.
     pub voters: Vec<NodeId>,
+    /// The log index of that membership's entry.
+    pub members_log_index: u64,
     /// The peers.
     pub peers: Vec<PeerView>,
     /// The Elector has decided at least once: until then no height is known, and the vote
@@ -382,20 +384,14 @@ impl Elector {
             .any(|e| &e.id == id && e.standing != Standing::Learner)
     }
 
-    /// Why this node is no longer a member, if it is not: its own membership leaves it out,
-    /// or a majority of the other voters have refused it as not a member for
-    /// [`REMOVED_AFTER`] (a node that was down while it was removed never received the entry
-    /// that removed it). A node with no membership yet is joining, not removed.
+    /// Why this node is no longer a member, if it is not: a majority of the other voters
+    /// have refused it as not a member for [`REMOVED_AFTER`]. Its own membership is no
+    /// evidence: a learner catching up applies early entries (or an old snapshot) whose
+    /// membership predates it, and a node that was down while it was removed never received
+    /// the entry that removed it. A node with no membership yet is joining, not removed.
     fn removed(&self, r: &RaftFacts, now: Instant) -> Option<String> {
-        let m = &r.members;
-        if m.is_empty() {
+        if r.members.is_empty() {
             return None;
-        }
-        if !m.contains(&self.d.node_id) {
-            return Some(format!(
-                "the membership at log index {} does not include {}",
-                m.log_index, self.d.node_id
-            ));
         }
         let refused = self.refused.elapsed(now).filter(|t| *t >= REMOVED_AFTER)?;
         Some(format!(
@@ -648,6 +644,7 @@ impl Elector {
             peers_heard: self.book.is_empty() || self.peers.values().any(|p| p.state.is_some()),
             removed: i.removed.clone(),
             voters: r.members.voters.keys().cloned().collect(),
+            members_log_index: r.members.log_index,
             ineligible_reason: ineligible_reason.clone(),
             relaxed: d.relaxed,
             best_exec_height: d.best_exec_height.0,
@@ -878,8 +875,16 @@ pub fn vote_gate(view: watch::Receiver<ElectorView>) -> haseq_net::VoteGate {
     Arc::new(move |c: &haseq_net::VoteCandidate<'_>| {
         let v = view.borrow();
         // A candidate outside this node's membership (removed, or never promoted) is refused
-        // whatever its log: it must not disrupt the cluster by campaigning.
-        if !v.voters.is_empty() && !v.voters.contains(c.from) {
+        // when its log ends at or before that membership's entry: it cannot know a newer
+        // membership that makes it a voter, so it must not disrupt the cluster by
+        // campaigning. One with a longer log may (this node may have missed its promotion):
+        // Raft's own checks judge it. Lifted with the gate when no node leads for long.
+        let candidate_last = c.req.last_log_id.as_ref().map_or(0, |l| l.index);
+        if v.gate_active
+            && !v.voters.is_empty()
+            && !v.voters.contains(c.from)
+            && candidate_last <= v.members_log_index
+        {
             let kind = if c.pre_vote { "pre_vote" } else { "vote" };
             metrics::counter!("haseq_votes_refused_not_member_total", "kind" => kind).increment(1);
             let term = c.req.vote.leader_id().term;

@@ -79,6 +79,9 @@ pub struct TimingAdvice {
     pub reasons: Vec<String>,
 }
 
+/// The fewest round trips of a peer (half a second of polls) before its average counts.
+pub const RTT_SAMPLES_MIN: u32 = 5;
+
 /// Round trips to each peer over the last [`RTT_WINDOW`].
 #[derive(Debug, Default)]
 pub struct RttSamples(BTreeMap<NodeId, VecDeque<(Instant, Duration)>>);
@@ -110,7 +113,9 @@ impl RttSamples {
                     .fold((Duration::ZERO, 0u32), |(sum, n), (_, rtt)| {
                         (sum + *rtt, n + 1)
                     });
-                (n > 0).then(|| (id, sum / n))
+                // A peer's first round trips include opening the connection (8-39 ms seen on a
+                // 0.4 ms link): judged once it has a few.
+                (n >= RTT_SAMPLES_MIN).then(|| (id, sum / n))
             })
             .max_by_key(|(_, avg)| *avg)
             .map(|(id, avg)| (id.clone(), avg))
@@ -225,20 +230,33 @@ mod tests {
     #[test]
     fn rtt_max_is_the_largest_recent_average() {
         let t0 = Instant::now();
+        let ms = Duration::from_millis;
         let mut s = RttSamples::default();
         let (a, b) = (NodeId::from("a"), NodeId::from("b"));
-        s.add(&a, Duration::from_millis(30), t0);
-        s.add(&b, Duration::from_millis(5), t0 + Duration::from_secs(1));
-        s.add(&b, Duration::from_millis(35), t0 + Duration::from_secs(1));
-        // b's one 35 ms sample does not decide: its average is 20 ms, a's 30 ms.
+        let n = RTT_SAMPLES_MIN as usize;
+        // A peer's first few round trips (its connection being opened) count for nothing.
+        s.add(&a, ms(39), t0);
+        assert_eq!(s.max(t0), None);
+        for _ in 1..n {
+            s.add(&a, ms(29), t0);
+        }
+        // a: 39 + 4 x 29 over 5 = 31 ms.
+        assert_eq!(s.max(t0), Some((a.clone(), ms(31))));
+        let t1 = t0 + Duration::from_secs(1);
+        for i in 0..n {
+            s.add(&b, if i == 0 { ms(35) } else { ms(5) }, t1);
+        }
+        // b's one 35 ms sample does not decide: its average is 11 ms, a's 31 ms.
         assert_eq!(
             s.max(t0 + Duration::from_secs(2)),
-            Some((a.clone(), Duration::from_millis(30)))
+            Some((a.clone(), ms(31)))
         );
         // Past the window old samples no longer count.
         let later = t0 + RTT_WINDOW + Duration::from_secs(2);
-        s.add(&b, Duration::from_millis(7), later);
-        assert_eq!(s.max(later), Some((b, Duration::from_millis(7))));
+        for _ in 0..n {
+            s.add(&b, ms(7), later);
+        }
+        assert_eq!(s.max(later), Some((b, ms(7))));
         assert_eq!(RttSamples::default().max(later), None);
     }
 }

@@ -58,9 +58,12 @@ const PEER_BACKOFF: Duration = Duration::from_millis(200);
 /// may fetch that history itself meanwhile.
 const LACKS_FORGET: Duration = Duration::from_secs(10);
 
-/// How long a forwarded membership change may take: a removal of the leader waits for the
-/// hand-over and then for the new leader's two membership entries.
+/// How long the last forward of a membership change may take (a change commits two entries,
+/// bounded by RaftCore's own deadline).
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a forward may take that may forward once more: a removal of the leader waits for
+/// the hand-over (at most 5 s) and then for the last forward.
+pub const FORWARD_TIMEOUT_FIRST: Duration = Duration::from_secs(25);
 
 /// Why a status poll got no state.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -485,7 +488,12 @@ impl Handler<ForwardMembers> for P2p {
             change: msg.change.clone(),
             hops: msg.hops,
         };
-        let task = tokio::spawn(async move { client.call(req, FORWARD_TIMEOUT).await });
+        let budget = if msg.hops >= crate::members::FORWARD_HOPS_MAX {
+            FORWARD_TIMEOUT
+        } else {
+            FORWARD_TIMEOUT_FIRST
+        };
+        let task = tokio::spawn(async move { client.call(req, budget).await });
         Box::pin(task.into_actor(self).map(move |joined, _, ctx| {
             let Some(answer) = task_result(joined, "p2p_forward", ctx) else {
                 return Err(MemberChangeError::Unavailable(
@@ -495,6 +503,12 @@ impl Handler<ForwardMembers> for P2p {
             match answer {
                 Ok(RpcResponse::MembersChanged(r)) => r,
                 Ok(other) => Err(not_leader(format!("unexpected answer {other:?}"))),
+                // The leader may still make the change: say so, not "not the leader".
+                Err(e) if matches!(e.kind, haseq_net::NetErrorKind::Timeout(_)) => {
+                    Err(MemberChangeError::Unavailable(format!(
+                        "the leader did not answer within {budget:?}; the change may still be made: check `haseqd ctl members` before trying again ({e})"
+                    )))
+                }
                 Err(e) => Err(not_leader(format!("forwarding to the leader: {e}"))),
             }
         }))

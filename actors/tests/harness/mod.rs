@@ -115,6 +115,7 @@ impl Cluster {
                 secret: Arc::new(SECRET.to_vec()),
                 api_addr: addrs[i].1.clone(),
                 admin_token: None,
+                admin_require_token: false,
                 // Scenarios that propose by hand leave production off; `start_producing`
                 // turns it on.
                 aggregator: false,

@@ -47,6 +47,8 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("raft.unhealthy_leader_grace", Some("2s")),
     ("api.addr", Some("127.0.0.1:7700")),
     ("api.admin_token_file", None),
+    // Unset: on when api.addr is not a loopback address (see parse_api).
+    ("api.admin_require_token", None),
     ("engine.kind", Some("embedded")),
     ("engine.url", None),
     ("engine.jwt_secret", None),
@@ -227,6 +229,11 @@ impl Layers {
             }
         }
         Ok(Self { leaves, file_label })
+    }
+
+    /// Whether `key` was given (by the file, the environment or a flag) or has a default.
+    pub(super) fn has(&self, key: &str) -> bool {
+        self.get(key).is_some()
     }
 
     fn get(&self, key: &str) -> Option<&Value> {

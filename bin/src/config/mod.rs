@@ -172,6 +172,11 @@ pub struct ApiConfig {
     pub admin_token_file: Option<PathBuf>,
     /// The token read from `admin_token_file`. `Some` whenever that is.
     pub admin_token: Option<AdminToken>,
+    /// `api.admin_require_token` (default: on when `api.addr` is not a loopback address):
+    /// admin calls need the bearer token even from loopback (in a container or on a shared
+    /// host, "loopback" is any process beside the node). On without a token file, admin
+    /// calls are refused.
+    pub admin_require_token: bool,
 }
 
 /// `engine.*`.
@@ -424,10 +429,16 @@ fn parse_api(l: &Layers, raft: &RaftConfig) -> Result<ApiConfig, ConfigError> {
             "is also raft.raft_addr; the HTTP API and Raft need different ports",
         ));
     }
+    let admin_require_token = if l.has("api.admin_require_token") {
+        l.bool("api.admin_require_token")?
+    } else {
+        !addr.ip().is_loopback()
+    };
     Ok(ApiConfig {
         addr,
         admin_token_file: l.opt_path("api.admin_token_file")?,
         admin_token: None,
+        admin_require_token,
     })
 }
 
@@ -557,12 +568,20 @@ fn at_most(l: &Layers, key: &str, max: Duration) -> Result<Duration, ConfigError
     Ok(d)
 }
 
-/// `http://host[:port][/path]` or `https://…`, with a non-empty host.
+/// `http://host[:port][/path]`, with a non-empty host (`https://` is refused with the reason).
 fn check_url(url: &str) -> Result<(), String> {
+    if url.starts_with("https://") {
+        return Err(
+            "https:// is not supported: the Engine API client speaks HTTP with JWT \
+                    authentication, as execution clients serve their authenticated port; reach \
+                    the client on the same host or a private network (http://), or put a local \
+                    TLS proxy in front of it"
+                .into(),
+        );
+    }
     let rest = url
         .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or("expected an http:// or https:// URL, e.g. http://127.0.0.1:8551")?;
+        .ok_or("expected an http:// URL, e.g. http://127.0.0.1:8551")?;
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.is_empty() || authority.starts_with(':') {
         return Err("the URL has no host; e.g. http://127.0.0.1:8551".into());
