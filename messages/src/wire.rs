@@ -164,6 +164,13 @@ pub enum RpcRequest {
         /// Forwards so far.
         hops: u8,
     },
+    /// An operator's leadership transfer asked of a follower, forwarded to the leader.
+    TransferLeadership {
+        /// The target; `None` for the most caught-up eligible peer.
+        to: Option<NodeId>,
+        /// Transfer even to a lagging, unhealthy or paused node.
+        force: bool,
+    },
 }
 
 /// A node's view of itself, as its peers poll it.
@@ -204,6 +211,7 @@ impl RpcRequest {
             RpcRequest::FetchBlocks { .. } => "fetch_blocks",
             RpcRequest::MemberHistory => "member_history",
             RpcRequest::ChangeMembers { .. } => "change_members",
+            RpcRequest::TransferLeadership { .. } => "transfer_leadership",
         }
     }
 }
@@ -234,6 +242,8 @@ pub enum RpcResponse {
     },
     /// Answer to ChangeMembers.
     MembersChanged(Result<crate::members::MembersReport, crate::members::MemberChangeError>),
+    /// Answer to TransferLeadership: the target the leader hands over to, or why it refused.
+    TransferStarted(Result<NodeId, String>),
     /// The receiver could not serve the call (shutting down, not initialised, bad request).
     Error(RemoteError),
 }

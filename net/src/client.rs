@@ -246,6 +246,7 @@ fn response_kind(r: &RpcResponse) -> &'static str {
         RpcResponse::Blocks(_) => "blocks",
         RpcResponse::MemberHistory { .. } => "member_history",
         RpcResponse::MembersChanged(_) => "members_changed",
+        RpcResponse::TransferStarted(_) => "transfer_started",
         RpcResponse::Error(_) => "error",
     }
 }

@@ -135,7 +135,8 @@ where
             other @ (RpcRequest::PeerStatus
             | RpcRequest::FetchBlocks { .. }
             | RpcRequest::MemberHistory
-            | RpcRequest::ChangeMembers { .. }) => RpcResponse::Error(RemoteError::Refused(
+            | RpcRequest::ChangeMembers { .. }
+            | RpcRequest::TransferLeadership { .. }) => RpcResponse::Error(RemoteError::Refused(
                 format!("{} is not a Raft call", other.kind()),
             )),
         }

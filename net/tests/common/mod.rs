@@ -108,8 +108,8 @@ impl RpcHandler for FakeHandler {
                 is_leader: false,
             },
             RpcRequest::FetchBlocks { .. } => RpcResponse::Blocks(Vec::new()),
-            RpcRequest::ChangeMembers { .. } => {
-                RpcResponse::Error(RemoteError::Refused("no membership changes here".into()))
+            RpcRequest::ChangeMembers { .. } | RpcRequest::TransferLeadership { .. } => {
+                RpcResponse::Error(RemoteError::Refused("no admin calls here".into()))
             }
         }
     }
