@@ -9,6 +9,8 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use haseq_messages::NodeId;
+use haseq_messages::members::MemberChange;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -282,41 +284,36 @@ pub async fn add_learner(State(state): State<ApiState>, body: axum::body::Bytes)
     let Some(addr) = req.addr else {
         return bad_request(format!("body: addr is missing; expected {example}"));
     };
-    let change = haseq_messages::members::MemberChange::AddLearner {
-        id: haseq_messages::NodeId(req.id),
+    let change = MemberChange::AddLearner {
+        id: NodeId(req.id),
         addr,
     };
     member_change(&state, change).await
 }
 
+/// The `id` and `force` of a promote or remove body (`what`), which takes no `addr`.
+fn id_and_force(body: &[u8], what: &str, example: &str) -> Result<(NodeId, bool), String> {
+    let req = parse_member(body, example)?;
+    if req.addr.is_some() {
+        return Err(format!(
+            "body: addr belongs to /admin/members/learner, not {what}"
+        ));
+    }
+    Ok((NodeId(req.id), req.force))
+}
+
 /// `POST /admin/members/promote {"id": "node-4", "force": false}`.
 pub async fn promote(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
-    let req = match parse_member(&body, r#"{"id": "node-4", "force": false}"#) {
-        Ok(r) => r,
-        Err(why) => return bad_request(why),
-    };
-    if req.addr.is_some() {
-        return bad_request("body: addr belongs to /admin/members/learner, not promote".into());
+    match id_and_force(&body, "promote", r#"{"id": "node-4", "force": false}"#) {
+        Ok((id, force)) => member_change(&state, MemberChange::Promote { id, force }).await,
+        Err(why) => bad_request(why),
     }
-    let change = haseq_messages::members::MemberChange::Promote {
-        id: haseq_messages::NodeId(req.id),
-        force: req.force,
-    };
-    member_change(&state, change).await
 }
 
 /// `POST /admin/members/remove {"id": "node-1"}`.
 pub async fn remove(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
-    let req = match parse_member(&body, r#"{"id": "node-1", "force": false}"#) {
-        Ok(r) => r,
-        Err(why) => return bad_request(why),
-    };
-    if req.addr.is_some() {
-        return bad_request("body: addr belongs to /admin/members/learner, not remove".into());
+    match id_and_force(&body, "remove", r#"{"id": "node-1", "force": false}"#) {
+        Ok((id, force)) => member_change(&state, MemberChange::Remove { id, force }).await,
+        Err(why) => bad_request(why),
     }
-    let change = haseq_messages::members::MemberChange::Remove {
-        id: haseq_messages::NodeId(req.id),
-        force: req.force,
-    };
-    member_change(&state, change).await
 }

@@ -234,6 +234,17 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
     }
 }
 
+/// `GET path` as JSON; an error unless it answers 200.
+async fn get_json(addr: &str, path: &str) -> anyhow::Result<Value> {
+    let r = http_client::request(addr, "GET", path, None, CALL_TIMEOUT)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if r.status != 200 {
+        bail!("GET {path}: HTTP {}: {}", r.status, r.body);
+    }
+    serde_json::from_str(&r.body).with_context(|| format!("GET {path}: not JSON"))
+}
+
 /// The Raft timings `ctl tune` shows, as `raft.<key>`.
 const TIMING_KEYS: [&str; 4] = [
     "heartbeat_timeout",
@@ -244,13 +255,7 @@ const TIMING_KEYS: [&str; 4] = [
 
 /// `ctl tune`: `/status` `timing` as a table, with the lines to put in the configuration.
 async fn tune(addr: &str) -> anyhow::Result<()> {
-    let r = http_client::request(addr, "GET", "/status", None, CALL_TIMEOUT)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
-    if r.status != 200 {
-        bail!("GET /status: HTTP {}: {}", r.status, r.body);
-    }
-    let v: Value = serde_json::from_str(&r.body).context("GET /status: not JSON")?;
+    let v = get_json(addr, "/status").await?;
     let t = &v["timing"];
     if t.is_null() {
         bail!("the node has no timing advice yet (it has just started); try again");
@@ -291,13 +296,7 @@ async fn tune(addr: &str) -> anyhow::Result<()> {
 
 /// `ctl members`: `GET /members` as a table.
 async fn members(addr: &str) -> anyhow::Result<()> {
-    let r = http_client::request(addr, "GET", "/members", None, CALL_TIMEOUT)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
-    if r.status != 200 {
-        bail!("GET /members: HTTP {}: {}", r.status, r.body);
-    }
-    let v: Value = serde_json::from_str(&r.body).context("GET /members: not JSON")?;
+    let v = get_json(addr, "/members").await?;
     println!(
         "membership at log index {} (asked {}; leader {})",
         v["membership_log_index"],

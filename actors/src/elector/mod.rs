@@ -393,11 +393,11 @@ impl Elector {
         if r.members.is_empty() {
             return None;
         }
-        let refused = self.refused.elapsed(now).filter(|t| *t >= REMOVED_AFTER)?;
+        self.refused.elapsed(now).filter(|t| *t >= REMOVED_AFTER)?;
         Some(format!(
-            "a majority of the other voters have refused {} as not a member for {} s",
+            "a majority of the other voters have refused {} as not a member for {} s or more",
             self.d.node_id,
-            refused.as_secs()
+            REMOVED_AFTER.as_secs()
         ))
     }
 
@@ -489,11 +489,7 @@ impl Elector {
 
     /// Says once, in the log, that this node was removed (and again if it is re-added).
     fn log_removal(&mut self, i: &Inputs) {
-        let kind = |w: &Option<String>| {
-            w.as_ref()
-                .map(|w| w.split(" for ").next().map(str::to_string))
-        };
-        if kind(&i.removed) == kind(&self.removed_logged) {
+        if i.removed == self.removed_logged {
             return;
         }
         match &i.removed {

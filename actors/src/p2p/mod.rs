@@ -301,9 +301,7 @@ impl P2p {
             .retain(|id, _| entries.iter().any(|e| &e.id == id));
         for e in &entries {
             let p = self.peers.entry(e.id.clone()).or_default();
-            if p.addr != e.addr {
-                p.addr = e.addr.clone();
-            }
+            p.addr.clone_from(&e.addr);
             p.standing = Some(e.standing);
         }
         let entries: Vec<book::Entry> =
