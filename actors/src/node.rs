@@ -31,7 +31,7 @@ use crate::p2p::serve::{NodeHandler, ServeFaults, ServeLimits};
 use crate::p2p::{P2p, P2pDeps, PeerFeed};
 use crate::producer::{Producer, ProducerDeps};
 use crate::raft_core::{GetStatus, RaftCore, RaftFeed};
-use crate::settings::{EngineSettings, NodeSettings, openraft_config};
+use crate::settings::{EngineSettings, NodeSettings, RaftTiming, openraft_config};
 use crate::supervisor::{Slot, Supervisor};
 use crate::syncer::{SyncProgress, Syncer, SyncerDeps};
 
@@ -43,8 +43,8 @@ const PEERS_FIRST_WAIT: Duration = Duration::from_secs(1);
 const LIVENESS_CALL: Duration = Duration::from_secs(1);
 /// How long shutdown waits for the actors to stop.
 const ACTOR_STOP_WAIT: Duration = Duration::from_secs(2);
-/// How long the transport waits to establish a connection to a peer.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// The shortest time the transport gives a connection to a peer to be established.
+const CONNECT_TIMEOUT_MIN: Duration = Duration::from_millis(500);
 /// How long a whole snapshot transfer may take.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a node with an empty `raft_dir` asks its peers whether their leader knew it,
@@ -52,6 +52,15 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
 const IDENTITY_PROBE_MAX: Duration = Duration::from_secs(1);
 /// Pause between two rounds of that probe.
 const IDENTITY_PROBE_EVERY: Duration = Duration::from_millis(100);
+
+/// How long the transport gives a connection (TCP connect and the handshake's round trips) to
+/// be established. The guide sizes `send_timeout` at 3 x RTT_MAX, and a connection takes about
+/// three round trips, so three send timeouts leave a margin of three; never below
+/// [`CONNECT_TIMEOUT_MIN`]. A fixed 500 ms kept a node 300 ms away (timings sized for it) from
+/// ever reconnecting, so the other survivor of a 3-node cluster could not elect.
+pub fn connect_timeout(timing: &RaftTiming) -> Duration {
+    (timing.send_timeout * 3).max(CONNECT_TIMEOUT_MIN)
+}
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -289,7 +298,7 @@ pub async fn start_with_listeners(
         secret: settings.secret.clone(),
         send_timeout: settings.timing.send_timeout,
         snapshot_timeout: SNAPSHOT_TIMEOUT,
-        connect_timeout: CONNECT_TIMEOUT,
+        connect_timeout: connect_timeout(&settings.timing),
     };
     net_cfg
         .validate()
@@ -747,5 +756,27 @@ impl RaftNetworkFactory<TC> for AddressBook {
             None => node.clone(),
         };
         self.inner.new_client(target, &node).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_timeout_follows_send_timeout_with_a_floor() {
+        let guide = RaftTiming::default();
+        assert_eq!(connect_timeout(&guide), Duration::from_millis(600));
+        // Timings sized for 600 ms RTT (send = 3 x RTT_MAX) allow a handshake of 3 round trips.
+        let wide = RaftTiming {
+            send_timeout: Duration::from_millis(1800),
+            ..guide
+        };
+        assert_eq!(connect_timeout(&wide), Duration::from_millis(5400));
+        let tight = RaftTiming {
+            send_timeout: Duration::from_millis(20),
+            ..guide
+        };
+        assert_eq!(connect_timeout(&tight), CONNECT_TIMEOUT_MIN);
     }
 }
