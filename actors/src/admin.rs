@@ -176,20 +176,26 @@ fn elector_down(e: impl std::fmt::Display) -> Response {
 }
 
 /// `POST /admin/transfer-leader`: hand leadership to `to` or the best peer; a lagging,
-/// unhealthy or paused target is refused (409) unless `force`.
+/// unhealthy or paused target is refused (409) unless `force`. Sent to a follower, it is
+/// forwarded to the leader and the answer names it (`via`); 503 when no leader answers.
 pub async fn transfer_leader(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
     let req = match parse_admin(&body) {
         Ok(r) => r,
         Err(why) => return bad_request(why),
     };
-    let msg = crate::elector::TransferLeadership {
-        to: req.to.map(haseq_messages::NodeId),
-        force: req.force,
-    };
-    match state.elector.get().send(msg).await {
-        Ok(Ok(to)) => Json(json!({ "transferring_to": to.to_string() })).into_response(),
-        Ok(Err(why)) => refused(why.to_string()),
-        Err(e) => elector_down(e),
+    let to = req.to.map(haseq_messages::NodeId);
+    match crate::members::transfer(&state.members, to, req.force, false).await {
+        Ok(t) => Json(json!({
+            "transferring_to": t.to.to_string(),
+            "via": t.via.map(|v| v.to_string()),
+        }))
+        .into_response(),
+        Err(crate::members::TransferFailed::Refused(why)) => refused(why),
+        Err(crate::members::TransferFailed::Unavailable(why)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": why })),
+        )
+            .into_response(),
     }
 }
 

@@ -22,8 +22,8 @@ use haseq_messages::members::{MemberChange, MemberChangeError, MembersReport};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::elector::{Elector, ElectorView, TransferLeadership};
-use crate::p2p::{ForwardMembers, P2p};
+use crate::elector::{Elector, ElectorView, TransferError, TransferLeadership};
+use crate::p2p::{ForwardMembers, ForwardRefused, ForwardTransfer, P2p};
 use crate::raft_core::{ChangeMembership, GetStatus, RaftCore, RaftStatus, Role};
 use crate::supervisor::Slot;
 
@@ -286,6 +286,78 @@ async fn remove_self(
             )));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Where an operator's leadership transfer went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferStarted {
+    /// The node leadership is handed to.
+    pub to: NodeId,
+    /// The leader the request was forwarded to (`None` when this node leads).
+    pub via: Option<NodeId>,
+}
+
+/// Why an operator's leadership transfer went nowhere.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferFailed {
+    /// The leader refused (the target lags, is paused, ...): `force` may override.
+    #[error("{0}")]
+    Refused(String),
+    /// No leader could be asked; try again.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// An operator's leadership transfer asked of this node: the Elector makes it if this node
+/// leads; a follower forwards it to the leader through the P2P actor, once (`forwarded` is set
+/// on the leader's side, which never forwards again).
+pub async fn transfer(
+    ctx: &MembersCtx,
+    to: Option<NodeId>,
+    force: bool,
+    forwarded: bool,
+) -> Result<TransferStarted, TransferFailed> {
+    let ask = TransferLeadership {
+        to: to.clone(),
+        force,
+    };
+    match ctx.elector.get().send(ask).await {
+        Ok(Ok(to)) => return Ok(TransferStarted { to, via: None }),
+        Ok(Err(TransferError::NotLeader)) if !forwarded => {}
+        Ok(Err(e)) => return Err(TransferFailed::Refused(e.to_string())),
+        Err(e) => {
+            return Err(TransferFailed::Unavailable(format!(
+                "Elector unavailable: {e}"
+            )));
+        }
+    }
+    let s = status(ctx)
+        .await
+        .map_err(|e| TransferFailed::Unavailable(e.to_string()))?;
+    let Some(leader) = s.leader_id.filter(|l| l != &ctx.node_id) else {
+        return Err(TransferFailed::Unavailable(
+            "this node does not lead and knows no leader; try again once one is elected".into(),
+        ));
+    };
+    tracing::info!(to = ?to, leader = %leader, "forwarding a leadership transfer to the leader");
+    let msg = ForwardTransfer {
+        to: leader.clone(),
+        target: to,
+        force,
+    };
+    match ctx.p2p.get().send(msg).await {
+        Ok(Ok(to)) => Ok(TransferStarted {
+            to,
+            via: Some(leader),
+        }),
+        Ok(Err(ForwardRefused::Refused(why))) => Err(TransferFailed::Refused(format!(
+            "the leader {leader} refused: {why}"
+        ))),
+        Ok(Err(ForwardRefused::Unreachable(why))) => Err(TransferFailed::Unavailable(format!(
+            "the leader {leader} could not be asked: {why}"
+        ))),
+        Err(e) => Err(TransferFailed::Unavailable(format!("P2P unavailable: {e}"))),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Goal: the operator's leadership controls work through `haseqd ctl` on real processes:
-//! `transfer-leader --to` moves leadership and every node's `/events` feed reports the change
-//! within 100 ms of it; a guarded transfer to a lagging node is refused (exit 1, the reason
+//! `transfer-leader --to` moves leadership (asked of the leader, or of a follower, which
+//! forwards it) and every node's `/events` feed reports the change within 100 ms of it; a
+//! guarded transfer to a lagging node is refused (exit 1, the reason
 //! printed) unless `--force`; `pause` on the leader hands leadership over, the pause survives a
 //! restart (SIGTERM, start again) and `resume` lifts it; pausing the last eligible node is
 //! refused without `--force`; `ctl watch` prints the changes.
@@ -31,9 +32,16 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Transfer leadership from `from` to `to` with `ctl` and measure every feed's delay; returns
-/// the delays (one per node).
-fn transfer_and_measure(c: &Procs, feeds: &[Events], from: usize, to: usize) -> Vec<Duration> {
+/// Transfer leadership from `from` to `to` with `ctl` sent to node `ask` (a follower forwards
+/// it to the leader and names it in `via`) and measure every feed's delay; returns the delays
+/// (one per node).
+fn transfer_and_measure(
+    c: &Procs,
+    feeds: &[Events],
+    ask: usize,
+    from: usize,
+    to: usize,
+) -> Vec<Duration> {
     let to_id = c.nodes[to].id.clone();
     // The guard judges the target by the leader's last poll of it (every 100 ms): a refusal
     // while that view catches up is retried, bounded; the last refusal is shown on timeout.
@@ -42,7 +50,7 @@ fn transfer_and_measure(c: &Procs, feeds: &[Events], from: usize, to: usize) -> 
     let mut accepted = None;
     for _attempt in 0..1_000 {
         let t_call = Instant::now();
-        let out = c.ctl(from, &["transfer-leader", "--to", &to_id]);
+        let out = c.ctl(ask, &["transfer-leader", "--to", &to_id]);
         let t_ret = Instant::now();
         if out.status.success() {
             accepted = Some((t_call, out, t_ret));
@@ -63,7 +71,20 @@ fn transfer_and_measure(c: &Procs, feeds: &[Events], from: usize, to: usize) -> 
     if !refusals.is_empty() {
         eprintln!("transfer to {to_id}: retried after {refusals:?}");
     }
-    assert!(stdout(&out).contains(&to_id), "{}", stdout(&out));
+    let answer: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("answer JSON");
+    assert_eq!(answer["transferring_to"], to_id.as_str(), "{answer}");
+    if ask == from {
+        assert!(
+            answer["via"].is_null(),
+            "the leader itself answered: {answer}"
+        );
+    } else {
+        assert_eq!(
+            answer["via"],
+            c.nodes[from].id.as_str(),
+            "a follower forwards to the leader and names it: {answer}"
+        );
+    }
     // Poll the new leader's status until it says so.
     let t_flip = c.wait(Duration::from_secs(5), "the target to lead", || {
         let s = c.status(to)?;
@@ -88,8 +109,9 @@ fn transfer_and_measure(c: &Procs, feeds: &[Events], from: usize, to: usize) -> 
     let first_sign = arrivals.iter().copied().chain([t_flip]).min().unwrap();
     let delays: Vec<Duration> = arrivals.iter().map(|a| *a - first_sign).collect();
     eprintln!(
-        "transfer {} -> {to_id}: ctl took {}; status flip {} after ctl returned; feed arrivals after the first sign: {}; after ctl returned: {}",
+        "transfer {} -> {to_id} asked of {}: ctl took {}; status flip {} after ctl returned; feed arrivals after the first sign: {}; after ctl returned: {}",
         c.nodes[from].id,
+        c.nodes[ask].id,
         ms(t_ret - t_call),
         ms(t_flip.saturating_duration_since(t_ret)),
         feeds
@@ -160,8 +182,14 @@ fn transfer_pause_resume_through_ctl_and_a_prompt_event_feed() {
     eprintln!("phase 2: transfers through ctl");
     let mut delays = Vec::new();
     let mut leader = a;
-    for _ in 0..4 {
+    for round in 0..4 {
         let to = (leader + 1) % 3;
+        // Every other transfer is asked of the third node, a follower: it forwards.
+        let ask = if round % 2 == 0 {
+            leader
+        } else {
+            (leader + 2) % 3
+        };
         c.wait(
             Duration::from_secs(10),
             "the target eligible as the leader sees it",
@@ -174,7 +202,7 @@ fn transfer_pause_resume_through_ctl_and_a_prompt_event_feed() {
                     .then_some(())
             },
         );
-        delays.extend(transfer_and_measure(&c, &feeds, leader, to));
+        delays.extend(transfer_and_measure(&c, &feeds, ask, leader, to));
         leader = to;
     }
     let watch_id = c.nodes[(a + 2) % 3].id.clone();
@@ -224,6 +252,14 @@ fn transfer_pause_resume_through_ctl_and_a_prompt_event_feed() {
     eprintln!(
         "phase 3: refused as expected: {}",
         why.trim().replace('\n', " ")
+    );
+    // Asked of a follower (the lagging node itself), the leader's refusal comes back.
+    let out = c.ctl(lagging, &["transfer-leader", "--to", &lid]);
+    let why = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "forwarded: {}", stdout(&out));
+    assert!(
+        why.contains("409") && why.contains("lagging") && why.contains("leader"),
+        "the forwarded refusal must say the leader refused, and why: {why}"
     );
     // Nothing happens: the leader stays.
     std::thread::sleep(Duration::from_millis(500));
@@ -388,7 +424,7 @@ fn transfer_pause_resume_through_ctl_and_a_prompt_event_feed() {
     // The resumed node can lead again.
     let (l, _) = c.wait(Duration::from_secs(10), "a leader", || c.leader());
     if l != p {
-        delays.extend(transfer_and_measure(&c, &feeds, l, p));
+        delays.extend(transfer_and_measure(&c, &feeds, l, l, p));
     }
 
     let _ = watcher.kill();

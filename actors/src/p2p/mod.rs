@@ -8,7 +8,8 @@
 //! penalties, fetches in flight), and the serving side's limits ([`serve`]).
 //! Receives: its poll task's [`PeerPolled`]; [`FetchBlocks`] (the Syncer);
 //! [`Penalise`] (the Syncer, for what only it can check); [`GetPeers`]; [`ForwardMembers`]
-//! (the membership API on a follower); [`RaftFacts`] (RaftCore: the membership).
+//! and [`ForwardTransfer`] (the membership and transfer APIs on a follower); [`RaftFacts`]
+//! (RaftCore: the membership).
 //! Sends: every [`PeerPolled`] to the subscribers of its [`PeerFeed`] (the Elector, the
 //! Syncer); blocks in answer to [`FetchBlocks`].
 //!
@@ -64,6 +65,9 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a forward may take that may forward once more: a removal of the leader waits for
 /// the hand-over (at most 5 s) and then for the last forward.
 pub const FORWARD_TIMEOUT_FIRST: Duration = Duration::from_secs(25);
+/// How long a leadership transfer forwarded to the leader may take to be accepted (the leader
+/// answers once it has started the hand-over, not when it is done).
+pub const TRANSFER_FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a status poll got no state.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -178,6 +182,30 @@ pub struct ForwardMembers {
     pub change: MemberChange,
     /// Forwards so far, this one included.
     pub hops: u8,
+}
+
+/// Hand an operator's leadership transfer to the leader `to` (the admin API on a follower).
+/// The leader answers with the node it hands over to; it does not forward again.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<NodeId, ForwardRefused>")]
+pub struct ForwardTransfer {
+    /// The leader.
+    pub to: NodeId,
+    /// The transfer's target; `None` for the most caught-up eligible peer.
+    pub target: Option<NodeId>,
+    /// Transfer even to a lagging, unhealthy or paused node.
+    pub force: bool,
+}
+
+/// Why a forwarded request had no effect.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardRefused {
+    /// The leader answered and refused (its reason).
+    #[error("the leader refused: {0}")]
+    Refused(String),
+    /// The leader could not be asked, or did not answer.
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 /// The peer table, as `/status` might show it.
@@ -463,6 +491,28 @@ impl Handler<RaftFacts> for P2p {
     }
 }
 
+impl P2p {
+    /// Call the leader `to` with a request forwarded from this node's API, in a task of its
+    /// own; `Err` names why it could not be sent.
+    fn forward_call(
+        &self,
+        to: &NodeId,
+        req: RpcRequest,
+        budget: Duration,
+    ) -> Result<tokio::task::JoinHandle<Result<RpcResponse, haseq_net::NetError>>, String> {
+        let Some(addr) = self
+            .peers
+            .get(to)
+            .map(|p| p.addr.clone())
+            .filter(|a| !a.is_empty())
+        else {
+            return Err(format!("no address known for the leader {to}"));
+        };
+        let client = self.d.network.client(to.clone(), &PeerNode { addr });
+        Ok(tokio::spawn(async move { client.call(req, budget).await }))
+    }
+}
+
 impl Handler<ForwardMembers> for P2p {
     type Result = ResponseActFuture<Self, Result<MembersReport, MemberChangeError>>;
 
@@ -472,16 +522,6 @@ impl Handler<ForwardMembers> for P2p {
             leader: Some(leader.clone()),
             why,
         };
-        let Some(addr) = self
-            .peers
-            .get(&msg.to)
-            .map(|p| p.addr.clone())
-            .filter(|a| !a.is_empty())
-        else {
-            let e = not_leader(format!("no address known for the leader {}", msg.to));
-            return Box::pin(actix::fut::ready(Err(e)));
-        };
-        let client = self.d.network.client(msg.to.clone(), &PeerNode { addr });
         let req = RpcRequest::ChangeMembers {
             change: msg.change.clone(),
             hops: msg.hops,
@@ -491,7 +531,10 @@ impl Handler<ForwardMembers> for P2p {
         } else {
             FORWARD_TIMEOUT_FIRST
         };
-        let task = tokio::spawn(async move { client.call(req, budget).await });
+        let task = match self.forward_call(&msg.to, req, budget) {
+            Ok(t) => t,
+            Err(why) => return Box::pin(actix::fut::ready(Err(not_leader(why)))),
+        };
         Box::pin(task.into_actor(self).map(move |joined, _, ctx| {
             let Some(answer) = task_result(joined, "p2p_forward", ctx) else {
                 return Err(MemberChangeError::Unavailable(
@@ -508,6 +551,41 @@ impl Handler<ForwardMembers> for P2p {
                     )))
                 }
                 Err(e) => Err(not_leader(format!("forwarding to the leader: {e}"))),
+            }
+        }))
+    }
+}
+
+impl Handler<ForwardTransfer> for P2p {
+    type Result = ResponseActFuture<Self, Result<NodeId, ForwardRefused>>;
+
+    fn handle(&mut self, msg: ForwardTransfer, _: &mut Context<Self>) -> Self::Result {
+        let req = RpcRequest::TransferLeadership {
+            to: msg.target,
+            force: msg.force,
+        };
+        let task = match self.forward_call(&msg.to, req, TRANSFER_FORWARD_TIMEOUT) {
+            Ok(t) => t,
+            Err(why) => return Box::pin(actix::fut::ready(Err(ForwardRefused::Unreachable(why)))),
+        };
+        Box::pin(task.into_actor(self).map(move |joined, _, ctx| {
+            let Some(answer) = task_result(joined, "p2p_forward", ctx) else {
+                return Err(ForwardRefused::Unreachable(
+                    "the P2P actor failed; try again".into(),
+                ));
+            };
+            match answer {
+                Ok(RpcResponse::TransferStarted(Ok(to))) => Ok(to),
+                Ok(RpcResponse::TransferStarted(Err(why))) => Err(ForwardRefused::Refused(why)),
+                Ok(RpcResponse::Error(e)) => {
+                    Err(ForwardRefused::Unreachable(format!("the leader: {e}")))
+                }
+                Ok(other) => Err(ForwardRefused::Unreachable(format!(
+                    "unexpected answer {other:?}"
+                ))),
+                Err(e) => Err(ForwardRefused::Unreachable(format!(
+                    "forwarding to the leader: {e}"
+                ))),
             }
         }))
     }

@@ -291,6 +291,23 @@ impl haseq_net::RpcHandler for NodeHandler {
                 tracing::info!(kind = change.kind(), member = %change.id(), from = %from, "membership change forwarded by a peer");
                 RpcResponse::MembersChanged(crate::members::change(ctx, change, hops).await)
             }
+            RpcRequest::TransferLeadership { to, force } => {
+                let Some(ctx) = self.members.get() else {
+                    return RpcResponse::Error(RemoteError::Unavailable(
+                        "the node is still starting; try again".into(),
+                    ));
+                };
+                tracing::info!(to = ?to, from = %from, "leadership transfer forwarded by a peer");
+                match crate::members::transfer(ctx, to, force, true).await {
+                    Ok(t) => RpcResponse::TransferStarted(Ok(t.to)),
+                    Err(crate::members::TransferFailed::Refused(why)) => {
+                        RpcResponse::TransferStarted(Err(why))
+                    }
+                    Err(crate::members::TransferFailed::Unavailable(why)) => {
+                        RpcResponse::Error(RemoteError::Unavailable(why))
+                    }
+                }
+            }
             other => self.raft.handle(from, other).await,
         }
     }
