@@ -24,7 +24,7 @@ pub async fn guard(
     next: Next,
 ) -> Response {
     if (peer.ip().is_loopback() && !state.admin_require_token) || bearer_ok(&state, &req) {
-        return next.run(req).await;
+        return under_deadline(req, next).await;
     }
     let why = match (state.admin_token.is_some(), state.admin_require_token) {
         (true, true) => "admin calls need the admin bearer token (api.admin_require_token is on)",
@@ -38,6 +38,38 @@ pub async fn guard(
         }
     };
     (StatusCode::FORBIDDEN, Json(json!({ "error": why }))).into_response()
+}
+
+/// The longest a membership change may take to answer: the forward to the leader (25 s, see
+/// `p2p::FORWARD_TIMEOUT_FIRST`) and a little more.
+const MEMBERS_DEADLINE: Duration = Duration::from_secs(30);
+/// The longest any other admin call may take.
+const ADMIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Every admin call answers within its deadline: 503 when it did not (what it asked may still
+/// happen; the answer says so).
+async fn under_deadline(req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let deadline = if path.starts_with("/admin/members/") {
+        MEMBERS_DEADLINE
+    } else {
+        ADMIN_DEADLINE
+    };
+    match tokio::time::timeout(deadline, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(path = %path, ?deadline, "admin call not answered within its deadline");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({
+                    "error": format!(
+                        "{path}: no answer within {deadline:?}; it may still take effect: check /status or /members before trying again"
+                    )
+                })),
+            )
+                .into_response()
+        }
+    }
 }
 
 fn bearer_ok(state: &ApiState, req: &Request) -> bool {

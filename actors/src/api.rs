@@ -41,6 +41,8 @@ pub struct ApiState {
     pub admin_token: Option<String>,
     /// Admin calls need the token even from loopback (`api.admin_require_token`).
     pub admin_require_token: bool,
+    /// One permit per open `/events` stream (`api.max_event_subscribers`).
+    pub event_slots: std::sync::Arc<tokio::sync::Semaphore>,
     /// Commit latencies of the blocks this node produced.
     pub latencies: crate::stats::LatencyLog,
     /// The Elector, for admin calls.
@@ -331,6 +333,17 @@ async fn block(State(state): State<ApiState>, Path(height): Path<String>) -> Res
 /// Server-sent events: the current state first, then every change as it happens.
 async fn events(State(state): State<ApiState>) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
+    // Held by the stream: released when the client goes.
+    let Ok(slot) = state.event_slots.clone().try_acquire_owned() else {
+        metrics::counter!("haseq_api_event_subscribers_refused_total").increment(1);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({
+                "error": "too many /events subscribers (api.max_event_subscribers); try again later"
+            })),
+        )
+            .into_response();
+    };
     let rx = state.events.subscribe();
     let v = state.view.borrow().clone();
     let raft = raft_status(&state).await.ok();
@@ -348,10 +361,10 @@ async fn events(State(state): State<ApiState>) -> Response {
         at_unix_ms: crate::events::now_unix_ms(),
     };
     let head = futures::stream::once(async move { first });
-    let rest = futures::stream::unfold(rx, |mut rx| async move {
+    let rest = futures::stream::unfold((rx, slot), |(mut rx, slot)| async move {
         loop {
             match rx.recv().await {
-                Ok(e) => return Some((e, rx)),
+                Ok(e) => return Some((e, (rx, slot))),
                 // A slow client missed some: go on with the newest; the next event is current.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,

@@ -36,6 +36,10 @@ const RETRY_DELAY_MIN: Duration = Duration::from_millis(50);
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(2);
 /// How often an idle replayer re-reads the engine's head (to notice a sick or rewound engine).
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// A replay this far behind at its start is long enough to report its progress in the log.
+pub const REPLAY_LOG_MIN_LAG: u64 = 1_000;
+/// How often a long replay logs its progress.
+const REPLAY_LOG_EVERY: Duration = Duration::from_secs(5);
 /// How often the actor checks that its replay task still runs.
 const TASK_CHECK: Duration = Duration::from_millis(100);
 
@@ -248,6 +252,7 @@ async fn replay_loop(
 ) {
     let mut applied_rx = blocks.subscribe();
     let mut delay = RETRY_DELAY_MIN;
+    let mut long_run: Option<LongReplay> = None;
     loop {
         if cancel.is_cancelled() {
             return;
@@ -257,10 +262,15 @@ async fn replay_loop(
             _ = cancel.cancelled() => return,
             r = step(engine.as_ref(), &blocks, &status) => r,
         };
+        crate::log_context::set_height(status.borrow().applied_height);
         match outcome {
-            Ok(Step::Progress) => delay = RETRY_DELAY_MIN,
+            Ok(Step::Progress) => {
+                delay = RETRY_DELAY_MIN;
+                LongReplay::progress(&mut long_run, &status.borrow());
+            }
             Ok(Step::Idle) => {
                 delay = RETRY_DELAY_MIN;
+                LongReplay::finish(&mut long_run, &status.borrow());
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     r = applied_rx.changed() => if r.is_err() { return },
@@ -287,6 +297,68 @@ async fn replay_loop(
                 delay = (delay * 2).min(RETRY_DELAY_MAX);
             }
         }
+    }
+}
+
+/// A replay that started at least [`REPLAY_LOG_MIN_LAG`] blocks behind: logged every
+/// [`REPLAY_LOG_EVERY`] with rate and ETA, and once when it caught up.
+struct LongReplay {
+    started: std::time::Instant,
+    from: u64,
+    last_log: std::time::Instant,
+}
+
+impl LongReplay {
+    fn progress(run: &mut Option<LongReplay>, s: &ExecStatus) {
+        let now = std::time::Instant::now();
+        let Some(r) = run else {
+            if s.lag >= REPLAY_LOG_MIN_LAG {
+                tracing::info!(
+                    exec_height = s.exec_height,
+                    applied_height = s.applied_height,
+                    remaining = s.lag,
+                    "replaying committed blocks into the execution engine"
+                );
+                *run = Some(LongReplay {
+                    started: now,
+                    from: s.exec_height,
+                    last_log: now,
+                });
+            }
+            return;
+        };
+        if now.duration_since(r.last_log) < REPLAY_LOG_EVERY {
+            return;
+        }
+        r.last_log = now;
+        let done = s.exec_height.saturating_sub(r.from);
+        let rate = done as f64 / now.duration_since(r.started).as_secs_f64().max(1e-3);
+        tracing::info!(
+            exec_height = s.exec_height,
+            applied_height = s.applied_height,
+            done,
+            remaining = s.lag,
+            blocks_per_s = rate.round(),
+            eta_s = if rate > 0.0 {
+                (s.lag as f64 / rate).round()
+            } else {
+                -1.0
+            },
+            "replaying committed blocks into the execution engine"
+        );
+    }
+
+    fn finish(run: &mut Option<LongReplay>, s: &ExecStatus) {
+        let Some(r) = run.take() else { return };
+        let took = r.started.elapsed().as_secs_f64();
+        let done = s.exec_height.saturating_sub(r.from);
+        tracing::info!(
+            exec_height = s.exec_height,
+            blocks = done,
+            seconds = (took * 10.0).round() / 10.0,
+            blocks_per_s = (done as f64 / took.max(1e-3)).round(),
+            "replay caught up: the engine is at the applied head"
+        );
     }
 }
 

@@ -21,12 +21,14 @@
 
 pub mod admin;
 pub mod api;
+pub mod api_client;
+pub mod api_server;
 pub mod elector;
 pub mod events;
 pub mod exec_replayer;
 pub mod faults;
 pub mod feed;
-pub mod http_client;
+pub mod log_context;
 pub mod members;
 pub mod metrics;
 pub mod node;

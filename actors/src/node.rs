@@ -365,6 +365,7 @@ pub async fn start_with_listeners(
     });
     let serve_faults = ServeFaults::default();
     let members_ctx = Arc::new(std::sync::OnceLock::new());
+    let handed = crate::raft_core::TransferSeen::default();
     let handler = Arc::new(NodeHandler {
         raft: haseq_net::RaftHandler::new(raft.clone()).with_vote_gate(vote_gate(view_rx.clone())),
         view: view_rx.clone(),
@@ -373,6 +374,7 @@ pub async fn start_with_listeners(
         limits: ServeLimits::default(),
         faults: serve_faults.clone(),
         members: members_ctx.clone(),
+        handed: handed.clone(),
     });
     {
         let shutdown = shutdown.clone();
@@ -456,6 +458,7 @@ pub async fn start_with_listeners(
             core_raft.clone(),
             core_feed.clone(),
             core_faults.clone(),
+            handed.clone(),
             exit,
         )
     });
@@ -555,6 +558,9 @@ pub async fn start_with_listeners(
         embedded: embedded.clone(),
         admin_token: settings.admin_token.clone(),
         admin_require_token: settings.admin_require_token,
+        event_slots: Arc::new(tokio::sync::Semaphore::new(
+            settings.api_limits.max_event_subscribers,
+        )),
         latencies,
         elector: elector.clone(),
         view: view_rx.clone(),
@@ -566,13 +572,12 @@ pub async fn start_with_listeners(
     let blocks = storage.reader;
     {
         let shutdown = shutdown.clone();
+        let api_limits = settings.api_limits;
         tasks.spawn(async move {
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            let serve = axum::serve(api_listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "HTTP API stopped");
-                failed_tx.send_replace(Some(format!("the HTTP API server stopped: {e}")));
+            crate::api_server::serve(api_listener, app, api_limits, shutdown.clone()).await;
+            if !shutdown.is_cancelled() {
+                tracing::error!("HTTP API stopped");
+                failed_tx.send_replace(Some("the HTTP API server stopped".into()));
             }
         });
     }

@@ -17,6 +17,8 @@
 //! thread every other actor shares). (Production is steered by the Elector.)
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::{Actor, AsyncContext, Context, Handler, Message, ResponseFuture, StreamHandler};
 use haseq_messages::members::{MemberChange, MemberChangeError, MemberEntry, MembersReport};
@@ -393,6 +395,10 @@ pub struct RaftCore {
     /// What was last published on the feed.
     facts: Option<RaftFacts>,
     faults: crate::faults::PanicKnobs,
+    /// The target of the leadership transfer last asked of this node, for the log's reason.
+    transfer_to: Option<NodeId>,
+    /// The last leader that handed leadership to this node, for the log's reason.
+    handed: TransferSeen,
     _exit: ExitGuard,
 }
 
@@ -402,6 +408,7 @@ impl RaftCore {
         raft: HaseqRaft,
         feed: RaftFeed,
         faults: crate::faults::PanicKnobs,
+        handed: TransferSeen,
         exit: ExitGuard,
     ) -> RaftCore {
         let status = RaftStatus::from_metrics(&raft.metrics().borrow_watched());
@@ -411,6 +418,8 @@ impl RaftCore {
             feed,
             facts: None,
             faults,
+            transfer_to: None,
+            handed,
             _exit: exit,
         }
     }
@@ -435,12 +444,20 @@ impl RaftCore {
     fn observe(&mut self, next: RaftStatus) {
         let prev = &self.status;
         if next.role != prev.role {
+            let handed_by = self.handed.recent(HANDED_RECENT);
+            let why =
+                role_change_reason(prev, &next, self.transfer_to.as_ref(), handed_by.as_ref());
             tracing::info!(
                 from = prev.role.as_str(),
                 to = next.role.as_str(),
                 term = next.term,
+                leader = next.leader_id.as_ref().map(|l| l.as_str()).unwrap_or("none"),
+                why = %why,
                 "role changed"
             );
+            if prev.role == Role::Leader {
+                self.transfer_to = None;
+            }
             match next.role {
                 Role::Leader => metrics::counter!("haseq_elections_won_total").increment(1),
                 Role::Candidate => metrics::counter!("haseq_elections_started_total").increment(1),
@@ -462,7 +479,113 @@ impl RaftCore {
             }
         }
         publish_gauges(&next);
+        crate::log_context::set_term(next.term);
         self.status = next;
+    }
+}
+
+/// How recent a leader's hand-over to this node must be to explain its campaign.
+const HANDED_RECENT: Duration = Duration::from_secs(2);
+
+/// The last leader that handed leadership to this node (its transfer request, served by the
+/// node port), shared by the serving side and RaftCore.
+#[derive(Debug, Clone, Default)]
+pub struct TransferSeen(Arc<std::sync::Mutex<Option<(NodeId, Instant)>>>);
+
+impl TransferSeen {
+    /// The leader `from` asked this node to take over.
+    pub fn record(&self, from: NodeId) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((from, Instant::now()));
+    }
+
+    /// Who asked, if it was within `within`.
+    fn recent(&self, within: Duration) -> Option<NodeId> {
+        let seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        seen.as_ref()
+            .filter(|(_, at)| at.elapsed() <= within)
+            .map(|(from, _)| from.clone())
+    }
+}
+
+/// Why this node's role changed from `prev` to `next`, in a sentence for the log, from what
+/// RaftCore knows: the terms, the leaders before and after, a transfer this node was asked to
+/// make (`transfer_to`) and a leader that handed leadership to it (`handed_by`).
+pub fn role_change_reason(
+    prev: &RaftStatus,
+    next: &RaftStatus,
+    transfer_to: Option<&NodeId>,
+    handed_by: Option<&NodeId>,
+) -> String {
+    let leader = |s: &RaftStatus| {
+        s.leader_id
+            .as_ref()
+            .map_or_else(|| "none".to_string(), |l| l.to_string())
+    };
+    match (prev.role, next.role) {
+        (_, Role::Shutdown) => "Raft stopped on this node".into(),
+        (Role::Joining, Role::Candidate | Role::Leader) => format!(
+            "the cluster was initialised with this node as a voter: campaigning for term {}",
+            next.term
+        ),
+        (Role::Joining, _) => match &next.leader_id {
+            Some(l) => format!("the leader {l} added this node to the cluster"),
+            None => "a membership that names this node reached it".into(),
+        },
+        (Role::Learner, Role::Follower | Role::Candidate | Role::Leader) => {
+            "promoted from learner to voter".into()
+        }
+        (_, Role::Learner) => "this node is a learner now: not a voter of the membership".into(),
+        (_, Role::Candidate) if handed_by.is_some() => format!(
+            "the leader {} handed leadership to this node: campaigning for term {}",
+            handed_by.map(|h| h.as_str()).unwrap_or_default(),
+            next.term
+        ),
+        (_, Role::Candidate) => match &prev.leader_id {
+            Some(l) if l != &prev.node_id => format!(
+                "no heartbeat from the leader {l} within the election timeout (and a majority agreed in the pre-vote): campaigning for term {}",
+                next.term
+            ),
+            _ => format!(
+                "no leader within the election timeout (and a majority agreed in the pre-vote): campaigning for term {}",
+                next.term
+            ),
+        },
+        (_, Role::Leader) => format!("won the election for term {}", next.term),
+        (Role::Leader, _) => match (transfer_to, &next.leader_id) {
+            (Some(to), l) if l.as_ref().is_none_or(|l| l == to) => {
+                format!("handed leadership to {to}, as asked (term {})", next.term)
+            }
+            (Some(to), _) => format!(
+                "stepped down while handing leadership to {to}; leader now {} (term {})",
+                leader(next),
+                next.term
+            ),
+            (None, _) if next.term > prev.term => format!(
+                "a higher term {} was seen (was {}): leader now {}",
+                next.term,
+                prev.term,
+                leader(next)
+            ),
+            (None, _) => format!("stepped down in term {}", next.term),
+        },
+        (Role::Candidate, _) if next.leader_id.is_some() => format!(
+            "lost the election: {} leads term {}",
+            leader(next),
+            next.term
+        ),
+        (Role::Candidate, _) => {
+            format!(
+                "stopped campaigning for term {}: not elected (term now {}, no leader yet)",
+                prev.term, next.term
+            )
+        }
+        (from, to) => format!(
+            "{} -> {} in term {}; leader {}",
+            from.as_str(),
+            to.as_str(),
+            next.term,
+            leader(next)
+        ),
     }
 }
 
@@ -572,6 +695,7 @@ impl Handler<TransferLeader> for RaftCore {
     type Result = ResponseFuture<Result<bool, ProposeError>>;
 
     fn handle(&mut self, msg: TransferLeader, _: &mut Context<Self>) -> Self::Result {
+        self.transfer_to = Some(msg.to.clone());
         let raft = self.raft.clone();
         Box::pin(async move {
             for attempt in 1..=msg.attempts {
@@ -697,3 +821,128 @@ impl Handler<CrashForTest> for RaftCore {
 }
 
 crate::supervisor::stops_on_request!(RaftCore);
+
+#[cfg(test)]
+mod reason_tests {
+    use super::*;
+
+    fn st(role: Role, term: u64, leader: Option<&str>) -> RaftStatus {
+        RaftStatus {
+            node_id: NodeId("node-1".into()),
+            role,
+            term,
+            leader_id: leader.map(|l| NodeId(l.into())),
+            committed_index: None,
+            cluster_committed_index: None,
+            applied_index: None,
+            last_log_index: None,
+            snapshot_index: None,
+            members: Vec::new(),
+            voters: Vec::new(),
+            learners: Vec::new(),
+            millis_since_quorum_ack: None,
+            matched: BTreeMap::new(),
+            member_addrs: Members::default(),
+            fatal: None,
+        }
+    }
+
+    #[test]
+    fn each_role_change_gets_its_reason() {
+        let n2 = NodeId("node-2".into());
+        use Role::*;
+        let cases: Vec<(RaftStatus, RaftStatus, Option<&NodeId>, &str)> = vec![
+            (
+                st(Follower, 3, Some("node-2")),
+                st(Candidate, 4, None),
+                None,
+                "no heartbeat from the leader node-2 within the election timeout",
+            ),
+            (
+                st(Follower, 3, None),
+                st(Candidate, 4, None),
+                None,
+                "no leader within the election timeout",
+            ),
+            (
+                st(Candidate, 4, None),
+                st(Leader, 4, Some("node-1")),
+                None,
+                "won the election for term 4",
+            ),
+            (
+                st(Candidate, 4, None),
+                st(Follower, 5, Some("node-3")),
+                None,
+                "lost the election: node-3 leads term 5",
+            ),
+            (
+                st(Leader, 4, Some("node-1")),
+                st(Follower, 5, Some("node-2")),
+                Some(&n2),
+                "handed leadership to node-2, as asked",
+            ),
+            (
+                st(Leader, 4, Some("node-1")),
+                st(Follower, 6, Some("node-3")),
+                None,
+                "a higher term 6 was seen (was 4): leader now node-3",
+            ),
+            (
+                st(Learner, 4, Some("node-2")),
+                st(Follower, 4, Some("node-2")),
+                None,
+                "promoted from learner to voter",
+            ),
+            (
+                st(Joining, 0, None),
+                st(Learner, 4, Some("node-2")),
+                None,
+                "the leader node-2 added this node to the cluster",
+            ),
+            (
+                st(Joining, 0, None),
+                st(Candidate, 1, None),
+                None,
+                "the cluster was initialised",
+            ),
+            (
+                st(Leader, 4, Some("node-1")),
+                st(Follower, 5, None),
+                Some(&n2),
+                "handed leadership to node-2, as asked",
+            ),
+            (
+                st(Candidate, 4, None),
+                st(Follower, 5, None),
+                None,
+                "stopped campaigning for term 4: not elected",
+            ),
+            (
+                st(Follower, 4, Some("node-2")),
+                st(Shutdown, 4, None),
+                None,
+                "Raft stopped",
+            ),
+        ];
+        for (prev, next, transfer, want) in cases {
+            let got = role_change_reason(&prev, &next, transfer, None);
+            assert!(
+                got.contains(want),
+                "{:?} -> {:?}: {got:?} lacks {want:?}",
+                prev.role,
+                next.role
+            );
+        }
+        let handed = role_change_reason(
+            &st(Follower, 4, Some("node-2")),
+            &st(Candidate, 5, None),
+            None,
+            Some(&n2),
+        );
+        assert!(
+            handed.contains("the leader node-2 handed leadership to this node"),
+            "{handed}"
+        );
+    }
+}

@@ -63,6 +63,9 @@ pub struct NodeSettings {
     pub admin_token: Option<String>,
     /// Admin calls need the token even from loopback (`api.admin_require_token`).
     pub admin_require_token: bool,
+    /// What the API port admits (`api.max_connections`, `api.max_event_subscribers`,
+    /// `api.header_read_timeout`).
+    pub api_limits: crate::api_server::ApiLimits,
     /// Whether this node produces blocks when it leads (`node.aggregator`). A node that does
     /// not still replicates and replays every block.
     pub aggregator: bool,

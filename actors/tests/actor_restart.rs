@@ -11,7 +11,7 @@ mod harness;
 use std::time::Duration;
 
 use harness::{Cluster, run, wait_until};
-use haseq_actors::http_client;
+use haseq_actors::api_client;
 use haseq_actors::raft_core::{CrashForTest, GetStatus};
 
 const CALL: Duration = Duration::from_secs(2);
@@ -31,7 +31,7 @@ fn panicked_raft_core_is_rebuilt_and_node_keeps_serving() {
         let mut c = Cluster::start(3).await;
         let (leader, _) = c.wait_leader(Duration::from_secs(10)).await;
         let api = c.node(leader).api_addr.to_string();
-        let m0 = http_client::request(&api, "GET", "/metrics", None, CALL)
+        let m0 = api_client::request(&api, "GET", "/metrics", None, CALL)
             .await
             .unwrap();
         let before = restarts(&m0.body);
@@ -46,7 +46,7 @@ fn panicked_raft_core_is_rebuilt_and_node_keeps_serving() {
                 old.send(GetStatus).await.is_err(),
                 "a panicked actor's old mailbox is closed"
             );
-            let h = http_client::request(&api, "GET", "/health", None, CALL)
+            let h = api_client::request(&api, "GET", "/health", None, CALL)
                 .await
                 .unwrap();
             assert_eq!(h.status, 200, "/health while RaftCore is being rebuilt");
@@ -54,7 +54,7 @@ fn panicked_raft_core_is_rebuilt_and_node_keeps_serving() {
                 Duration::from_secs(5),
                 "/status from the rebuilt RaftCore",
                 || async {
-                    match http_client::request(&api, "GET", "/status", None, CALL).await {
+                    match api_client::request(&api, "GET", "/status", None, CALL).await {
                         Ok(r) if r.status == 200 => Ok(r.body),
                         other => Err(format!("{other:?}")),
                     }
@@ -63,7 +63,7 @@ fn panicked_raft_core_is_rebuilt_and_node_keeps_serving() {
             .await;
             let v: serde_json::Value = serde_json::from_str(&status).unwrap();
             assert_eq!(v["role"], "leader", "round {round}: {v}");
-            let m = http_client::request(&api, "GET", "/metrics", None, CALL)
+            let m = api_client::request(&api, "GET", "/metrics", None, CALL)
                 .await
                 .unwrap();
             assert_eq!(

@@ -9,7 +9,7 @@ mod harness;
 use std::time::Duration;
 
 use harness::{Cluster, run};
-use haseq_actors::http_client;
+use haseq_actors::api_client;
 
 const CALL: Duration = Duration::from_secs(2);
 
@@ -23,12 +23,12 @@ fn admin_calls_need_the_token_when_required_even_from_loopback() {
         .await;
         c.wait_leader(Duration::from_secs(10)).await;
         let api = c.node(0).api_addr.to_string();
-        let r = http_client::request(&api, "POST", "/admin/resume", Some("{}"), CALL)
+        let r = api_client::request(&api, "POST", "/admin/resume", Some("{}"), CALL)
             .await
             .unwrap();
         assert_eq!(r.status, 403, "{}", r.body);
         assert!(r.body.contains("admin_require_token"), "{}", r.body);
-        let r = http_client::request_auth(
+        let r = api_client::request_auth(
             &api,
             "POST",
             "/admin/resume",
@@ -39,7 +39,7 @@ fn admin_calls_need_the_token_when_required_even_from_loopback() {
         .await
         .unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
-        let r = http_client::request(&api, "GET", "/status", None, CALL)
+        let r = api_client::request(&api, "GET", "/status", None, CALL)
             .await
             .unwrap();
         assert_eq!(r.status, 200, "read-only calls need no token");
@@ -49,7 +49,7 @@ fn admin_calls_need_the_token_when_required_even_from_loopback() {
         let mut c = Cluster::start_configured(1, |s| s.admin_require_token = true).await;
         c.wait_leader(Duration::from_secs(10)).await;
         let api = c.node(0).api_addr.to_string();
-        let r = http_client::request(
+        let r = api_client::request(
             &api,
             "POST",
             "/admin/members/promote",

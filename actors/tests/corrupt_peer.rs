@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use harness::catch_up::{leave_behind, wait_caught_up};
 use harness::{Cluster, enable_production, run, wait_until};
-use haseq_actors::http_client;
+use haseq_actors::api_client;
 use haseq_actors::p2p::GetPeers;
 use haseq_actors::p2p::serve::ServeFault;
 
@@ -73,7 +73,7 @@ fn a_peer_serving_corrupt_blocks_is_penalised_and_sync_completes_from_the_other(
             Duration::from_secs(5),
             "the penalty in /metrics",
             || async {
-                let m = http_client::request(&api, "GET", "/metrics", None, Duration::from_secs(2))
+                let m = api_client::request(&api, "GET", "/metrics", None, Duration::from_secs(2))
                     .await
                     .map_err(|e| e.to_string())?;
                 if m.body.lines().any(|l| l.starts_with(&line)) {

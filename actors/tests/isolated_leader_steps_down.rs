@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use harness::leadership::{RoleWatch, min_median_max, ms};
 use harness::{Cluster, enable_production, guide_timing, run, wait_until};
-use haseq_actors::http_client;
+use haseq_actors::api_client;
 use openraft::ServerState;
 
 const BLOCK_TIME: Duration = Duration::from_millis(20);
@@ -107,7 +107,7 @@ fn isolated_leader_stops_within_its_lease_and_rejoins_as_follower() {
 
             // The old leader keeps running: its API answers and says it does not produce.
             let api = c.node(old).api_addr.to_string();
-            let r = http_client::request(&api, "GET", "/status", None, Duration::from_secs(2))
+            let r = api_client::request(&api, "GET", "/status", None, Duration::from_secs(2))
                 .await
                 .expect("the cut-off node's API answers");
             assert_eq!(r.status, 200, "{}", r.body);

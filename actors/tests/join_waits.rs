@@ -14,7 +14,7 @@ mod harness;
 use std::time::Duration;
 
 use harness::{Cluster, enable_production, run, wait_until};
-use haseq_actors::http_client;
+use haseq_actors::api_client;
 use haseq_messages::NodeId;
 use openraft::async_runtime::WatchReceiver;
 
@@ -22,7 +22,7 @@ const CALL: Duration = Duration::from_millis(500);
 
 async fn role(c: &Cluster, i: usize) -> Result<String, String> {
     let api = c.node(i).api_addr.to_string();
-    let r = http_client::request(&api, "GET", "/status", None, CALL).await?;
+    let r = api_client::request(&api, "GET", "/status", None, CALL).await?;
     let v: serde_json::Value = serde_json::from_str(&r.body).map_err(|e| e.to_string())?;
     Ok(v["role"].as_str().unwrap_or_default().to_string())
 }

@@ -15,13 +15,13 @@ mod harness;
 use std::time::Duration;
 
 use harness::{Cluster, run, wait_until};
-use haseq_actors::http_client;
+use haseq_actors::api_client;
 
 const CALL: Duration = Duration::from_millis(500);
 
 async fn timing(c: &Cluster, i: usize) -> Result<serde_json::Value, String> {
     let api = c.node(i).api_addr.to_string();
-    let r = http_client::request(&api, "GET", "/status", None, CALL).await?;
+    let r = api_client::request(&api, "GET", "/status", None, CALL).await?;
     let v: serde_json::Value = serde_json::from_str(&r.body).map_err(|e| e.to_string())?;
     Ok(v["timing"].clone())
 }

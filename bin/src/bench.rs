@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail};
 
 use crate::local_cluster::{self, LocalNode};
-use haseq_actors::http_client as http;
+use haseq_actors::api_client as http;
 
 /// Bytes of one synthetic transaction at most; a block of N bytes carries ⌈N / this⌉ of them.
 const TX_BYTES_MAX: u64 = 1024;

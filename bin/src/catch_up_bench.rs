@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
-use haseq_actors::http_client as http;
+use haseq_actors::api_client as http;
 
 use crate::bench::{check_processes, parse_bytes, show_logs, tx_split, wait_for_leader};
 use crate::local_cluster::{self, LocalNode, LogSizes};

@@ -7,12 +7,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use haseq_actors::http_client;
+use haseq_actors::api_client;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Deadline of one API call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// `ctl watch`'s pause before reconnecting, doubled while the node cannot be reached.
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// The longest such pause.
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Deadline of a membership change: forwarded to the leader, committed twice (joint
 /// consensus), and for the leader's own removal a hand-over first.
 const MEMBERS_CALL_TIMEOUT: Duration = Duration::from_secs(40);
@@ -212,7 +215,7 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
     } else {
         CALL_TIMEOUT
     };
-    let r = http_client::request_auth(
+    let r = api_client::request_auth(
         &addr,
         method,
         path,
@@ -236,7 +239,7 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
 
 /// `GET path` as JSON; an error unless it answers 200.
 async fn get_json(addr: &str, path: &str) -> anyhow::Result<Value> {
-    let r = http_client::request(addr, "GET", path, None, CALL_TIMEOUT)
+    let r = api_client::request(addr, "GET", path, None, CALL_TIMEOUT)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     if r.status != 200 {
@@ -327,28 +330,48 @@ async fn members(addr: &str) -> anyhow::Result<()> {
 }
 
 /// Follow `/events` (server-sent events) and print each event's data line.
+/// `ctl watch`: print each event's JSON as it comes; when the stream ends or fails (the node
+/// restarted, the network dropped), say so on stderr and reconnect, backing off from 100 ms to
+/// 2 s while the node cannot be reached, until Ctrl-C. The node sends its current state first
+/// on every connection, so a change made while away is printed on the return.
 async fn watch(addr: &str) -> anyhow::Result<()> {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    let req = format!("GET /events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
-    s.write_all(req.as_bytes()).await?;
-    let mut lines = BufReader::new(s).lines();
-    let status = lines.next_line().await?.unwrap_or_default();
-    if !status.contains(" 200 ") {
-        bail!("GET /events: {status}");
-    }
+    let mut backoff = WATCH_BACKOFF_MIN;
+    let mut ever_connected = false;
     loop {
+        let (connected, why) = tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            r = watch_once(addr, ever_connected) => r,
+        };
+        if connected {
+            // A stream that ran, then ended: try again soon.
+            backoff = WATCH_BACKOFF_MIN;
+            ever_connected = true;
+        }
+        eprintln!("haseqd ctl watch: {why}; reconnecting in {backoff:?}");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
-            line = lines.next_line() => match line? {
-                None => bail!("the node closed the event stream"),
-                Some(l) => {
-                    if let Some(data) = l.strip_prefix("data:") {
-                        println!("{}", data.trim());
-                    }
-                }
-            }
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        if !connected {
+            backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
+        }
+    }
+}
+
+/// One connection of `ctl watch`: whether it was made, and why it ended.
+async fn watch_once(addr: &str, reconnect: bool) -> (bool, String) {
+    let mut events = match api_client::EventStream::open(addr, CALL_TIMEOUT).await {
+        Ok(e) => e,
+        Err(why) => return (false, why),
+    };
+    if reconnect {
+        eprintln!("haseqd ctl watch: reconnected to {addr}");
+    }
+    loop {
+        match events.next_data().await {
+            Ok(Some(data)) => println!("{data}"),
+            Ok(None) => return (true, "the node closed the event stream".into()),
+            Err(why) => return (true, why),
         }
     }
 }

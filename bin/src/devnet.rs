@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::local_cluster::{self, LocalNode};
-use haseq_actors::http_client as http;
+use haseq_actors::api_client as http;
 
 /// How often the table is refreshed.
 const REFRESH: Duration = Duration::from_millis(500);

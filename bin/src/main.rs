@@ -10,6 +10,7 @@ mod bench;
 mod catch_up_bench;
 mod ctl;
 mod devnet;
+mod json_log;
 mod local_cluster;
 mod systemd;
 
@@ -203,7 +204,11 @@ fn run(path: PathBuf, set: Vec<(String, String)>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(&cfg.log.level, cfg.log.format == config::LogFormat::Json);
+    init_tracing_for(
+        &cfg.log.level,
+        cfg.log.format == config::LogFormat::Json,
+        cfg.raft.node_id.clone(),
+    );
     let settings = match settings(&cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -301,6 +306,11 @@ fn settings(cfg: &Config) -> Result<NodeSettings, String> {
         api_addr: cfg.api.addr.to_string(),
         admin_token: cfg.api.admin_token.as_ref().map(|t| t.as_str().to_string()),
         admin_require_token: cfg.api.admin_require_token,
+        api_limits: haseq_actors::api_server::ApiLimits {
+            max_connections: cfg.api.max_connections,
+            max_event_subscribers: cfg.api.max_event_subscribers,
+            header_read_timeout: cfg.api.header_read_timeout,
+        },
         aggregator: cfg.node.aggregator,
         block_time: cfg.node.block_time,
         engine: engine_settings(cfg),
@@ -333,6 +343,12 @@ fn engine_settings(cfg: &Config) -> EngineSettings {
 }
 
 fn init_tracing(level: &str, json: bool) {
+    init_tracing_for(level, json, None);
+}
+
+/// Logging to stderr at `level`; JSON lines when `json`, each carrying `node` (this node's
+/// id, when known) and the node's current `term` and applied `height` (once known).
+fn init_tracing_for(level: &str, json: bool, node: Option<String>) {
     // openraft warns on every failed heartbeat (several a second per unreachable peer), which
     // buries everything else while a node is down; haseq logs role and leader changes itself.
     // An explicit `openraft` directive in `log.level` or RUST_LOG wins.
@@ -347,7 +363,10 @@ fn init_tracing(level: &str, json: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let result = if json {
-        builder.json().try_init()
+        builder
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(json_log::NodeJson::new(node))
+            .try_init()
     } else {
         builder.try_init()
     };

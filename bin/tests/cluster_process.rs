@@ -10,7 +10,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use haseq_actors::http_client;
+use haseq_actors::api_client;
 
 mod procs;
 
@@ -231,7 +231,7 @@ fn peers_without_the_cluster_secret_are_refused_and_non_members_cannot_vote() {
         .build()
         .unwrap();
     let m = rt
-        .block_on(http_client::request(
+        .block_on(api_client::request(
             &c.api(leader),
             "GET",
             "/metrics",

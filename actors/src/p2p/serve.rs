@@ -164,6 +164,8 @@ pub struct NodeHandler {
     /// What a forwarded membership change needs; set once the actors run (a change that
     /// arrives before is told to retry).
     pub members: Arc<std::sync::OnceLock<crate::members::MembersCtx>>,
+    /// Notes a leader's hand-over to this node, for RaftCore's log line.
+    pub handed: crate::raft_core::TransferSeen,
 }
 
 impl NodeHandler {
@@ -307,6 +309,10 @@ impl haseq_net::RpcHandler for NodeHandler {
                         RpcResponse::Error(RemoteError::Unavailable(why))
                     }
                 }
+            }
+            RpcRequest::TransferLeader(r) => {
+                self.handed.record(from.clone());
+                self.raft.handle(from, RpcRequest::TransferLeader(r)).await
             }
             other => self.raft.handle(from, other).await,
         }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use haseq_actors::http_client;
+use haseq_actors::api_client;
 use serde_json::Value;
 
 use super::{Cluster, wait_until};
@@ -14,7 +14,7 @@ pub const MEMBERS_CALL: Duration = Duration::from_secs(30);
 pub async fn admin(c: &Cluster, i: usize, path: &str, body: Value) -> (u16, Value) {
     let api = c.node(i).api_addr.to_string();
     let body = body.to_string();
-    let r = http_client::request(&api, "POST", path, Some(&body), MEMBERS_CALL)
+    let r = api_client::request(&api, "POST", path, Some(&body), MEMBERS_CALL)
         .await
         .unwrap_or_else(|e| panic!("POST {path} on node {i}: {e}"));
     let v = serde_json::from_str(&r.body).unwrap_or(Value::Null);
@@ -24,7 +24,7 @@ pub async fn admin(c: &Cluster, i: usize, path: &str, body: Value) -> (u16, Valu
 /// `GET path` on node `i`'s API, as JSON.
 pub async fn get(c: &Cluster, i: usize, path: &str) -> Result<Value, String> {
     let api = c.node(i).api_addr.to_string();
-    let r = http_client::request(&api, "GET", path, None, Duration::from_secs(2)).await?;
+    let r = api_client::request(&api, "GET", path, None, Duration::from_secs(2)).await?;
     if r.status != 200 {
         return Err(format!("GET {path}: HTTP {}: {}", r.status, r.body));
     }

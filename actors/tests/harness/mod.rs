@@ -116,6 +116,7 @@ impl Cluster {
                 api_addr: addrs[i].1.clone(),
                 admin_token: None,
                 admin_require_token: false,
+                api_limits: Default::default(),
                 // Scenarios that propose by hand leave production off; `start_producing`
                 // turns it on.
                 aggregator: false,

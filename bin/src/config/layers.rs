@@ -49,6 +49,9 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("api.admin_token_file", None),
     // Unset: on when api.addr is not a loopback address (see parse_api).
     ("api.admin_require_token", None),
+    ("api.max_connections", Some("256")),
+    ("api.max_event_subscribers", Some("64")),
+    ("api.header_read_timeout", Some("5s")),
     ("engine.kind", Some("embedded")),
     ("engine.url", None),
     ("engine.jwt_secret", None),

@@ -177,6 +177,14 @@ pub struct ApiConfig {
     /// host, "loopback" is any process beside the node). On without a token file, admin
     /// calls are refused.
     pub admin_require_token: bool,
+    /// `api.max_connections` (default 256): API connections open at once; beyond, a new one
+    /// is closed at once (`haseq_api_connections_refused_total`).
+    pub max_connections: usize,
+    /// `api.max_event_subscribers` (default 64): `/events` streams open at once; beyond, 503.
+    pub max_event_subscribers: usize,
+    /// `api.header_read_timeout` (default 5s): how long a client may take to send a request's
+    /// headers before its connection is closed.
+    pub header_read_timeout: Duration,
 }
 
 /// `engine.*`.
@@ -434,11 +442,28 @@ fn parse_api(l: &Layers, raft: &RaftConfig) -> Result<ApiConfig, ConfigError> {
     } else {
         !addr.ip().is_loopback()
     };
+    let count = |key: &str, max: u64| -> Result<usize, ConfigError> {
+        match l.uint(key)? {
+            0 => Err(l.invalid(key, "must be at least 1")),
+            n if n > max => Err(l.invalid(key, format!("must be at most {max}"))),
+            n => Ok(n as usize),
+        }
+    };
+    let header_read_timeout = at_most(l, "api.header_read_timeout", API_HEADER_TIMEOUT_MAX)?;
+    if header_read_timeout < API_HEADER_TIMEOUT_MIN {
+        return Err(l.invalid(
+            "api.header_read_timeout",
+            format!("must be at least {}", show(API_HEADER_TIMEOUT_MIN)),
+        ));
+    }
     Ok(ApiConfig {
         addr,
         admin_token_file: l.opt_path("api.admin_token_file")?,
         admin_token: None,
         admin_require_token,
+        max_connections: count("api.max_connections", 65_536)?,
+        max_event_subscribers: count("api.max_event_subscribers", 65_536)?,
+        header_read_timeout,
     })
 }
 
@@ -545,6 +570,11 @@ fn read_files(mut config: Config) -> Result<Config, ConfigError> {
     }
     Ok(config)
 }
+
+/// Bounds of `api.header_read_timeout`: a client needs some time, and a slow one must not
+/// hold a connection for long.
+const API_HEADER_TIMEOUT_MIN: Duration = Duration::from_millis(100);
+const API_HEADER_TIMEOUT_MAX: Duration = Duration::from_secs(300);
 
 /// A Raft timing value: above zero (a zero timeout can never be met) and at most
 /// [`RAFT_TIMEOUT_MAX`].

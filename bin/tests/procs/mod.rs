@@ -8,8 +8,6 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -35,6 +33,8 @@ pub struct Procs {
     pub dir: tempfile::TempDir,
     pub secret: PathBuf,
     pub nodes: Vec<Proc>,
+    /// Environment variables every node starts with (e.g. `HASEQ_LOG__FORMAT=json`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Drop for Procs {
@@ -122,7 +122,12 @@ impl Procs {
                 all.iter().filter(|(id, _)| *id != n.id).cloned().collect();
             write_config(dir.path(), n, &peers, block_time, extra_raft);
         }
-        Procs { dir, secret, nodes }
+        Procs {
+            dir,
+            secret,
+            nodes,
+            env: Vec::new(),
+        }
     }
 
     /// Rewrite node `i`'s configuration with only `peers` (indexes) in `raft.peers`.
@@ -152,6 +157,7 @@ impl Procs {
             .args(["run", "--config"])
             .arg(&n.config)
             .env("HASEQ_RAFT__SECRET_FILE", &self.secret)
+            .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -299,48 +305,30 @@ impl Procs {
     }
 }
 
-/// A blocking HTTP/1.1 request on a fresh connection; `(status, body)`.
-pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let body = body.unwrap_or("");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, rest) = text.split_once("\r\n\r\n")?;
-    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    Some((status, body))
+/// The runtime the blocking helpers below run the API client on.
+fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime for the API client")
+    })
 }
 
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    for _ in 0..10_000 {
-        let Some((size, rest)) = s.split_once("\r\n") else {
-            break;
-        };
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+/// One API request (haseq's hyper client), blocking, under 2 s; `(status, body)`.
+pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+    let r = rt()
+        .block_on(haseq_actors::api_client::request(
+            addr,
+            method,
+            path,
+            body,
+            Duration::from_secs(2),
+        ))
+        .ok()?;
+    Some((r.status, r.body))
 }
 
 pub fn get_json(addr: &str, path: &str) -> Option<Value> {
@@ -354,39 +342,39 @@ pub fn get_json(addr: &str, path: &str) -> Option<Value> {
 pub struct Events {
     pub node: String,
     pub events: Arc<Mutex<Vec<(Instant, Value)>>>,
-    stream: TcpStream,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Events {
     pub fn open(addr: &str, node: &str) -> Events {
-        let mut s = TcpStream::connect(addr).expect("connect for /events");
-        let req =
-            format!("GET /events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
-        s.write_all(req.as_bytes()).unwrap();
+        let mut stream = rt()
+            .block_on(haseq_actors::api_client::EventStream::open(
+                addr,
+                Duration::from_secs(2),
+            ))
+            .expect("GET /events");
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
-        let read = s.try_clone().unwrap();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let reader = std::thread::spawn(move || {
-            let mut lines = BufReader::new(read);
-            let mut line = String::new();
-            for _ in 0..10_000_000 {
-                line.clear();
-                match lines.read_line(&mut line) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
+            rt().block_on(async move {
+                for _ in 0..10_000_000 {
+                    let data = tokio::select! {
+                        _ = &mut stopped => return,
+                        d = stream.next_data() => d,
+                    };
+                    let Ok(Some(data)) = data else { return };
+                    if let Ok(v) = serde_json::from_str::<Value>(&data) {
+                        sink.lock().unwrap().push((Instant::now(), v));
+                    }
                 }
-                if let Some(data) = line.trim_end().strip_prefix("data:")
-                    && let Ok(v) = serde_json::from_str::<Value>(data.trim())
-                {
-                    sink.lock().unwrap().push((Instant::now(), v));
-                }
-            }
+            })
         });
         Events {
             node: node.to_string(),
             events,
-            stream: s,
+            stop: Some(stop),
             reader: Some(reader),
         }
     }
@@ -408,7 +396,9 @@ impl Events {
 
 impl Drop for Events {
     fn drop(&mut self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
