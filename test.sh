@@ -4,7 +4,8 @@
 # builds, then the timing advisor against real latency between network namespaces. Needs only
 # the Rust toolchain (and python3 for the acceptance floor, skipped with a notice when
 # ../shared/acceptance is absent; root, iproute2 and python3 for the network-namespace step,
-# skipped with a notice elsewhere).
+# skipped with a notice elsewhere; promtool, installed from Debian when root, for the
+# Prometheus rules and bin/tests/metrics_promtool.rs, skipped with a notice elsewhere).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -20,6 +21,23 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets"
 cargo clippy --workspace --all-targets -- -D warnings
+
+# Before cargo test: bin/tests/metrics_promtool.rs pipes a live node's /metrics through the
+# promtool exported here (Debian's prometheus package, installed when missing).
+step "promtool: rules, rule tests, scrape configs"
+if ! command -v promtool >/dev/null && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+  apt_get() { DEBIAN_FRONTEND=noninteractive apt-get "$@" >/dev/null; }
+  apt_get install -y --no-install-recommends prometheus ||
+    { apt_get update && apt_get install -y --no-install-recommends prometheus; }
+fi
+if command -v promtool >/dev/null; then
+  export HASEQ_PROMTOOL="$(command -v promtool)"
+  promtool check rules deploy/prometheus/alerts.yml
+  promtool test rules deploy/prometheus/alerts.test.yml
+  promtool check config deploy/prometheus/prometheus.yml deploy/prometheus/prometheus.compose.yml
+else
+  echo "notice: no promtool (needs root and apt-get to install Debian's prometheus); skipped"
+fi
 
 step "cargo test"
 # Cluster tests bind loopback ports and time elections: run test binaries one at a time and

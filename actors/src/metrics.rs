@@ -35,6 +35,7 @@ pub fn prometheus() -> Result<PrometheusHandle, String> {
     let handle = recorder.handle();
     if metrics::set_global_recorder(recorder).is_ok() {
         describe_all();
+        zero_all();
         let _ = HANDLE.set(handle);
     }
     HANDLE
@@ -172,7 +173,52 @@ fn describe_all() {
         "Votes and pre-votes refused because the candidate's engine lagged (label kind)"
     );
     describe_counter!(
+        "haseq_votes_refused_not_member_total",
+        "Votes and pre-votes refused because the candidate is not a voter of this node's \
+         membership and its log ends at or before that membership (label kind)"
+    );
+    describe_counter!(
         "haseq_blocks_fetched_total",
         "Committed blocks fetched from peers into the block store"
     );
+    describe_gauge!(
+        "haseq_sync_active",
+        "1 while the Syncer is fetching a hole of committed blocks from peers (catch-up), else 0"
+    );
 }
+
+/// Counters of this crate without labels.
+const COUNTERS: [&str; 9] = [
+    "haseq_leader_changes_total",
+    "haseq_elections_started_total",
+    "haseq_elections_won_total",
+    "haseq_p2p_blocks_served_total",
+    "haseq_blocks_replayed_total",
+    "haseq_blocks_produced_total",
+    "haseq_produce_errors_total",
+    "haseq_leader_transfers_total",
+    "haseq_blocks_fetched_total",
+];
+
+/// Creates every counter the node exports at 0, with its label values where they are known
+/// before the first event (vote kinds, RPC kinds, refusal reasons, engine methods; peers and
+/// actors when those start), and the histograms with no sample yet. A series that exists from
+/// start-up lets `increase()` see the first event, and lets "no block in 2 minutes" fire on a
+/// node that never produced one.
+fn zero_all() {
+    haseq_storage::zero_metrics();
+    haseq_net::zero_metrics();
+    haseq_engine::zero_metrics();
+    for name in COUNTERS {
+        metrics::counter!(name).increment(0);
+    }
+    for kind in VOTE_KINDS {
+        metrics::counter!("haseq_votes_refused_exec_lag_total", "kind" => kind).increment(0);
+        metrics::counter!("haseq_votes_refused_not_member_total", "kind" => kind).increment(0);
+    }
+    let _ = metrics::histogram!("haseq_block_interval_seconds");
+    let _ = metrics::histogram!("haseq_commit_latency_seconds");
+}
+
+/// The `kind` label of the vote-refusal counters.
+pub(crate) const VOTE_KINDS: [&str; 2] = ["vote", "pre_vote"];

@@ -100,6 +100,8 @@ where
     A: Actor<Context = Context<A>>,
     F: Future<Output = ()> + Send + 'static,
 {
+    // The series exists (at 0) from the task's first start, before any panic.
+    metrics::counter!("haseq_task_panics_total", "task" => task).increment(0);
     let handle = tokio::spawn(fut);
     let abort = handle.abort_handle();
     ctx.spawn(

@@ -356,6 +356,7 @@ impl Syncer {
                 let order = self.order_for(from.0, to.0);
                 tracing::debug!(?order, "sync order");
                 self.job = Some(Job::new(from.0, to.0, order));
+                set_sync_gauges(true, to.0 - from.0 + 1);
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "scanning the block store for a hole"),
@@ -572,6 +573,7 @@ impl Syncer {
             "history complete: every missing block fetched from peers"
         );
         self.d.progress.send_replace(None);
+        set_sync_gauges(false, 0);
         // Look for another hole at once (an older one, or one a new snapshot made).
         self.last_scan = None;
     }
@@ -591,7 +593,7 @@ impl Syncer {
                 "catching up: fetching history from peers"
             );
         }
-        metrics::gauge!("haseq_sync_remaining_blocks").set((job.total() - p.done) as f64);
+        set_sync_gauges(true, job.total() - p.done);
         self.d.progress.send_replace(Some(p));
     }
 }
@@ -601,14 +603,23 @@ impl Actor for Syncer {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.d.feed.subscribe("syncer", ctx.address().recipient());
-        metrics::gauge!("haseq_sync_remaining_blocks").set(0.0);
+        set_sync_gauges(false, 0);
         ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         // A rebuilt Syncer finds its job in the store again; until then nothing is syncing.
         self.d.progress.send_replace(None);
+        set_sync_gauges(false, 0);
     }
+}
+
+/// `haseq_sync_active` and `haseq_sync_remaining_blocks`: both 0 whenever no job runs (done,
+/// or this actor stopped), so neither a finished catch-up nor a dead Syncer leaves a stale
+/// count behind.
+fn set_sync_gauges(active: bool, remaining: u64) {
+    metrics::gauge!("haseq_sync_active").set(if active { 1.0 } else { 0.0 });
+    metrics::gauge!("haseq_sync_remaining_blocks").set(remaining as f64);
 }
 
 impl Handler<PeerPolled> for Syncer {

@@ -18,7 +18,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::catch_up::{leave_behind, progress, wait_caught_up};
+use harness::catch_up::{leave_behind, progress, sync_gauges, wait_caught_up};
 use harness::{Cluster, enable_production, run, wait_until};
 use haseq_actors::faults::PanicSite;
 use haseq_actors::syncer::SyncProgress;
@@ -55,6 +55,12 @@ fn a_follower_far_behind_catches_up_through_p2p_and_resumes_after_a_kill() {
         )
         .await;
         eprintln!("phase: first run {first:?}; killing the node half-way");
+        let (active, remaining) = sync_gauges();
+        assert_eq!(active, 1.0, "haseq_sync_active while a job runs");
+        assert!(
+            remaining > 0.0,
+            "haseq_sync_remaining_blocks {remaining} mid-job"
+        );
         assert!(
             first.to - first.from + 1 >= 3_000,
             "the hole is far larger than the snapshot's recent blocks: {first:?}"
@@ -128,6 +134,15 @@ fn a_follower_far_behind_catches_up_through_p2p_and_resumes_after_a_kill() {
             );
         }
         wait_caught_up(&c, lagger, target, Duration::from_secs(60)).await;
+        // The job's end resets both gauges (the remaining count was once left at its last
+        // value); the Syncer reports within a tick of the last range stored.
+        wait_until(Duration::from_secs(5), "sync gauges back to 0", || async {
+            match sync_gauges() {
+                (0.0, 0.0) => Ok(()),
+                other => Err(format!("(active, remaining) {other:?}")),
+            }
+        })
+        .await;
         let restarts = c.node(lagger).restarts();
         eprintln!("phase: caught up; restarts {restarts:?}");
         assert!(

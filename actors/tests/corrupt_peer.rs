@@ -76,10 +76,14 @@ fn a_peer_serving_corrupt_blocks_is_penalised_and_sync_completes_from_the_other(
                 let m = api_client::request(&api, "GET", "/metrics", None, Duration::from_secs(2))
                     .await
                     .map_err(|e| e.to_string())?;
-                if m.body.lines().any(|l| l.starts_with(&line)) {
-                    Ok(m.body)
-                } else {
-                    Err("no penalty line yet".into())
+                // The series exists at 0 from the peer's arrival: wait for a counted penalty.
+                let value = m
+                    .body
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&line)?.trim().parse::<f64>().ok());
+                match value {
+                    Some(v) if v >= 1.0 => Ok(m.body),
+                    other => Err(format!("penalty count {other:?}")),
                 }
             },
         )

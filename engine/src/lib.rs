@@ -36,7 +36,7 @@ pub use error::EngineError;
 pub use jwt::{
     JWT_IAT_WINDOW, JwtError, jwt_token, parse_jwt_secret, read_jwt_secret_file, verify_jwt,
 };
-pub use metrics::{CALL_SECONDS, ERRORS_TOTAL, describe_metrics};
+pub use metrics::{CALL_SECONDS, ERRORS_TOTAL, describe_metrics, zero_metrics};
 pub use payload::{ExecPayload, decode_payload, encode_payload};
 pub use server::serve;
 pub use types::{BuildParams, BuiltPayload, PayloadId, PayloadStatus};

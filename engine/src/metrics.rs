@@ -11,6 +11,19 @@ pub const CALL_SECONDS: &str = "haseq_engine_call_seconds";
 /// answer, not a failure, and is not counted here.
 pub const ERRORS_TOTAL: &str = "haseq_engine_errors_total";
 
+/// The `method` label values: every method of [`crate::ExecutionEngine`] that records a call
+/// (an implementation that keeps a trait default, like the HTTP client's
+/// `import_and_set_head`, records its inner calls instead and leaves that series at 0).
+pub(crate) const METHODS: [&str; 7] = [
+    "build_payload",
+    "get_payload",
+    "new_payload",
+    "set_head",
+    "import_and_set_head",
+    "head",
+    "block_hash_at",
+];
+
 /// Registers the help lines of this crate's metrics with the installed recorder.
 pub fn describe_metrics() {
     metrics::describe_histogram!(
@@ -24,11 +37,21 @@ pub fn describe_metrics() {
     );
 }
 
+/// Creates this crate's series for every method at 0 (no call yet), so that an alert on their
+/// increase sees the first error of a node that never had one.
+pub fn zero_metrics() {
+    for method in METHODS {
+        metrics::counter!(ERRORS_TOTAL, "method" => method).increment(0);
+        let _ = metrics::histogram!(CALL_SECONDS, "method" => method);
+    }
+}
+
 /// Runs `fut`, recording its latency and, if it fails, an error, under `method`.
 pub(crate) async fn instrument<T>(
     method: &'static str,
     fut: impl Future<Output = Result<T, EngineError>>,
 ) -> Result<T, EngineError> {
+    debug_assert!(METHODS.contains(&method), "{method} missing from METHODS");
     let start = Instant::now();
     let res = fut.await;
     metrics::histogram!(CALL_SECONDS, "method" => method).record(start.elapsed().as_secs_f64());

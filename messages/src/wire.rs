@@ -199,6 +199,21 @@ pub struct PeerState {
 }
 
 impl RpcRequest {
+    /// Every value [`RpcRequest::kind`] returns (the `kind` label of the RPC metrics, created
+    /// at 0 for each at start-up).
+    pub const KINDS: [&'static str; 10] = [
+        "append_entries",
+        "vote",
+        "pre_vote",
+        "install_snapshot",
+        "transfer_leader",
+        "peer_status",
+        "fetch_blocks",
+        "member_history",
+        "change_members",
+        "transfer_leadership",
+    ];
+
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {

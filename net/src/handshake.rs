@@ -60,6 +60,18 @@ pub enum RefusalReason {
 }
 
 impl RefusalReason {
+    /// Every reason, for creating each label's series at 0.
+    pub const ALL: [RefusalReason; 8] = [
+        RefusalReason::Version,
+        RefusalReason::WrongTarget,
+        RefusalReason::BadProof,
+        RefusalReason::NotMember,
+        RefusalReason::Malformed,
+        RefusalReason::Timeout,
+        RefusalReason::ServerBadProof,
+        RefusalReason::ServerWrongId,
+    ];
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -39,7 +39,7 @@ pub use frame::FrameError;
 pub use handshake::{NOT_A_MEMBER, RefusalReason};
 pub use metrics::{
     METRIC_PEER_AUTH_REFUSED, METRIC_RPC_ERRORS, METRIC_RPC_SECONDS, METRIC_RPC_SENT,
-    describe_metrics,
+    describe_metrics, zero_metrics,
 };
 pub use ports::free_loopback_port;
 pub use raft_handler::{RaftHandler, VoteCandidate, VoteGate};

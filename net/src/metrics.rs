@@ -35,11 +35,28 @@ pub fn describe_metrics() {
     );
 }
 
+/// Creates the transport's series at 0 for every refusal reason and RPC kind: an alert on their
+/// increase then sees the first refusal or error of a node that never had one.
+pub fn zero_metrics() {
+    for reason in crate::RefusalReason::ALL {
+        counter!(METRIC_PEER_AUTH_REFUSED, "reason" => reason.as_str()).increment(0);
+    }
+    for kind in haseq_messages::wire::RpcRequest::KINDS {
+        counter!(METRIC_RPC_SENT, "kind" => kind).increment(0);
+        counter!(METRIC_RPC_ERRORS, "kind" => kind).increment(0);
+        let _ = histogram!(METRIC_RPC_SECONDS, "kind" => kind);
+    }
+}
+
 pub(crate) fn auth_refused(reason: &'static str) {
     counter!(METRIC_PEER_AUTH_REFUSED, "reason" => reason).increment(1);
 }
 
 pub(crate) fn rpc_sent(kind: &'static str) {
+    debug_assert!(
+        haseq_messages::wire::RpcRequest::KINDS.contains(&kind),
+        "{kind} missing from RpcRequest::KINDS"
+    );
     counter!(METRIC_RPC_SENT, "kind" => kind).increment(1);
 }
 

@@ -53,7 +53,7 @@ pub use crate::applied::AppliedState;
 pub use crate::blocks::{BACKFILL_BLOCKS_MAX, BlockBackfill, BlockReader, CHECKPOINT_EVERY_BLOCKS};
 pub use crate::error::StorageError;
 pub use crate::log::{LOG_READ_ENTRIES_MAX, LogStore};
-pub use crate::metrics::describe_metrics;
+pub use crate::metrics::{describe_metrics, zero_metrics};
 pub use crate::records::Head;
 pub use crate::sm::{APPLY_BATCH_ENTRIES_MAX, StateMachineStore, check_block};
 pub use crate::snapshot::SnapshotBuilder;

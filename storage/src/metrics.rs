@@ -31,3 +31,16 @@ pub fn describe_metrics() {
         "Time from a Raft log append's start to its durable commit (one write transaction and one fsync)."
     );
 }
+
+/// Creates the storage counters and the log-append histogram at 0 (nothing rejected, built,
+/// installed or appended yet), so that an alert on their increase sees the first event.
+pub fn zero_metrics() {
+    for name in [
+        PROPOSALS_REJECTED_TOTAL,
+        SNAPSHOT_BUILDS_TOTAL,
+        SNAPSHOT_INSTALLS_TOTAL,
+    ] {
+        ::metrics::counter!(name).increment(0);
+    }
+    let _ = ::metrics::histogram!(LOG_APPEND_SECONDS);
+}

@@ -24,6 +24,14 @@ pub enum PenaltyReason {
 }
 
 impl PenaltyReason {
+    /// Every reason, for creating each label's series at 0.
+    pub const ALL: [PenaltyReason; 4] = [
+        PenaltyReason::BadRange,
+        PenaltyReason::BrokenLink,
+        PenaltyReason::NotOnChain,
+        PenaltyReason::BadPayload,
+    ];
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -290,6 +290,20 @@ impl Peer {
     }
 }
 
+/// Creates a new peer's counters at 0 (no penalty, no refused request yet), so that an alert
+/// on their increase sees the first one.
+fn zero_peer_metrics(peer: &NodeId) {
+    for reason in PenaltyReason::ALL {
+        metrics::counter!(
+            "haseq_p2p_peer_penalties_total",
+            "peer" => peer.to_string(),
+            "reason" => reason.as_str()
+        )
+        .increment(0);
+    }
+    metrics::counter!("haseq_p2p_serve_refused_total", "peer" => peer.to_string()).increment(0);
+}
+
 /// The actor; see the module doc.
 pub struct P2p {
     d: P2pDeps,
@@ -328,6 +342,9 @@ impl P2p {
         self.peers
             .retain(|id, _| entries.iter().any(|e| &e.id == id));
         for e in &entries {
+            if !self.peers.contains_key(&e.id) {
+                zero_peer_metrics(&e.id);
+            }
             let p = self.peers.entry(e.id.clone()).or_default();
             p.addr.clone_from(&e.addr);
             p.standing = Some(e.standing);

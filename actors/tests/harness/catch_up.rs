@@ -62,6 +62,23 @@ pub fn progress(c: &Cluster, i: usize) -> Option<SyncProgress> {
     c.node(i).sync.borrow().clone()
 }
 
+/// `(haseq_sync_active, haseq_sync_remaining_blocks)` from this process's metrics (one
+/// recorder for every in-process node: only a node that syncs sets them to anything but 0).
+pub fn sync_gauges() -> (f64, f64) {
+    let text = haseq_actors::metrics::prometheus()
+        .expect("metrics")
+        .render();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    };
+    (
+        value("haseq_sync_active"),
+        value("haseq_sync_remaining_blocks"),
+    )
+}
+
 /// Wait until node `i` holds every block from 1 to `height` and its engine has reached it.
 pub async fn wait_caught_up(c: &Cluster, i: usize, height: u64, deadline: Duration) {
     wait_until(
