@@ -181,6 +181,18 @@ fn describe_all() {
         "haseq_blocks_fetched_total",
         "Committed blocks fetched from peers into the block store"
     );
+    describe_counter!(
+        "haseq_api_connections_refused_total",
+        "API connections closed at once because api.max_connections were open"
+    );
+    describe_counter!(
+        "haseq_api_event_subscribers_refused_total",
+        "/events streams refused (503) because api.max_event_subscribers were open"
+    );
+    describe_counter!(
+        "haseq_api_accept_errors_total",
+        "Errors accepting an API connection (retried with a backoff)"
+    );
     describe_gauge!(
         "haseq_sync_active",
         "1 while the Syncer is fetching a hole of committed blocks from peers (catch-up), else 0"
@@ -188,7 +200,7 @@ fn describe_all() {
 }
 
 /// Counters of this crate without labels.
-const COUNTERS: [&str; 9] = [
+const COUNTERS: [&str; 12] = [
     "haseq_leader_changes_total",
     "haseq_elections_started_total",
     "haseq_elections_won_total",
@@ -198,6 +210,9 @@ const COUNTERS: [&str; 9] = [
     "haseq_produce_errors_total",
     "haseq_leader_transfers_total",
     "haseq_blocks_fetched_total",
+    "haseq_api_connections_refused_total",
+    "haseq_api_event_subscribers_refused_total",
+    "haseq_api_accept_errors_total",
 ];
 
 /// Creates every counter the node exports at 0, with its label values where they are known
