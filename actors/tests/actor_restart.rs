@@ -17,12 +17,10 @@ use haseq_actors::raft_core::{CrashForTest, GetStatus};
 const CALL: Duration = Duration::from_secs(2);
 
 fn restarts(metrics_text: &str) -> f64 {
-    metrics_text
-        .lines()
-        .find(|l| l.starts_with("haseq_actor_restarts_total{actor=\"raft_core\"}"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    harness::metric_value(
+        metrics_text,
+        "haseq_actor_restarts_total{actor=\"raft_core\"}",
+    )
 }
 
 #[test]

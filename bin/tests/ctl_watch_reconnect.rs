@@ -27,6 +27,11 @@ fn collect(r: impl std::io::Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>
     });
 }
 
+/// Whether a line of `lines` contains `text`.
+fn said(lines: &Mutex<Vec<String>>, text: &str) -> bool {
+    lines.lock().unwrap().iter().any(|l| l.contains(text))
+}
+
 #[test]
 fn ctl_watch_reconnects_after_the_node_restarts() {
     let mut c = Procs::new(3, "100ms", "");
@@ -51,11 +56,7 @@ fn ctl_watch_reconnects_after_the_node_restarts() {
     assert!(status.success(), "node-1 stopped cleanly: {status:?}");
     let printed_before = out.lock().unwrap().len();
     c.wait(Duration::from_secs(5), "watch to say it reconnects", || {
-        err.lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("reconnecting"))
-            .then_some(())
+        said(&err, "reconnecting").then_some(())
     });
     std::thread::sleep(Duration::from_secs(1));
     assert!(
@@ -77,11 +78,7 @@ fn ctl_watch_reconnects_after_the_node_restarts() {
 
     c.start(0);
     c.wait(Duration::from_secs(20), "watch to reconnect", || {
-        err.lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("reconnected"))
-            .then_some(())
+        said(&err, "reconnected").then_some(())
     });
     c.wait(
         Duration::from_secs(10),

@@ -484,6 +484,17 @@ where
     panic!("timed out after {deadline:?} waiting for {what}; last state: {last}");
 }
 
+/// The value of the first sample in Prometheus text `metrics` whose line starts with
+/// `series` (a name, or a name with its labels); 0 when there is none.
+pub fn metric_value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && !l.starts_with('#'))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Run a test body inside an actix System on a multi-threaded tokio runtime, as the daemon does.
 /// Logs go to stderr when `HASEQ_TEST_LOG` holds a filter, e.g. `HASEQ_TEST_LOG=info`.
 pub fn run<F: Future<Output = ()>>(body: F) {
