@@ -5,7 +5,8 @@
 # the Rust toolchain (and python3 for the acceptance floor, skipped with a notice when
 # ../shared/acceptance is absent; root, iproute2 and python3 for the network-namespace step,
 # skipped with a notice elsewhere; promtool, installed from Debian when root, for the
-# Prometheus rules and bin/tests/metrics_promtool.rs, skipped with a notice elsewhere).
+# Prometheus rules and bin/tests/metrics_promtool.rs, skipped with a notice elsewhere; root
+# and a Docker engine for the compose chaos step, skipped with a notice elsewhere).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -68,6 +69,28 @@ elif ! command -v ip >/dev/null || ! ip netns add "$probe_ns" 2>/dev/null; then
 else
   ip netns del "$probe_ns"
   deploy/netns/timing-advisor.sh "${CARGO_TARGET_DIR:-target}/release/haseqd"
+fi
+
+# Chaos across containers: the FROM-scratch image of the release binary, then a 3-node and a
+# 5-node compose cluster through leader kills, pause, network cuts, partitions, rolling
+# restarts, a whole-cluster crash and one slow link, each step checked for S1-S3 across the
+# nodes (deploy/docker/chaos.py). HASEQ_CHAOS=0 skips it.
+step "compose chaos: 3 and 5 nodes"
+if [ "${HASEQ_CHAOS:-1}" = 0 ]; then
+  echo "notice: HASEQ_CHAOS=0; compose chaos skipped"
+elif [ "$(id -u)" -ne 0 ] || ! docker info >/dev/null 2>&1; then
+  echo "notice: needs root and a Docker engine; compose chaos skipped"
+elif ! command -v docker-compose >/dev/null && ! docker compose version >/dev/null 2>&1; then
+  echo "notice: no docker compose or docker-compose; compose chaos skipped"
+else
+  chaos_image="haseqd:test-$$"
+  trap 'docker rmi -f "$chaos_image" >/dev/null 2>&1 || true' EXIT
+  deploy/docker/build-image.sh --binary "${CARGO_TARGET_DIR:-target}/release/haseqd" \
+    --tag "$chaos_image" | tail -n 3
+  echo "image $chaos_image: $(docker image inspect -f '{{.Size}}' "$chaos_image") bytes"
+  python3 deploy/docker/chaos.py --nodes 3 --image "$chaos_image"
+  python3 deploy/docker/chaos.py --nodes 5 --image "$chaos_image" --kills 5 \
+    --scenarios kill,pause,partition,rolling,latency
 fi
 echo
 echo "all tests passed"

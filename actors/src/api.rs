@@ -80,6 +80,10 @@ pub struct Status {
     pub head_hash: String,
     /// The execution engine's head height, read back from the engine.
     pub exec_height: u64,
+    /// The engine's canonical head hash, read back from the engine (all zeros for genesis):
+    /// compared with the committed block at `exec_height`, it shows the engine never holds an
+    /// uncommitted block as canonical.
+    pub exec_hash: String,
     /// Blocks the engine is behind the applied head.
     pub exec_lag: u64,
     /// The engine's last call succeeded.
@@ -254,6 +258,7 @@ async fn status(State(state): State<ApiState>) -> Response {
         applied_height: head.height.0,
         head_hash: head.hash.to_string(),
         exec_height: exec.exec_height,
+        exec_hash: exec.exec_hash.to_string(),
         // Against the cluster's head (a node that was down is behind on its log too), and
         // against the head read just now, so a fresh block shows as lag at once.
         exec_lag: head

@@ -10,7 +10,11 @@ towards the node pass at once. Order is kept on each direction, also when the de
 turned off with frames still held. The kernel's TCP sees real round trips: nothing above
 the link knows.
 
-    slow-link.py NODE_TAP BRIDGE_TAP DELAY_MS
+    slow-link.py NODE_TAP BRIDGE_TAP DELAY_MS      # e.g. 40, or 200-500
+
+DELAY_MS is one figure, or a range LO-HI: then each frame is held a delay drawn uniformly
+from it (order still kept, so a frame after a long-held one waits for it, as on a real
+queue). deploy/docker/chaos.py puts a container's link through it the same way.
 
 Creates both TAP devices in the network namespace it runs in and prints "ready" once they
 exist (the caller moves NODE_TAP into the node's namespace and addresses it). Exits on
@@ -21,6 +25,7 @@ SIGTERM or SIGINT; the TAP devices disappear with it. Every held frame is bounde
 import collections
 import fcntl
 import os
+import random
 import select
 import signal
 import struct
@@ -42,16 +47,29 @@ def open_tap(name):
 
 def main():
     if len(sys.argv) != 4:
-        sys.exit("usage: slow-link.py NODE_TAP BRIDGE_TAP DELAY_MS")
-    node_name, bridge_name, delay_ms = sys.argv[1], sys.argv[2], float(sys.argv[3])
+        sys.exit("usage: slow-link.py NODE_TAP BRIDGE_TAP DELAY_MS|LO-HI")
+    node_name, bridge_name = sys.argv[1], sys.argv[2]
+    try:
+        lo, _, hi = sys.argv[3].partition("-")
+        lo_ms = float(lo)
+        hi_ms = float(hi) if hi else lo_ms
+    except ValueError:
+        sys.exit(f"slow-link.py: DELAY_MS {sys.argv[3]!r} is not a number or a range LO-HI")
+    if not 0 <= lo_ms <= hi_ms:
+        sys.exit(f"slow-link.py: DELAY_MS {sys.argv[3]!r}: need 0 <= LO <= HI")
     node, bridge = open_tap(node_name), open_tap(bridge_name)
-    state = {"delay_s": 0.0, "stop": False}
+    state = {"delay_on": False, "stop": False}
 
     def on(*_):
-        state["delay_s"] = delay_ms / 1000.0
+        state["delay_on"] = True
 
     def off(*_):
-        state["delay_s"] = 0.0
+        state["delay_on"] = False
+
+    def delay_s():
+        if not state["delay_on"]:
+            return 0.0
+        return random.uniform(lo_ms, hi_ms) / 1000.0
 
     def stop(*_):
         state["stop"] = True
@@ -90,7 +108,7 @@ def main():
                 except OSError:
                     break  # the interface is down (e.g. not yet up): nothing to relay
                 q = held[src]
-                due = now + (state["delay_s"] if src == node else 0.0)
+                due = now + (delay_s() if src == node else 0.0)
                 if q and q[-1][0] > due:
                     due = q[-1][0]
                 if len(q) >= HELD_FRAMES_MAX:
