@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 mod served;
 
-use served::{SECRET, Served, fresh_token, raw_post};
+use served::{EXECUTION_PAYLOAD_V3, SECRET, Served, fresh_token, raw_post};
 
 /// Builds `n` blocks through `engine` and makes each canonical there; returns their encodings.
 async fn produce(engine: &dyn ExecutionEngine, n: u64) -> Vec<(BlockHash, Vec<u8>)> {
@@ -286,25 +286,7 @@ async fn responses_carry_the_spec_fields() {
         );
     }
     let ep = &r["executionPayload"];
-    for key in [
-        "parentHash",
-        "feeRecipient",
-        "stateRoot",
-        "receiptsRoot",
-        "logsBloom",
-        "prevRandao",
-        "blockNumber",
-        "gasLimit",
-        "gasUsed",
-        "timestamp",
-        "extraData",
-        "baseFeePerGas",
-        "blockHash",
-        "transactions",
-        "withdrawals",
-        "blobGasUsed",
-        "excessBlobGas",
-    ] {
+    for key in EXECUTION_PAYLOAD_V3 {
         assert!(
             ep.get(key).is_some(),
             "ExecutionPayloadV3 lacks {key}: {ep}"

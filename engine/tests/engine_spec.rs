@@ -32,7 +32,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use haseq_engine::{ExecPayload, Faults};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use served::{SECRET, Served, fresh_token, now_secs, raw_post, raw_request};
+use served::{EXECUTION_PAYLOAD_V3, SECRET, Served, fresh_token, now_secs, raw_post, raw_request};
 
 const T0: u64 = 1_700_000_000;
 
@@ -161,6 +161,29 @@ async fn extend(s: &Served, head: &str, timestamp: u64) -> Value {
     ep
 }
 
+/// [`extend`], returning the new head's hash.
+async fn extend_hash(s: &Served, head: &str, timestamp: u64) -> String {
+    let ep = extend(s, head, timestamp).await;
+    ep["blockHash"].as_str().expect("hash").to_string()
+}
+
+/// The result of `forkchoiceUpdatedV3(params)`, which must not fail.
+async fn fcu_result(s: &Served, params: Value) -> Value {
+    result(s, "engine_forkchoiceUpdatedV3", params).await
+}
+
+/// `r` is paris.md's `{payloadStatus: {status: VALID, latestValidHash: head, validationError:
+/// null}, payloadId: null}`.
+fn assert_valid_without_build(r: &Value, head: &str) {
+    assert_status(&r["payloadStatus"], "VALID", &json!(head), false);
+    assert_eq!(r.get("payloadId"), Some(&Value::Null), "{r}");
+}
+
+/// `forkchoiceUpdatedV3(params)` must fail with `code`.
+async fn fcu_error(s: &Served, params: Value, code: i64) {
+    expect_error(s, "engine_forkchoiceUpdatedV3", params, code).await;
+}
+
 async fn head_hash(s: &Served) -> Value {
     result(s, "eth_getBlockByNumber", json!(["latest", false])).await["hash"].clone()
 }
@@ -225,6 +248,12 @@ async fn status_with(s: &Served, auth: Option<String>) -> u16 {
     status
 }
 
+/// The HTTP status of a request with `token(alg, claims, secret)`, on a server of its own.
+async fn token_status(alg: &str, claims: &Value, secret: &[u8]) -> u16 {
+    let s = Served::start().await;
+    status_with_token(&s, token(alg, claims, secret)).await
+}
+
 async fn status_with_token(s: &Served, t: String) -> u16 {
     status_with(s, Some(format!("Authorization: Bearer {t}"))).await
 }
@@ -255,41 +284,46 @@ async fn auth_bearer_scheme_is_case_insensitive() {
 #[tokio::test]
 async fn auth_hs256_is_accepted() {
     // authentication.md: "The execution layer client **MUST** support at least the following `alg` `HMAC + SHA256` (`HS256`)"
-    let s = Served::start().await;
-    let t = token("HS256", &json!({"iat": now_secs()}), &SECRET);
-    assert_eq!(status_with_token(&s, t).await, 200);
+    assert_eq!(
+        token_status("HS256", &json!({"iat": now_secs()}), &SECRET).await,
+        200
+    );
 }
 
 #[tokio::test]
 async fn auth_alg_none_is_rejected() {
     // authentication.md: "The execution layer client **MUST** reject the `alg` `none`."
-    let s = Served::start().await;
-    let t = token("none", &json!({"iat": now_secs()}), &SECRET);
-    assert_eq!(status_with_token(&s, t).await, 401);
+    assert_eq!(
+        token_status("none", &json!({"iat": now_secs()}), &SECRET).await,
+        401
+    );
 }
 
 #[tokio::test]
 async fn auth_algorithms_other_than_hs256_are_rejected() {
     // authentication.md: "MUST support at least the following `alg` `HMAC + SHA256` (`HS256`)": this server supports exactly that one.
-    let s = Served::start().await;
-    let t = token("HS512", &json!({"iat": now_secs()}), &SECRET);
-    assert_eq!(status_with_token(&s, t).await, 401);
+    assert_eq!(
+        token_status("HS512", &json!({"iat": now_secs()}), &SECRET).await,
+        401
+    );
 }
 
 #[tokio::test]
 async fn auth_token_signed_with_another_secret_is_rejected() {
     // authentication.md: "designates a file containing the hex-encoded 256 bit secret key to be used for verifying/generating JWT tokens."
-    let s = Served::start().await;
-    let t = token("HS256", &json!({"iat": now_secs()}), &[0x11; 32]);
-    assert_eq!(status_with_token(&s, t).await, 401);
+    assert_eq!(
+        token_status("HS256", &json!({"iat": now_secs()}), &[0x11; 32]).await,
+        401
+    );
 }
 
 #[tokio::test]
 async fn auth_iat_is_required() {
     // authentication.md: "Required: `iat` (issued-at) claim."
-    let s = Served::start().await;
-    let t = token("HS256", &json!({"id": "cl"}), &SECRET);
-    assert_eq!(status_with_token(&s, t).await, 401);
+    assert_eq!(
+        token_status("HS256", &json!({"id": "cl"}), &SECRET).await,
+        401
+    );
 }
 
 #[tokio::test]
@@ -486,10 +520,7 @@ async fn forkchoice_updates_are_processed_in_the_order_received() {
     // common.md: "Execution Layer client software **MUST** process `engine_forkchoiceUpdated` method calls in the same order as they have been received."
     let s = Served::start().await;
     let g = genesis(&s);
-    let b1 = extend(&s, &g, T0 + 1).await["blockHash"]
-        .as_str()
-        .expect("h")
-        .to_string();
+    let b1 = extend_hash(&s, &g, T0 + 1).await;
     for (first, last) in [(&g, &b1), (&b1, &g)] {
         let fcu = |h: &str| {
             json!({"jsonrpc": "2.0", "id": h, "method": "engine_forkchoiceUpdatedV3",
@@ -573,7 +604,7 @@ async fn fcu_state_must_be_a_forkchoice_state_v1() {
         json!({"headBlockHash": "0x12", "safeBlockHash": g, "finalizedBlockHash": g}),
         Value::Null,
     ] {
-        expect_error(&s, "engine_forkchoiceUpdatedV3", json!([st, null]), -32602).await;
+        fcu_error(&s, json!([st, null]), -32602).await;
     }
 }
 
@@ -583,12 +614,7 @@ async fn fcu_unknown_head_is_syncing_with_null_payload_id() {
     let s = Served::start().await;
     let g = genesis(&s);
     for a in [Value::Null, attrs(T0), json!({"timestamp": "0x1"})] {
-        let r = result(
-            &s,
-            "engine_forkchoiceUpdatedV3",
-            json!([state(&hash(0x77), &g, &g), a]),
-        )
-        .await;
+        let r = fcu_result(&s, json!([state(&hash(0x77), &g, &g), a])).await;
         assert_status(&r["payloadStatus"], "SYNCING", &Value::Null, false);
         assert_eq!(r.get("payloadId"), Some(&Value::Null), "{r}");
     }
@@ -600,33 +626,12 @@ async fn fcu_safe_or_finalized_off_the_head_chain_is_invalid_forkchoice_state() 
     // paris.md: "Client software **MUST** return `-38002: Invalid forkchoice state` error if the payload referenced by `forkchoiceState.headBlockHash` is `VALID` and a payload referenced by either `forkchoiceState.finalizedBlockHash` or `forkchoiceState.safeBlockHash` does not belong to the chain defined by `forkchoiceState.headBlockHash`."
     let s = Served::start().await;
     let g = genesis(&s);
-    let b1 = extend(&s, &g, T0 + 1).await["blockHash"]
-        .as_str()
-        .expect("h")
-        .to_string();
+    let b1 = extend_hash(&s, &g, T0 + 1).await;
     let fcu = |st| json!([st, null]);
     // Back to genesis: block 1 is then above the head, not on its chain.
-    expect_error(
-        &s,
-        "engine_forkchoiceUpdatedV3",
-        fcu(state(&g, &b1, &g)),
-        -38002,
-    )
-    .await;
-    expect_error(
-        &s,
-        "engine_forkchoiceUpdatedV3",
-        fcu(state(&g, &g, &b1)),
-        -38002,
-    )
-    .await;
-    expect_error(
-        &s,
-        "engine_forkchoiceUpdatedV3",
-        fcu(state(&b1, &hash(0x55), &g)),
-        -38002,
-    )
-    .await;
+    fcu_error(&s, fcu(state(&g, &b1, &g)), -38002).await;
+    fcu_error(&s, fcu(state(&g, &g, &b1)), -38002).await;
+    fcu_error(&s, fcu(state(&b1, &hash(0x55), &g)), -38002).await;
     // Nothing applied.
     assert_eq!(head_hash(&s).await, b1.as_str());
 }
@@ -637,9 +642,8 @@ async fn fcu_without_attributes_is_valid_with_null_payload_id() {
     let s = Served::start().await;
     let g = genesis(&s);
     for params in [json!([state(&g, &g, &g), null]), json!([state(&g, &g, &g)])] {
-        let r = result(&s, "engine_forkchoiceUpdatedV3", params).await;
-        assert_status(&r["payloadStatus"], "VALID", &json!(g), false);
-        assert_eq!(r.get("payloadId"), Some(&Value::Null), "{r}");
+        let r = fcu_result(&s, params).await;
+        assert_valid_without_build(&r, &g);
     }
 }
 
@@ -648,12 +652,7 @@ async fn fcu_with_attributes_is_valid_with_a_payload_id() {
     // paris.md: "`{payloadStatus: {status: VALID, latestValidHash: forkchoiceState.headBlockHash, validationError: null}, payloadId: buildProcessId}` if the payload is deemed `VALID` and the build process has begun"
     let s = Served::start().await;
     let g = genesis(&s);
-    let r = result(
-        &s,
-        "engine_forkchoiceUpdatedV3",
-        json!([state(&g, &g, &g), attrs(T0)]),
-    )
-    .await;
+    let r = fcu_result(&s, json!([state(&g, &g, &g), attrs(T0)])).await;
     assert_status(&r["payloadStatus"], "VALID", &json!(g), false);
     let id = r["payloadId"].as_str().expect("payloadId");
     assert!(id.len() == 18 && id.starts_with("0x"), "bytes8: {id}");
@@ -664,10 +663,7 @@ async fn fcu_attributes_not_v3_are_invalid_payload_attributes_and_the_state_stay
     // cancun.md: "`payloadAttributes` matches the [`PayloadAttributesV3`](#payloadattributesv3) structure, return `-38003: Invalid payload attributes` on failure." and paris.md: "If `payloadAttributes` validation fails, the `forkchoiceState` update **MUST NOT** be rolled back."
     let s = Served::start().await;
     let g = genesis(&s);
-    let b1 = extend(&s, &g, T0 + 1).await["blockHash"]
-        .as_str()
-        .expect("h")
-        .to_string();
+    let b1 = extend_hash(&s, &g, T0 + 1).await;
     let v2 = {
         let mut a = attrs(T0 + 5);
         a.as_object_mut()
@@ -690,13 +686,7 @@ async fn fcu_attributes_not_v3_are_invalid_payload_attributes_and_the_state_stay
     for a in [v2, v1, null_root, extra, bad_type, json!("attributes")] {
         // Each time the head moves (genesis, block 1, ...): the update is applied all the same.
         head = if head == g { b1.clone() } else { g.clone() };
-        expect_error(
-            &s,
-            "engine_forkchoiceUpdatedV3",
-            json!([state(&head, &zero(), &zero()), a]),
-            -38003,
-        )
-        .await;
+        fcu_error(&s, json!([state(&head, &zero(), &zero()), a]), -38003).await;
         assert_eq!(head_hash(&s).await, head.as_str());
     }
 }
@@ -706,25 +696,11 @@ async fn fcu_attributes_timestamp_not_above_the_head_is_invalid_payload_attribut
     // paris.md: "Verify that `payloadAttributes.timestamp` is greater than `timestamp` of a block referenced by `forkchoiceState.headBlockHash` and return `-38003: Invalid payload attributes` on failure."
     let s = Served::start().await;
     let g = genesis(&s);
-    let b1 = extend(&s, &g, T0 + 10).await["blockHash"]
-        .as_str()
-        .expect("h")
-        .to_string();
+    let b1 = extend_hash(&s, &g, T0 + 10).await;
     for ts in [T0 + 10, T0 + 9] {
         // From genesis to block 1 in the same call: applied, then the attributes refused.
-        result(
-            &s,
-            "engine_forkchoiceUpdatedV3",
-            json!([state(&g, &zero(), &zero()), null]),
-        )
-        .await;
-        expect_error(
-            &s,
-            "engine_forkchoiceUpdatedV3",
-            json!([state(&b1, &zero(), &zero()), attrs(ts)]),
-            -38003,
-        )
-        .await;
+        fcu_result(&s, json!([state(&g, &zero(), &zero()), null])).await;
+        fcu_error(&s, json!([state(&b1, &zero(), &zero()), attrs(ts)]), -38003).await;
         assert_eq!(head_hash(&s).await, b1.as_str());
     }
     assert!(build(&s, &b1, T0 + 11).await.is_string());
@@ -735,24 +711,10 @@ async fn fcu_head_below_the_finalized_block_builds_nothing() {
     // paris.md: "Client software **MAY** skip an update of the forkchoice state and **MUST NOT** begin a payload build process if there is a known `finalizedBlockHash` and `forkchoiceState.headBlockHash` references a `VALID` ancestor of the latest known finalized block"
     let s = Served::start().await;
     let g = genesis(&s);
-    let b1 = extend(&s, &g, T0 + 1).await["blockHash"]
-        .as_str()
-        .expect("h")
-        .to_string();
-    result(
-        &s,
-        "engine_forkchoiceUpdatedV3",
-        json!([state(&b1, &b1, &b1), null]),
-    )
-    .await;
-    let r = result(
-        &s,
-        "engine_forkchoiceUpdatedV3",
-        json!([state(&g, &zero(), &zero()), attrs(T0 + 2)]),
-    )
-    .await;
-    assert_status(&r["payloadStatus"], "VALID", &json!(g), false);
-    assert_eq!(r.get("payloadId"), Some(&Value::Null), "{r}");
+    let b1 = extend_hash(&s, &g, T0 + 1).await;
+    fcu_result(&s, json!([state(&b1, &b1, &b1), null])).await;
+    let r = fcu_result(&s, json!([state(&g, &zero(), &zero()), attrs(T0 + 2)])).await;
+    assert_valid_without_build(&r, &g);
 }
 
 #[tokio::test]
@@ -771,12 +733,7 @@ async fn fcu_same_attributes_same_build_other_attributes_new_build() {
     other_withdrawals["withdrawals"] = json!([{"index": "0x1", "validatorIndex": "0x2",
         "address": format!("0x{}", "22".repeat(20)), "amount": "0x3"}]);
     for a in [attrs(T0 + 1), other_randao, other_root, other_withdrawals] {
-        let r = result(
-            &s,
-            "engine_forkchoiceUpdatedV3",
-            json!([state(&g, &zero(), &zero()), a]),
-        )
-        .await;
+        let r = fcu_result(&s, json!([state(&g, &zero(), &zero()), a])).await;
         let id = r["payloadId"].clone();
         assert!(id.is_string() && !ids.contains(&id), "{id} among {ids:?}");
         ids.push(id);
@@ -792,12 +749,7 @@ async fn built_payload_follows_the_attributes() {
     a["withdrawals"] = json!([{"index": "0x1", "validatorIndex": "0x2",
         "address": format!("0x{}", "22".repeat(20)), "amount": "0x3"}]);
     a["parentBeaconBlockRoot"] = json!(hash(0x66));
-    let r = result(
-        &s,
-        "engine_forkchoiceUpdatedV3",
-        json!([state(&g, &zero(), &zero()), a.clone()]),
-    )
-    .await;
+    let r = fcu_result(&s, json!([state(&g, &zero(), &zero()), a.clone()])).await;
     let ep = payload(&s, &r["payloadId"]).await;
     assert_eq!(ep["parentHash"], g.as_str());
     assert_eq!(ep["timestamp"], a["timestamp"]);
@@ -880,27 +832,6 @@ async fn get_payload_v5_refuses_payloads_before_osaka() {
     assert_eq!(payload(&s, &at).await["timestamp"], format!("{osaka:#x}"));
 }
 
-/// The members of `ExecutionPayloadV3` (src/engine/openrpc/schemas/payload.yaml).
-const EXECUTION_PAYLOAD_V3: [&str; 17] = [
-    "parentHash",
-    "feeRecipient",
-    "stateRoot",
-    "receiptsRoot",
-    "logsBloom",
-    "prevRandao",
-    "blockNumber",
-    "gasLimit",
-    "gasUsed",
-    "timestamp",
-    "extraData",
-    "baseFeePerGas",
-    "blockHash",
-    "transactions",
-    "withdrawals",
-    "blobGasUsed",
-    "excessBlobGas",
-];
-
 fn keys(v: &Value) -> Vec<String> {
     let mut k: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
     k.sort_unstable();
@@ -913,14 +844,11 @@ fn sorted(names: &[&str]) -> Vec<String> {
     k
 }
 
-#[tokio::test]
-async fn get_payload_v5_result_is_the_osaka_envelope() {
-    // osaka.md: "`executionPayload`: ExecutionPayloadV3 ... `blockValue` ... `blobsBundle`: BlobsBundleV2 ... `shouldOverrideBuilder` ... `executionRequests`: `Array of DATA`"
-    let s = Served::start().await;
-    let id = build(&s, &genesis(&s), T0).await;
-    let r = result(&s, "engine_getPayloadV5", json!([id])).await;
+/// The members of the `getPayloadV4`/`V5` result (prague.md, osaka.md), of its payload
+/// (`ExecutionPayloadV3`) and of its blobs bundle (`BlobsBundleV1`/`V2`: the same names).
+fn assert_envelope(r: &Value) {
     assert_eq!(
-        keys(&r),
+        keys(r),
         sorted(&[
             "blobsBundle",
             "blockValue",
@@ -934,6 +862,15 @@ async fn get_payload_v5_result_is_the_osaka_envelope() {
         keys(&r["blobsBundle"]),
         sorted(&["blobs", "commitments", "proofs"])
     );
+}
+
+#[tokio::test]
+async fn get_payload_v5_result_is_the_osaka_envelope() {
+    // osaka.md: "`executionPayload`: ExecutionPayloadV3 ... `blockValue` ... `blobsBundle`: BlobsBundleV2 ... `shouldOverrideBuilder` ... `executionRequests`: `Array of DATA`"
+    let s = Served::start().await;
+    let id = build(&s, &genesis(&s), T0).await;
+    let r = result(&s, "engine_getPayloadV5", json!([id])).await;
+    assert_envelope(&r);
     // prague.md: "The call **MUST** return `executionRequests` list": none are made here.
     assert_eq!(r["executionRequests"], json!([]));
 }
@@ -944,21 +881,7 @@ async fn get_payload_v4_result_is_the_prague_envelope() {
     let s = Served::start_with(|c| c.osaka_time = u64::MAX).await;
     let id = build(&s, &genesis(&s), T0).await;
     let r = result(&s, "engine_getPayloadV4", json!([id])).await;
-    assert_eq!(
-        keys(&r),
-        sorted(&[
-            "blobsBundle",
-            "blockValue",
-            "executionPayload",
-            "executionRequests",
-            "shouldOverrideBuilder"
-        ])
-    );
-    assert_eq!(keys(&r["executionPayload"]), sorted(&EXECUTION_PAYLOAD_V3));
-    assert_eq!(
-        keys(&r["blobsBundle"]),
-        sorted(&["blobs", "commitments", "proofs"])
-    );
+    assert_envelope(&r);
     assert_eq!(r["executionRequests"], json!([]));
 }
 
@@ -1013,12 +936,7 @@ async fn quantities_and_data_are_encoded_as_the_spec_says() {
     let mut a = attrs(T0);
     a["withdrawals"] = json!([{"index": "0x0", "validatorIndex": "0x10",
         "address": format!("0x{}", "22".repeat(20)), "amount": "0x3"}]);
-    let r = result(
-        &s,
-        "engine_forkchoiceUpdatedV3",
-        json!([state(&genesis(&s), &zero(), &zero()), a]),
-    )
-    .await;
+    let r = fcu_result(&s, json!([state(&genesis(&s), &zero(), &zero()), a])).await;
     let env = result(&s, "engine_getPayloadV5", json!([r["payloadId"]])).await;
     let ep = &env["executionPayload"];
     let quantities = [

@@ -15,6 +15,28 @@ use tokio_util::sync::CancellationToken;
 
 pub const SECRET: [u8; 32] = [0x5a; 32];
 
+/// The members of `ExecutionPayloadV3` (execution-apis `src/engine/openrpc/schemas/payload.yaml`),
+/// written out here rather than taken from the server, which is what the tests check.
+pub const EXECUTION_PAYLOAD_V3: [&str; 17] = [
+    "parentHash",
+    "feeRecipient",
+    "stateRoot",
+    "receiptsRoot",
+    "logsBloom",
+    "prevRandao",
+    "blockNumber",
+    "gasLimit",
+    "gasUsed",
+    "timestamp",
+    "extraData",
+    "baseFeePerGas",
+    "blockHash",
+    "transactions",
+    "withdrawals",
+    "blobGasUsed",
+    "excessBlobGas",
+];
+
 /// An embedded engine served on 127.0.0.1:0; stops its server on drop.
 pub struct Served {
     pub addr: SocketAddr,
