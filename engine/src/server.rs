@@ -20,8 +20,8 @@
 //!   lists the methods served, never itself.
 //! - paris/shanghai/cancun.md, `forkchoiceUpdatedV3`: a state that is not a
 //!   `ForkchoiceStateV1` is `-32602`; an unknown head is SYNCING with `payloadId` null; safe
-//!   or finalized off the head's chain is `-38002`; a head below the finalized block is VALID
-//!   with nothing built; attributes are checked only once the state is applied (it stays
+//!   or finalized off the head's chain is `-38002`; on a head below the finalized block
+//!   nothing is built (VALID, `payloadId` null; the update itself is applied); attributes are checked only once the state is applied (it stays
 //!   applied): not a `PayloadAttributesV3`, or a timestamp not above the head's, is `-38003`;
 //!   the same attributes give the same `payloadId`, other attributes another.
 //! - paris/prague/osaka.md, `getPayloadV4`/`V5`: an unknown id is `-38001`; a payload of the
@@ -31,7 +31,8 @@
 //!   unique, over one byte (`-32602`); an empty transaction, a wrong block hash (also for a
 //!   block already stored) or blob hashes that do not match are INVALID with
 //!   `latestValidHash` null; an unknown parent is SYNCING; a known valid block is VALID; a
-//!   block that does not follow its valid parent is INVALID with the parent's hash.
+//!   block that does not follow its valid parent is INVALID with the parent's hash; an
+//!   INVALID block is not stored, so no method shows it.
 //! - common.md, encoding: quantities without leading zeros.
 //!
 //! Not applicable, as no such case arises here: `-38005` for `forkchoiceUpdatedV3` and

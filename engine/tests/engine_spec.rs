@@ -1205,6 +1205,29 @@ async fn new_payload_invalid_on_a_valid_parent_names_the_parent() {
 }
 
 #[tokio::test]
+async fn new_payload_invalid_block_is_not_surfaced() {
+    // paris.md: "Client software **MUST NOT** surface an `INVALID` payload over any API endpoint and p2p interface."
+    let s = Served::start().await;
+    let ep = built(&s).await;
+    let bad = resealed(&ep, |p| {
+        p.payload.payload_inner.payload_inner.block_number = 5
+    });
+    assert_eq!(new_payload(&s, &bad).await["status"], "INVALID");
+    let r = fcu_result(
+        &s,
+        json!([
+            state(bad["blockHash"].as_str().expect("h"), &zero(), &zero()),
+            null
+        ]),
+    )
+    .await;
+    assert_eq!(r["payloadStatus"]["status"], "SYNCING", "{r}");
+    let v = post(&s, &req("eth_getBlockByNumber", json!(["0x5", false]))).await;
+    assert_eq!(v.get("result"), Some(&Value::Null), "{v}");
+    assert_eq!(head_hash(&s).await, genesis(&s).as_str());
+}
+
+#[tokio::test]
 async fn eth_get_block_by_number_unknown_block_is_null() {
     // src/eth/block.yaml (eth_getBlockByNumber): "oneOf: - $ref: '#/components/schemas/notFound'" where notFound is "type: 'null'"
     let s = Served::start().await;
