@@ -258,7 +258,7 @@ impl EngineApiClient {
             (_, Some(e)) => Err(EngineError::Rpc {
                 method,
                 code: e.code,
-                message: e.message,
+                message: e.detail(),
             }),
             (Some(result), None) => Ok(result),
             (None, None) => Ok(Value::Null),

@@ -63,6 +63,11 @@ pub struct EmbeddedConfig {
     /// Fault knobs in force from the start; `lose_newest_on_restart` is persisted for the next
     /// open.
     pub faults: Faults,
+    /// The Osaka activation timestamp of the served chain (Prague from genesis before it). Only
+    /// the Engine API server reads it: `engine_getPayloadV4` answers `-38005 Unsupported fork`
+    /// for payloads at or after it, `engine_getPayloadV5` for payloads before it. Default 0:
+    /// Osaka from genesis.
+    pub osaka_time: u64,
 }
 
 impl EmbeddedConfig {
@@ -75,6 +80,7 @@ impl EmbeddedConfig {
             chain_id: CHAIN_ID_DEFAULT,
             map_size_bytes: MAP_SIZE_BYTES_DEFAULT,
             faults: Faults::default(),
+            osaka_time: 0,
         }
     }
 }
@@ -86,6 +92,7 @@ pub struct EmbeddedEngine {
     txs_per_block: usize,
     tx_bytes: usize,
     chain_id: u64,
+    osaka_time: u64,
     genesis_hash: BlockHash,
     faults: Mutex<Faults>,
     /// Recently built payloads, oldest first, at most [`BUILT_PAYLOADS_MAX`].
@@ -108,6 +115,20 @@ pub(crate) enum Forkchoice {
     InvalidState(String),
     /// Forkchoice applied, but the attributes were refused (-38003).
     InvalidAttributes(String),
+    /// Engine API rules only: applied, but the head was a canonical ancestor of the finalized
+    /// block, so the attributes are not built (paris.md, forkchoiceUpdatedV1 point 2).
+    BelowFinalized { head: BlockHash },
+}
+
+/// Which rules a call follows where the embedded engine's own use and the Engine API differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rules {
+    /// haseq's in-process use: a build may share its parent's timestamp (sub-second blocks),
+    /// a stored block is not hashed again, any head may be set.
+    Embedded,
+    /// The Engine API as served: attributes' timestamp above the head's, every payload's hash
+    /// checked even when already stored, no build on a head below the finalized block.
+    EngineApi,
 }
 
 /// Payload attributes as the embedded engine takes them (`PayloadAttributesV3`).
@@ -171,6 +192,7 @@ impl EmbeddedEngine {
             txs_per_block: config.txs_per_block,
             tx_bytes: config.tx_bytes,
             chain_id: config.chain_id,
+            osaka_time: config.osaka_time,
             genesis_hash: genesis.block_hash(),
             faults: Mutex::new(config.faults),
             built: Mutex::new(VecDeque::new()),
@@ -193,6 +215,11 @@ impl EmbeddedEngine {
     /// The chain id reported by `eth_chainId`.
     pub fn chain_id(&self) -> u64 {
         self.chain_id
+    }
+
+    /// The Osaka activation timestamp ([`EmbeddedConfig::osaka_time`]).
+    pub(crate) fn osaka_time(&self) -> u64 {
+        self.osaka_time
     }
 
     /// The fault knobs in force.
@@ -230,12 +257,24 @@ impl EmbeddedEngine {
     pub(crate) async fn forkchoice_updated(
         &self,
         method: &'static str,
+        rules: Rules,
         head: BlockHash,
         safe: BlockHash,
         finalized: BlockHash,
         attrs: Option<Attributes>,
     ) -> Result<Forkchoice, EngineError> {
         self.check_fail(method)?;
+        // paris.md, forkchoiceUpdatedV1 point 2: no build on a head that is a canonical
+        // ancestor of the latest finalized block (the update itself is applied: the spec only
+        // allows skipping it, and haseq sets a served engine back that way).
+        let below_finalized = match self.store.header(head)? {
+            Some(rec) if rules == Rules::EngineApi && attrs.is_some() => {
+                let (finalized_number, _) = self.store.finalized()?;
+                rec.number < finalized_number.0
+                    && self.store.canonical_hash(Height(rec.number))? == Some(head)
+            }
+            _ => false,
+        };
         // Already so (every build confirms the head the replayer just set): nothing to write,
         // so no trip to the writer thread.
         let unchanged = {
@@ -263,6 +302,9 @@ impl EmbeddedEngine {
             Err(ForkchoiceRefusal::UnknownHead(_)) => return Ok(Forkchoice::Syncing),
             Err(ForkchoiceRefusal::InvalidState(why)) => return Ok(Forkchoice::InvalidState(why)),
         };
+        if below_finalized {
+            return Ok(Forkchoice::BelowFinalized { head });
+        }
         let Some(attrs) = attrs else {
             return Ok(Forkchoice::Valid {
                 head,
@@ -276,9 +318,13 @@ impl EmbeddedEngine {
         // Sub-second block times: timestamps have one-second resolution, so consecutive blocks
         // may share one here (haseq's Producer adds a second for a real execution client,
         // which requires strictly increasing timestamps).
-        if attrs.timestamp < parent.timestamp {
+        let too_early = match rules {
+            Rules::Embedded => attrs.timestamp < parent.timestamp,
+            Rules::EngineApi => attrs.timestamp <= parent.timestamp,
+        };
+        if too_early {
             return Ok(Forkchoice::InvalidAttributes(format!(
-                "timestamp {} below parent {} (block {}) timestamp {}",
+                "timestamp {} not above parent {} (block {}) timestamp {}",
                 attrs.timestamp, head, head_number, parent.timestamp
             )));
         }
@@ -329,10 +375,11 @@ impl EmbeddedEngine {
     pub(crate) async fn import(
         &self,
         method: &'static str,
+        rules: Rules,
         p: ExecPayload,
     ) -> Result<Imported, EngineError> {
         let hash = p.block_hash();
-        let p = match self.check_import(method, p).await? {
+        let p = match self.check_import(method, rules, p).await? {
             Err(verdict) => return Ok(verdict),
             Ok(None) => return Ok(valid(hash)),
             Ok(Some(p)) => p,
@@ -352,7 +399,7 @@ impl EmbeddedEngine {
         encoded: &[u8],
     ) -> Result<Imported, EngineError> {
         let hash = p.block_hash();
-        let p = match self.check_import(method, p).await? {
+        let p = match self.check_import(method, Rules::Embedded, p).await? {
             // As `newPayload` then `forkchoiceUpdated` would: the head cannot move to a block
             // on an unknown parent.
             Err(Imported {
@@ -402,15 +449,17 @@ impl EmbeddedEngine {
     async fn check_import(
         &self,
         method: &'static str,
+        rules: Rules,
         p: ExecPayload,
     ) -> Result<Result<Option<ExecPayload>, Imported>, EngineError> {
         self.check_fail(method)?;
         let hash = p.block_hash();
         let known = self.store.header(hash)?.is_some();
         let parent = self.store.header(p.parent_hash())?;
-        // A block already stored (built here, or imported before) is valid as stored; like a
-        // real client, the engine does not validate it again.
-        if known {
+        // A block already stored (built here, or imported before) is valid as stored; for
+        // haseq's own use the engine does not validate it again. The Engine API checks every
+        // payload's hash (a stored hash with other contents is INVALID), so it goes on.
+        if known && rules == Rules::Embedded {
             return Ok(Ok(None));
         }
         // Exactly a payload this engine built (the leader importing its own block once it is
@@ -454,6 +503,9 @@ impl EmbeddedEngine {
             }
             p
         };
+        if known {
+            return Ok(Ok(None));
+        }
         let Some(parent) = parent else {
             // The spec's answer for a payload on an unknown parent; the embedded engine never
             // fetches it by itself: the caller imports the ancestors first.
@@ -570,7 +622,10 @@ impl ExecutionEngine for EmbeddedEngine {
                 parent_beacon_block_root: B256::ZERO,
             };
             let p = params.parent;
-            match self.forkchoice_updated(M, p, p, p, Some(attrs)).await? {
+            match self
+                .forkchoice_updated(M, Rules::Embedded, p, p, p, Some(attrs))
+                .await?
+            {
                 Forkchoice::Valid {
                     payload_id: Some(id),
                     ..
@@ -591,7 +646,7 @@ impl ExecutionEngine for EmbeddedEngine {
         const M: &str = "new_payload";
         Box::pin(instrument(M, async move {
             let p = decode_payload(encoded)?;
-            Ok(self.import(M, p).await?.status)
+            Ok(self.import(M, Rules::Embedded, p).await?.status)
         }))
     }
 
@@ -628,7 +683,7 @@ impl ExecutionEngine for EmbeddedEngine {
         const M: &str = "set_head";
         Box::pin(instrument(M, async move {
             match self
-                .forkchoice_updated(M, head, safe, finalized, None)
+                .forkchoice_updated(M, Rules::Embedded, head, safe, finalized, None)
                 .await?
             {
                 Forkchoice::Valid { .. } => Ok(()),
@@ -668,7 +723,7 @@ fn refusal(
                 reason,
             }
         }
-        Forkchoice::Valid { .. } => EngineError::Mismatch {
+        Forkchoice::Valid { .. } | Forkchoice::BelowFinalized { .. } => EngineError::Mismatch {
             method,
             what: "payload id",
             expected: "an id".into(),
