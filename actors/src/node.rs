@@ -390,6 +390,36 @@ pub async fn start_with_listeners(
         });
     }
 
+    // openraft stopped for good (a storage error, say): the node can neither vote nor apply
+    // and would only look alive. Fail, so that its supervisor restarts it on its state.
+    {
+        let raft = raft.clone();
+        let shutdown = shutdown.clone();
+        let failed = failed_tx.clone();
+        tasks.spawn(async move {
+            let mut rx = raft.metrics();
+            loop {
+                let fatal = rx
+                    .borrow_watched()
+                    .running_state
+                    .as_ref()
+                    .err()
+                    .map(|e| e.to_string());
+                if let Some(e) = fatal {
+                    if !shutdown.is_cancelled() {
+                        tracing::error!(error = %e, "Raft stopped on a fatal error");
+                        failed.send_replace(Some(format!("Raft stopped: {e}")));
+                    }
+                    return;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = rx.changed() => if r.is_err() { return },
+                }
+            }
+        });
+    }
+
     if fresh && settings.join {
         // `raft.join`: the cluster adds this node (or has it as a member already) and its
         // leader replicates the log to it, membership included; bootstrapping here would
@@ -726,13 +756,19 @@ impl Node {
 
     /// Stop the node: tell every part to stop, then wait for them, bounded.
     pub async fn shutdown(self) {
+        let started = std::time::Instant::now();
+        let ms = |since: std::time::Instant| since.elapsed().as_millis() as u64;
         // Actors first: the Producer stops proposing and ExecReplayer lets go of the engine.
         self.supervisor.shutdown(ACTOR_STOP_WAIT).await;
+        let actors_ms = ms(started);
         self.shutdown.cancel();
+        let t = std::time::Instant::now();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+        let raft_ms = ms(t);
         self.tasks.close();
+        let t = std::time::Instant::now();
         if tokio::time::timeout(SHUTDOWN_WAIT, self.tasks.wait())
             .await
             .is_err()
@@ -740,6 +776,13 @@ impl Node {
             tracing::warn!("node tasks did not stop within {SHUTDOWN_WAIT:?}");
         }
         metrics::gauge!("haseq_up").set(0.0);
+        tracing::info!(
+            actors_ms,
+            raft_ms,
+            tasks_ms = ms(t),
+            total_ms = ms(started),
+            "node stopped"
+        );
     }
 }
 

@@ -275,6 +275,13 @@ impl RaftFacts {
         let m = raft.metrics();
         let m = m.borrow_watched();
         let role = Role::of(m.state);
+        // A leader that is the only voter is its own quorum: no other node can be elected
+        // without a membership change that it commits itself, so its lease never lapses.
+        // openraft does not refresh `last_quorum_acked` without followers to ack.
+        let sole_voter = {
+            let mut voters = m.membership_config.membership().voter_ids();
+            voters.next().as_ref() == Some(&m.id) && voters.next().is_none()
+        };
         RaftFacts {
             role,
             term: Term(m.current_term),
@@ -282,13 +289,18 @@ impl RaftFacts {
             last_log,
             applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
             committed_index: m.cluster_committed.as_ref().map_or(0, |l| l.index),
-            quorum_acked_at: m
-                .last_quorum_acked
-                .as_ref()
-                .filter(|_| role == Role::Leader)
-                // openraft keeps its own instant type, with no conversion: its age, read now,
-                // dates it on the std clock.
-                .and_then(|t| std::time::Instant::now().checked_sub((*t).into_inner().elapsed())),
+            quorum_acked_at: if sole_voter && role == Role::Leader {
+                Some(std::time::Instant::now())
+            } else {
+                m.last_quorum_acked
+                    .as_ref()
+                    .filter(|_| role == Role::Leader)
+                    // openraft keeps its own instant type, with no conversion: its age, read now,
+                    // dates it on the std clock.
+                    .and_then(|t| {
+                        std::time::Instant::now().checked_sub((*t).into_inner().elapsed())
+                    })
+            },
             members: Members::of(&m),
         }
     }

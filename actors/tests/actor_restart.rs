@@ -75,3 +75,27 @@ fn panicked_raft_core_is_rebuilt_and_node_keeps_serving() {
         c.stop_all().await;
     });
 }
+
+/// openraft stopping by itself (a fatal storage error, say) leaves a node that can neither
+/// vote nor apply yet still answers `/health`: the node must report a failure, on which
+/// haseqd exits non-zero so that systemd or Docker restarts it on its state. Here Raft is
+/// stopped from outside [`haseq_actors::node::Node::shutdown`]; the rest keep producing.
+#[test]
+fn raft_stopping_by_itself_fails_the_node() {
+    run(async {
+        let mut c = Cluster::start_configured(3, |s| {
+            harness::enable_production(s, Duration::from_millis(100))
+        })
+        .await;
+        let (leader, _) = c.wait_leader(Duration::from_secs(10)).await;
+        let victim = (leader + 1) % 3;
+        c.node(victim).raft.shutdown().await.expect("raft shutdown");
+        let why = tokio::time::timeout(Duration::from_secs(5), c.node(victim).failure())
+            .await
+            .expect("the node reports its failure within 5 s");
+        assert!(why.starts_with("Raft stopped"), "failure reason: {why}");
+        let top = c.node(leader).blocks.head().unwrap().height.0;
+        c.wait_block_above(top + 2, Duration::from_secs(10)).await;
+        c.stop_all().await;
+    });
+}

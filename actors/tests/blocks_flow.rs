@@ -113,3 +113,17 @@ fn blocks_flow_and_every_engine_reaches_the_same_head() {
         c.stop_all().await;
     });
 }
+
+/// A one-node cluster is its own quorum: its leader's lease never lapses, so it produces
+/// on and on (it used to stop after two blocks with "leader lease expired", openraft not
+/// refreshing its quorum acknowledgement without followers).
+#[test]
+fn single_node_cluster_keeps_producing() {
+    run(async {
+        let mut c = Cluster::start_configured(1, |s| enable_production(s, BLOCK_TIME)).await;
+        c.wait_leader(Duration::from_secs(10)).await;
+        // 20 blocks at 50 ms: well past the 46 ms lease many times over.
+        c.wait_block_above(20, Duration::from_secs(10)).await;
+        c.stop_all().await;
+    });
+}

@@ -133,6 +133,16 @@ def wait_for(what, timeout_s, probe, interval=POLL_S):
         time.sleep(interval)
 
 
+def exited(pid):
+    """The process is gone, or a zombie (exited; the container runtime reaps it, here up to
+    seconds later)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -620,7 +630,7 @@ def scenario_rolling(c, report, rounds=2):
             wait_for(f"a block after stopping {name}", 30, lambda: c.height(rest) > base)
             gap = time.monotonic() - t
             gaps.append(round(gap, 3))
-            wait_for(f"{name} exiting after SIGTERM", 30, lambda: not os.path.exists(f"/proc/{pid}"))
+            wait_for(f"{name} exiting after SIGTERM", 30, lambda: exited(pid))
             stopped = time.monotonic() - t
             c.start(name)
             c.wait_caught_up(name)
@@ -667,6 +677,7 @@ class SlowLink:
         self.node_tap, self.bridge_tap = f"{self.tag}n", f"{self.tag}p"
         self.log = os.path.join(work, "slow-link.log")
         self.proc = None
+        self.rule = False
         net_id = run(["docker", "network", "inspect", "-f", "{{.Id}}", c.raft_net]).strip()
         self.docker_br = "br-" + net_id[:12]
         ip = c.raft_ip(name)
@@ -694,7 +705,15 @@ class SlowLink:
         )
         wait_for("slow-link ready", 5, lambda: "ready" in open(self.log).read(), 0.05)
         run(["ip", "link", "add", self.br, "type", "bridge", "stp_state", "0",
-             "forward_delay", "0", "nf_call_iptables", "0"])
+             "forward_delay", "0"])
+        # Frames bridged here must not meet Docker's iptables FORWARD policy (DROP) when the
+        # host has bridge-nf-call-iptables on: the bridge's own switch, and a rule besides.
+        knob = f"/sys/class/net/{self.br}/bridge/nf_call_iptables"
+        if os.path.exists(knob):
+            with open(knob, "w") as f:
+                f.write("0")
+        run(["iptables", "-w", "-I", "FORWARD", "-i", self.br, "-o", self.br, "-j", "ACCEPT"])
+        self.rule = True
         run(["ip", "link", "set", self.node_tap, "master", self.br])
         run(["ip", "link", "set", self.bridge_tap, "master", self.docker_br])
         run(["ip", "link", "set", self.veth, "master", self.br])
@@ -708,6 +727,9 @@ class SlowLink:
     def __exit__(self, *exc):
         run(["ip", "link", "set", self.veth, "master", self.docker_br], check=False, quiet=True)
         run(["ip", "link", "del", self.br], check=False, quiet=True)
+        if self.rule:
+            run(["iptables", "-w", "-D", "FORWARD", "-i", self.br, "-o", self.br, "-j", "ACCEPT"],
+                check=False, quiet=True)
         if self.proc:
             self.proc.terminate()
             try:
