@@ -750,8 +750,6 @@ def scenario_latency(c, report, kills, work):
         c.wait_produces(c.names, blocks=4, timeout_s=30)
         for i in range(kills):
             leader = c.leader(timeout_s=60)
-            if leader == slow and i == 0:
-                say(f"latency: the slow node {slow} leads")
             c.check_safety(what=f"latency, before kill {i + 1}")
             survivors = [n for n in c.names if n != leader]
             t = c.sigkill(leader)
@@ -824,7 +822,8 @@ def main():
         say(f"building the image {args.image} from {args.binary}")
         run([os.path.join(HERE, "build-image.sh"), "--binary", args.binary, "--tag", args.image],
             timeout=600)
-    if run(["docker", "image", "inspect", args.image], check=False, quiet=True) == "":
+    inspect = subprocess.run(["docker", "image", "inspect", args.image], capture_output=True)
+    if inspect.returncode != 0:
         raise EnvProblem(f"no image {args.image}: run deploy/docker/build-image.sh or --binary")
 
     work = tempfile.mkdtemp(prefix="haseq-chaos.")
