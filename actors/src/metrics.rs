@@ -58,6 +58,12 @@ fn describe_all() {
         "1 while this node is the Raft leader, else 0"
     );
     describe_gauge!("haseq_term", "Current Raft term");
+    describe_counter!(
+        "haseq_crash_fast_total",
+        Unit::Count,
+        "Crash-fast failover attempts after the leader's connections closed without a goodbye, \
+         by outcome (campaigned, no_quorum, deferred, stale, ineligible)"
+    );
     describe_gauge!(
         "haseq_timing_too_tight",
         "1 while a configured Raft timing is below the operator guide's rule for the largest \
@@ -224,6 +230,7 @@ fn zero_all() {
     haseq_storage::zero_metrics();
     haseq_net::zero_metrics();
     haseq_engine::zero_metrics();
+    crate::p2p::crash_fast::zero_metrics();
     for name in COUNTERS {
         metrics::counter!(name).increment(0);
     }

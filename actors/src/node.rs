@@ -228,6 +228,7 @@ pub struct Node {
     supervisor: Supervisor,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    net: Network,
 }
 
 /// Bind the configured ports and start the node.
@@ -366,6 +367,7 @@ pub async fn start_with_listeners(
     let serve_faults = ServeFaults::default();
     let members_ctx = Arc::new(std::sync::OnceLock::new());
     let handed = crate::raft_core::TransferSeen::default();
+    let links = crate::p2p::links::PeerLinks::default();
     let handler = Arc::new(NodeHandler {
         raft: haseq_net::RaftHandler::new(raft.clone()).with_vote_gate(vote_gate(view_rx.clone())),
         view: view_rx.clone(),
@@ -375,6 +377,7 @@ pub async fn start_with_listeners(
         faults: serve_faults.clone(),
         members: members_ctx.clone(),
         handed: handed.clone(),
+        links: links.clone(),
     });
     {
         let shutdown = shutdown.clone();
@@ -467,18 +470,6 @@ pub async fn start_with_listeners(
     };
     let peer_feed = PeerFeed::default();
     let raft_feed = RaftFeed::replaying();
-    let p2p = {
-        let deps = P2pDeps {
-            node_id: id.clone(),
-            raft_feed: raft_feed.clone(),
-            peers: settings.peers.clone(),
-            network: net.clone(),
-            send_timeout: settings.timing.send_timeout,
-            feed: peer_feed.clone(),
-            faults: faults.clone(),
-        };
-        supervisor.start("p2p", move |exit| P2p::new(deps.clone(), exit))
-    };
     let latencies = crate::stats::LatencyLog::default();
     let core_raft = raft.clone();
     let core_faults = faults.clone();
@@ -492,6 +483,22 @@ pub async fn start_with_listeners(
             exit,
         )
     });
+    let p2p = {
+        let deps = P2pDeps {
+            node_id: id.clone(),
+            raft_feed: raft_feed.clone(),
+            peers: settings.peers.clone(),
+            network: net.clone(),
+            send_timeout: settings.timing.send_timeout,
+            feed: peer_feed.clone(),
+            faults: faults.clone(),
+            links,
+            view: view_rx.clone(),
+            raft_core: raft_core.clone(),
+            crash_fast: settings.crash_fast_failover,
+        };
+        supervisor.start("p2p", move |exit| P2p::new(deps.clone(), exit))
+    };
     let deps = ProducerDeps {
         node_id: id.clone(),
         raft_core: raft_core.clone(),
@@ -636,6 +643,7 @@ pub async fn start_with_listeners(
         supervisor,
         shutdown,
         tasks,
+        net,
     })
 }
 
@@ -767,6 +775,11 @@ impl Node {
             tracing::warn!(error = %e, "raft shutdown");
         }
         let raft_ms = ms(t);
+        // Closed on purpose: each peer is told, so that none takes this for a crash and
+        // campaigns at once (crash-fast failover).
+        let t = std::time::Instant::now();
+        self.net.close_all().await;
+        let goodbye_ms = ms(t);
         self.tasks.close();
         let t = std::time::Instant::now();
         if tokio::time::timeout(SHUTDOWN_WAIT, self.tasks.wait())
@@ -779,6 +792,7 @@ impl Node {
         tracing::info!(
             actors_ms,
             raft_ms,
+            goodbye_ms,
             tasks_ms = ms(t),
             total_ms = ms(started),
             "node stopped"

@@ -20,7 +20,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, AsyncContext, Context, Handler, Message, ResponseFuture, StreamHandler};
+use actix::{
+    Actor, AsyncContext, Context, Handler, Message, ResponseFuture, StreamHandler, WrapFuture,
+};
 use haseq_messages::members::{MemberChange, MemberChangeError, MemberEntry, MembersReport};
 use haseq_messages::{ApplyOutcome, Block, Command, NodeId, PeerNode, Term};
 use openraft::async_runtime::WatchReceiver;
@@ -392,6 +394,18 @@ pub enum ProposeError {
     /// RaftCore could not be reached (being rebuilt); try again.
     #[error("RaftCore unavailable: {0}")]
     Unavailable(String),
+}
+
+/// Crash-fast failover (see `p2p::crash_fast`): `leader`'s connections closed without a
+/// goodbye and a quorum of voters saw the same; campaign now, if this node still follows
+/// `leader` in `term`. Answers whether the campaign was started.
+#[derive(Message, Debug)]
+#[rtype(result = "bool")]
+pub struct CrashFastElect {
+    /// The leader that is gone.
+    pub leader: NodeId,
+    /// The term it led.
+    pub term: Term,
 }
 
 /// Make the actor panic: the supervisor must rebuild it. For fault-injection tests.
@@ -821,6 +835,38 @@ impl Handler<SetElect> for RaftCore {
 
     fn handle(&mut self, msg: SetElect, _: &mut Context<Self>) {
         self.raft.runtime_config().elect(msg.0);
+    }
+}
+
+impl Handler<CrashFastElect> for RaftCore {
+    type Result = bool;
+
+    fn handle(&mut self, msg: CrashFastElect, ctx: &mut Context<Self>) -> bool {
+        let (still, term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            let still = m.state == openraft::ServerState::Follower
+                && m.current_leader.as_ref() == Some(&msg.leader)
+                && m.current_term == msg.term.0;
+            (still, m.current_term)
+        };
+        if !still {
+            tracing::debug!(leader = %msg.leader, term, "crash-fast campaign dropped: the term or leader changed meanwhile");
+            return false;
+        }
+        // A real vote at once (`elect(false)`): openraft's own pre-vote would be refused here
+        // until this node's lease on the gone leader runs out. The quorum's answers stood in
+        // for it; the voters waive the lease on their own evidence, nothing else.
+        let raft = self.raft.clone();
+        ctx.spawn(
+            async move {
+                if let Err(e) = raft.trigger().elect(false).await {
+                    tracing::warn!(error = %e, "crash-fast campaign not started");
+                }
+            }
+            .into_actor(self),
+        );
+        true
     }
 }
 

@@ -53,6 +53,9 @@ pub struct NodeSettings {
     /// Never bootstrap: with an empty `raft_dir`, wait for the cluster to add this node
     /// (`raft.join`).
     pub join: bool,
+    /// Campaign at once when the leader's connections all close without a goodbye and a
+    /// quorum of voters saw the same (`raft.crash_fast_failover`).
+    pub crash_fast_failover: bool,
     /// Snapshot files kept on disk (`raft.snap_count`).
     pub snap_count: usize,
     /// The cluster's shared secret (`raft.secret_file`).

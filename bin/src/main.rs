@@ -301,6 +301,7 @@ fn settings(cfg: &Config) -> Result<NodeSettings, String> {
         snapshot_threshold: r.snapshot_threshold,
         trailing_logs: r.trailing_logs,
         join: r.join,
+        crash_fast_failover: r.crash_fast_failover,
         snap_count: r.snap_count as usize,
         secret: Arc::new(secret),
         api_addr: cfg.api.addr.to_string(),

@@ -793,6 +793,8 @@ def main():
     ap.add_argument("--scenarios", default=",".join(SCENARIOS),
                     help=f"comma-separated, of {','.join(SCENARIOS)}")
     ap.add_argument("--kills", type=int, default=20, help="leader kills in `kill`")
+    ap.add_argument("--block-time-ms", type=int, default=BLOCK_TIME_MS,
+                    help="node.block_time of every node (default %(default)s)")
     ap.add_argument("--latency-kills", type=int, default=3)
     ap.add_argument("--gap-bound", type=float, default=2.0,
                     help="largest production gap (s) a leader kill may cause")
@@ -807,6 +809,9 @@ def main():
         ap.error(f"unknown scenario {','.join(unknown)} (known: {','.join(SCENARIOS)})")
     if args.kills < 1 or args.latency_kills < 1:
         ap.error("--kills and --latency-kills must be at least 1")
+    if args.block_time_ms < 10:
+        ap.error("--block-time-ms must be at least 10")
+    globals()["BLOCK_TIME_MS"] = args.block_time_ms
 
     if shutil.which("docker") is None:
         raise EnvProblem("needs docker")

@@ -171,6 +171,19 @@ pub enum RpcRequest {
         /// Transfer even to a lagging, unhealthy or paused node.
         force: bool,
     },
+    /// Crash-fast failover: "my connections from `leader` closed without a goodbye; did
+    /// yours?" Asked of the other voters before campaigning, so that one connection reset
+    /// while the leader still reaches a quorum causes no election. Changes nothing on the
+    /// receiver but what it remembers of the asker (see `RpcResponse::LeaderGone`).
+    LeaderGone {
+        /// The leader whose connections closed.
+        leader: NodeId,
+        /// The term it led.
+        term: Term,
+    },
+    /// Sent, unanswered, by a node that closes a connection on purpose (shutdown, pool
+    /// restart, a peer it presumes dead): the receiver must not read the close as a crash.
+    Goodbye,
 }
 
 /// A node's view of itself, as its peers poll it.
@@ -201,7 +214,7 @@ pub struct PeerState {
 impl RpcRequest {
     /// Every value [`RpcRequest::kind`] returns (the `kind` label of the RPC metrics, created
     /// at 0 for each at start-up).
-    pub const KINDS: [&'static str; 10] = [
+    pub const KINDS: [&'static str; 12] = [
         "append_entries",
         "vote",
         "pre_vote",
@@ -212,6 +225,8 @@ impl RpcRequest {
         "member_history",
         "change_members",
         "transfer_leadership",
+        "leader_gone",
+        "goodbye",
     ];
 
     /// A short name for logs and metrics.
@@ -227,6 +242,8 @@ impl RpcRequest {
             RpcRequest::MemberHistory => "member_history",
             RpcRequest::ChangeMembers { .. } => "change_members",
             RpcRequest::TransferLeadership { .. } => "transfer_leadership",
+            RpcRequest::LeaderGone { .. } => "leader_gone",
+            RpcRequest::Goodbye => "goodbye",
         }
     }
 }
@@ -259,6 +276,15 @@ pub enum RpcResponse {
     MembersChanged(Result<crate::members::MembersReport, crate::members::MemberChangeError>),
     /// Answer to TransferLeadership: the target the leader hands over to, or why it refused.
     TransferStarted(Result<NodeId, String>),
+    /// Answer to LeaderGone.
+    LeaderGone {
+        /// The receiver too lost every connection from that leader without a goodbye, and
+        /// still follows it in that term.
+        gone: bool,
+        /// The receiver had already asked the same question itself (of two voters that
+        /// asked each other, the smaller id campaigns).
+        asking: bool,
+    },
     /// The receiver could not serve the call (shutting down, not initialised, bad request).
     Error(RemoteError),
 }

@@ -93,6 +93,13 @@ impl Network {
         self.shared.pool.forget(target);
     }
 
+    /// Close every connection this node holds, each with a goodbye so that its peers do not
+    /// take the close for a crash (see crash-fast failover in DESIGN). For shutdown: a call
+    /// made afterwards dials again.
+    pub async fn close_all(&self) {
+        self.shared.pool.close_all().await;
+    }
+
     /// The settings this network was made with.
     pub fn config(&self) -> &NetConfig {
         &self.shared.cfg
@@ -247,6 +254,7 @@ fn response_kind(r: &RpcResponse) -> &'static str {
         RpcResponse::MemberHistory { .. } => "member_history",
         RpcResponse::MembersChanged(_) => "members_changed",
         RpcResponse::TransferStarted(_) => "transfer_started",
+        RpcResponse::LeaderGone { .. } => "leader_gone",
         RpcResponse::Error(_) => "error",
     }
 }

@@ -84,6 +84,8 @@ pub(crate) struct MuxConn {
     stall_max: Duration,
     created: Instant,
     closer: Closer,
+    /// Cancelled when the writer task has ended (its goodbye sent, or given up).
+    finished: CancellationToken,
 }
 
 impl MuxConn {
@@ -104,8 +106,15 @@ impl MuxConn {
             reason: Arc::new(Mutex::new(None)),
             label,
         };
+        let finished = CancellationToken::new();
         tokio::spawn(read_loop(reader, closer.clone()));
-        tokio::spawn(write_loop(writer, outbox_rx, io_timeout, closer.clone()));
+        tokio::spawn(write_loop(
+            writer,
+            outbox_rx,
+            io_timeout,
+            closer.clone(),
+            finished.clone(),
+        ));
         Arc::new(MuxConn {
             outbox,
             inflight: Semaphore::new(CALLS_INFLIGHT_MAX),
@@ -113,7 +122,15 @@ impl MuxConn {
             stall_max: io_timeout,
             created: Instant::now(),
             closer,
+            finished,
         })
+    }
+
+    /// Close on purpose: the writer says goodbye (so the peer does not take the close for
+    /// this node's crash) and ends; returns once it has, or after [`GOODBYE_WAIT`].
+    pub(crate) async fn close_with_goodbye(&self) {
+        self.closer.close(Some("closed on purpose".into()));
+        let _ = timeout(GOODBYE_WAIT, self.finished.cancelled()).await;
     }
 
     /// Whether the connection has failed or been dropped; a closed one never reopens.
@@ -274,16 +291,40 @@ async fn read_loop(mut reader: FramedRead<OwnedReadHalf, LengthDelimitedCodec>, 
     closer.close(why);
 }
 
+/// How long a closing connection tries to deliver its goodbye.
+pub(crate) const GOODBYE_WAIT: Duration = Duration::from_millis(100);
+
+/// The goodbye frame (`wire::Request { id: 0, body: Goodbye }`).
+fn goodbye_frame() -> Option<Bytes> {
+    frame::encode(
+        &RequestRef {
+            id: 0,
+            body: &RpcRequest::Goodbye,
+        },
+        FRAME_BYTES_MAX,
+    )
+    .ok()
+}
+
 async fn write_loop(
     mut writer: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
     mut outbox: mpsc::Receiver<Bytes>,
     write_timeout: Duration,
     closer: Closer,
+    finished: CancellationToken,
 ) {
+    let _finished = finished.drop_guard();
     let why = loop {
         let first = tokio::select! {
             biased;
-            _ = closer.closed.cancelled() => break None,
+            _ = closer.closed.cancelled() => {
+                // Closed by this side (dropped, presumed the peer dead, or its reader saw the
+                // peer go): say goodbye, so that a live peer does not take it for a crash.
+                if let Some(bye) = goodbye_frame() {
+                    let _ = timeout(GOODBYE_WAIT, writer.send(bye)).await;
+                }
+                break None;
+            }
             m = outbox.recv() => match m {
                 Some(frame) => frame,
                 None => break None,

@@ -38,12 +38,12 @@ pub use error::{NetError, NetErrorKind};
 pub use frame::FrameError;
 pub use handshake::{NOT_A_MEMBER, RefusalReason};
 pub use metrics::{
-    METRIC_PEER_AUTH_REFUSED, METRIC_RPC_ERRORS, METRIC_RPC_SECONDS, METRIC_RPC_SENT,
-    describe_metrics, zero_metrics,
+    METRIC_PEER_AUTH_REFUSED, METRIC_PEER_LINKS_CLOSED, METRIC_RPC_ERRORS, METRIC_RPC_SECONDS,
+    METRIC_RPC_SENT, describe_metrics, zero_metrics,
 };
 pub use ports::free_loopback_port;
 pub use raft_handler::{RaftHandler, VoteCandidate, VoteGate};
-pub use server::{IsMember, RpcHandler, serve};
+pub use server::{IsMember, LinkClosed, RpcHandler, serve};
 
 /// Limits of the transport, named so that every queue, wait and retry has a visible bound.
 pub mod limits {

@@ -10,6 +10,9 @@ pub const METRIC_PEER_AUTH_REFUSED: &str = "haseq_peer_auth_refused_total";
 pub const METRIC_RPC_SENT: &str = "haseq_rpc_sent_total";
 /// Counter: RPCs to peers that failed (no answer, unreachable, refused), by `kind`.
 pub const METRIC_RPC_ERRORS: &str = "haseq_rpc_errors_total";
+/// Counter: connections from members that ended, by `how` (`vanished`: closed or reset
+/// without a goodbye; `goodbye`; `local`: closed by this node).
+pub const METRIC_PEER_LINKS_CLOSED: &str = "haseq_peer_links_closed_total";
 /// Histogram: seconds from sending an RPC to its answer or failure, by `kind`.
 pub const METRIC_RPC_SECONDS: &str = "haseq_rpc_seconds";
 
@@ -28,6 +31,12 @@ pub fn describe_metrics() {
         Unit::Count,
         "RPCs to peers that failed (timeout, unreachable, connection lost, refused), by kind."
     );
+    describe_counter!(
+        METRIC_PEER_LINKS_CLOSED,
+        Unit::Count,
+        "Connections from members that ended, by how: vanished (closed or reset without a \
+         goodbye), goodbye, local (closed by this node)."
+    );
     describe_histogram!(
         METRIC_RPC_SECONDS,
         Unit::Seconds,
@@ -41,6 +50,9 @@ pub fn zero_metrics() {
     for reason in crate::RefusalReason::ALL {
         counter!(METRIC_PEER_AUTH_REFUSED, "reason" => reason.as_str()).increment(0);
     }
+    for how in crate::server::LinkClosed::ALL {
+        counter!(METRIC_PEER_LINKS_CLOSED, "how" => how.as_str()).increment(0);
+    }
     for kind in haseq_messages::wire::RpcRequest::KINDS {
         counter!(METRIC_RPC_SENT, "kind" => kind).increment(0);
         counter!(METRIC_RPC_ERRORS, "kind" => kind).increment(0);
@@ -50,6 +62,10 @@ pub fn zero_metrics() {
 
 pub(crate) fn auth_refused(reason: &'static str) {
     counter!(METRIC_PEER_AUTH_REFUSED, "reason" => reason).increment(1);
+}
+
+pub(crate) fn link_closed(how: &'static str) {
+    counter!(METRIC_PEER_LINKS_CLOSED, "how" => how).increment(1);
 }
 
 pub(crate) fn rpc_sent(kind: &'static str) {

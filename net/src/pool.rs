@@ -139,6 +139,11 @@ impl Slot {
         lock(&self.state).conn = None;
     }
 
+    /// Take the live connection out of the slot, if any.
+    fn take(&self) -> Option<Arc<MuxConn>> {
+        lock(&self.state).conn.take()
+    }
+
     async fn connect(
         self: Arc<Self>,
         tx: watch::Sender<Option<Result<Arc<MuxConn>, NetErrorKind>>>,
@@ -269,6 +274,18 @@ impl Pool {
         for slot in removed {
             slot.disconnect();
         }
+    }
+}
+
+impl Pool {
+    /// Close every connection, each with a goodbye; returns once all writers are done, or
+    /// after `GOODBYE_WAIT` (they run at once).
+    pub(crate) async fn close_all(&self) {
+        let conns: Vec<Arc<MuxConn>> = {
+            let slots = lock(&self.slots);
+            slots.values().filter_map(|slot| slot.take()).collect()
+        };
+        futures::future::join_all(conns.iter().map(|c| c.close_with_goodbye())).await;
     }
 }
 

@@ -136,9 +136,12 @@ where
             | RpcRequest::FetchBlocks { .. }
             | RpcRequest::MemberHistory
             | RpcRequest::ChangeMembers { .. }
-            | RpcRequest::TransferLeadership { .. }) => RpcResponse::Error(RemoteError::Refused(
-                format!("{} is not a Raft call", other.kind()),
-            )),
+            | RpcRequest::TransferLeadership { .. }
+            | RpcRequest::LeaderGone { .. }
+            | RpcRequest::Goodbye) => RpcResponse::Error(RemoteError::Refused(format!(
+                "{} is not a Raft call",
+                other.kind()
+            ))),
         }
     }
 }

@@ -49,6 +49,39 @@ pub trait RpcHandler: Send + Sync + 'static {
     /// Serve one request from member `from`. Failures are answers too
     /// (`RpcResponse::Error`); the transport bounds the call by its deadline.
     fn handle(&self, from: NodeId, req: RpcRequest) -> impl Future<Output = RpcResponse> + Send;
+
+    /// Member `from` opened a connection (it passed the handshake).
+    fn link_opened(&self, _from: &NodeId) {}
+
+    /// A connection from member `from` ended. `how` says whether the peer vanished (its
+    /// side closed or reset the socket without a goodbye: its process died, or something
+    /// on the path cut the connection) or left on purpose, or this side closed it.
+    fn link_closed(&self, _from: &NodeId, _how: LinkClosed) {}
+}
+
+/// How a connection from a member ended (see [`RpcHandler::link_closed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkClosed {
+    /// The peer closed or reset it without saying goodbye.
+    Vanished,
+    /// The peer said goodbye first.
+    Goodbye,
+    /// This side closed it (shutdown, idle, a broken frame, a stalled write).
+    Local,
+}
+
+impl LinkClosed {
+    /// Every value, for metrics created at 0.
+    pub const ALL: [LinkClosed; 3] = [LinkClosed::Vanished, LinkClosed::Goodbye, LinkClosed::Local];
+
+    /// The `how` label of `haseq_peer_links_closed_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkClosed::Vanished => "vanished",
+            LinkClosed::Goodbye => "goodbye",
+            LinkClosed::Local => "local",
+        }
+    }
 }
 
 /// Whether a node id belongs to the cluster (asked once per connection, after the peer has
@@ -150,6 +183,7 @@ impl Connection {
             return;
         };
         tracing::debug!(peer = %from, peer_addr = %self.peer_addr, "peer authenticated");
+        handler.link_opened(&from);
 
         let (mut reader, writer) = frame::split(framed, FRAME_BYTES_MAX);
         let (answers, answers_rx) = mpsc::channel(RESPONSES_QUEUED_MAX);
@@ -164,13 +198,13 @@ impl Connection {
         let inflight = Arc::new(Semaphore::new(REQUESTS_INFLIGHT_MAX));
         let mut requests = JoinSet::new();
 
-        loop {
+        let how = loop {
             // Reap finished requests so the set holds only running ones.
             while requests.try_join_next().is_some() {}
             // Past the cap, stop reading: the peer's writes back up into its own deadlines.
             let permit = tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => break,
+                _ = self.cancel.cancelled() => break LinkClosed::Local,
                 p = inflight.clone().acquire_owned() => p.expect("request semaphore never closed"),
             };
             // A peer that vanished without a FIN would hold this connection (and a slot under
@@ -179,31 +213,38 @@ impl Connection {
             let idle = requests.is_empty();
             let frame = tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => break,
+                _ = self.cancel.cancelled() => break LinkClosed::Local,
                 f = frame::read_frame(&mut reader, FRAME_BYTES_MAX) => f,
                 _ = tokio::time::sleep(CONNECTION_IDLE_MAX), if idle => {
                     tracing::debug!(
                         peer = %from, peer_addr = %self.peer_addr,
                         "idle for {CONNECTION_IDLE_MAX:?}; closing"
                     );
-                    break;
+                    break LinkClosed::Local;
                 }
             };
             let request = match frame.and_then(|body| frame::decode::<Request>(&body)) {
+                Ok(Request {
+                    body: RpcRequest::Goodbye,
+                    ..
+                }) => {
+                    tracing::debug!(peer = %from, peer_addr = %self.peer_addr, "peer said goodbye");
+                    break LinkClosed::Goodbye;
+                }
                 Ok(r) => r,
-                Err(FrameError::Closed) => {
+                Err(e @ (FrameError::Closed | FrameError::Io(_))) => {
                     tracing::debug!(
                         peer = %from, peer_addr = %self.peer_addr,
-                        "peer closed the connection"
+                        "peer closed the connection without a goodbye: {e}"
                     );
-                    break;
+                    break LinkClosed::Vanished;
                 }
                 Err(e) => {
                     tracing::warn!(
                         peer = %from, peer_addr = %self.peer_addr,
                         "dropping connection: {e}"
                     );
-                    break;
+                    break LinkClosed::Local;
                 }
             };
             // The caller gives up at its budget; ours runs a margin past it so the caller's
@@ -226,13 +267,15 @@ impl Connection {
                 answers.clone(),
                 permit,
             ));
-        }
+        };
 
         // Stop the writer and any request still running; the client's calls fail or time out.
         self.cancel.cancel();
         requests.abort_all();
         drop(answers);
         let _ = writer.await;
+        metrics::link_closed(how.as_str());
+        handler.link_closed(&from, how);
     }
 
     /// The handshake under its deadline. `None` when refused (logged and counted) or broken.

@@ -19,6 +19,8 @@
 
 pub mod book;
 pub mod check;
+pub mod crash_fast;
+pub mod links;
 pub mod serve;
 
 use std::collections::BTreeMap;
@@ -251,6 +253,14 @@ pub struct P2pDeps {
     pub feed: PeerFeed,
     /// Fault knobs.
     pub faults: PanicKnobs,
+    /// How members' connections to this node ended (crash-fast failover's evidence).
+    pub links: links::PeerLinks,
+    /// The Elector's view: whether this node may lead.
+    pub view: watch::Receiver<crate::elector::ElectorView>,
+    /// RaftCore, told to campaign by crash-fast failover.
+    pub raft_core: crate::supervisor::Slot<crate::raft_core::RaftCore>,
+    /// `raft.crash_fast_failover`.
+    pub crash_fast: bool,
 }
 
 #[derive(Default)]
@@ -316,6 +326,10 @@ pub struct P2p {
     turn: usize,
     poll_cancel: CancellationToken,
     _poll: Option<TaskGuard>,
+    /// What RaftCore last told.
+    facts: Option<RaftFacts>,
+    /// The crash-fast attempt running, for which leader and term.
+    crash_fast: Option<(NodeId, haseq_messages::Term, TaskGuard)>,
     _exit: ExitGuard,
 }
 
@@ -331,6 +345,8 @@ impl P2p {
             turn: 0,
             poll_cancel: CancellationToken::new(),
             _poll: None,
+            facts: None,
+            crash_fast: None,
             _exit: exit,
         };
         p2p.set_book(entries);
@@ -455,6 +471,14 @@ impl Actor for P2p {
         ctx.set_mailbox_capacity(64);
         self.start_poll(ctx);
         self.d.raft_feed.subscribe("p2p", ctx.address().recipient());
+        // Each vanishing of a member's links, as the serving side records it.
+        let rx = self.d.links.subscribe();
+        let vanished = futures::stream::unfold(rx, |mut rx| async move {
+            rx.changed().await.ok()?;
+            let peer = rx.borrow_and_update().as_ref().map(|(p, _)| p.clone());
+            Some((LinkVanished(peer), rx))
+        });
+        ctx.add_message_stream(vanished);
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -493,6 +517,74 @@ impl Handler<PeerPolled> for P2p {
     }
 }
 
+/// The serving side saw every connection from this peer end without a goodbye.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct LinkVanished(pub Option<NodeId>);
+
+impl Handler<LinkVanished> for P2p {
+    type Result = ();
+
+    fn handle(&mut self, msg: LinkVanished, ctx: &mut Context<Self>) {
+        let Some(peer) = msg.0 else { return };
+        if !self.d.crash_fast {
+            return;
+        }
+        let Some(f) = &self.facts else { return };
+        // Only the leader this node follows, and only as a voter that would be counted.
+        if f.role != crate::raft_core::Role::Follower
+            || f.leader.as_ref() != Some(&peer)
+            || !f.members.voters.contains_key(&self.d.node_id)
+            || !f.members.voters.contains_key(&peer)
+        {
+            return;
+        }
+        let term = f.term;
+        if let Some((l, t, task)) = &self.crash_fast
+            && *l == peer
+            && *t == term
+            && !task.is_finished()
+        {
+            return;
+        }
+        if !self.d.view.borrow().eligible {
+            crash_fast::count(crash_fast::Outcome::Ineligible);
+            tracing::info!(leader = %peer, term = term.0, "the leader's connections closed without a goodbye; this node may not lead, so it leaves the election to the others");
+            return;
+        }
+        let others = f
+            .members
+            .voters
+            .keys()
+            .filter(|id| **id != self.d.node_id && **id != peer)
+            .map(|id| {
+                let addr = self
+                    .peers
+                    .get(id)
+                    .map(|p| p.addr.clone())
+                    .unwrap_or_default();
+                (id.clone(), addr)
+            })
+            .filter(|(_, addr)| !addr.is_empty())
+            .collect();
+        let attempt = crash_fast::Attempt {
+            me: self.d.node_id.clone(),
+            leader: peer.clone(),
+            term,
+            others,
+            voters: f.members.voters.len(),
+            links: self.d.links.clone(),
+            network: self.d.network.clone(),
+            ask_timeout: self.d.send_timeout.min(crash_fast::ASK_TIMEOUT_MAX),
+            raft_core: self.d.raft_core.clone(),
+        };
+        let task = spawn_task(ctx, "crash_fast", async move {
+            attempt.run().await;
+        });
+        self.crash_fast = Some((peer, term, task));
+    }
+}
+
 impl Handler<RaftFacts> for P2p {
     type Result = ();
 
@@ -505,6 +597,7 @@ impl Handler<RaftFacts> for P2p {
             self.differences = differences;
         }
         self.set_book(entries);
+        self.facts = Some(msg);
     }
 }
 

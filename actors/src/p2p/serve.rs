@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use haseq_messages::wire::{RemoteError, RpcRequest, RpcResponse};
-use haseq_messages::{Block, Height, NodeId};
+use haseq_messages::{Block, Height, NodeId, Term};
 use haseq_storage::{BlockReader, StateMachineStore};
 use tokio::sync::watch;
 
@@ -166,6 +166,8 @@ pub struct NodeHandler {
     pub members: Arc<std::sync::OnceLock<crate::members::MembersCtx>>,
     /// Notes a leader's hand-over to this node, for RaftCore's log line.
     pub handed: crate::raft_core::TransferSeen,
+    /// How members' connections ended (crash-fast failover's evidence).
+    pub links: super::links::PeerLinks,
 }
 
 impl NodeHandler {
@@ -246,7 +248,55 @@ fn corrupt(fault: ServeFault, blocks: &mut [Block]) {
     }
 }
 
+impl NodeHandler {
+    /// The leader this node follows and its term, as openraft last reported them.
+    fn leader_and_term(&self) -> (Option<NodeId>, Term) {
+        use openraft::async_runtime::WatchReceiver as _;
+        let m = self.raft.raft().metrics();
+        let m = m.borrow_watched();
+        (m.current_leader.clone(), Term(m.current_term))
+    }
+
+    /// Crash-fast failover, a voter's side: `from` lost its connections from `leader`;
+    /// did this node too, and does it still follow `leader` in `term`?
+    fn leader_gone(&self, from: &NodeId, leader: &NodeId, term: Term) -> RpcResponse {
+        let asking = self.links.asked(from, leader, term);
+        let (current, my_term) = self.leader_and_term();
+        let gone =
+            my_term == term && current.as_ref() == Some(leader) && self.links.vanished(leader);
+        tracing::debug!(asker = %from, leader = %leader, term = term.0, gone, asking, "asked whether the leader is gone");
+        RpcResponse::LeaderGone { gone, asking }
+    }
+
+    /// A vote for a higher term while the leader this node follows has vanished from its
+    /// links: the leader lease protects a live leader, and this one is gone by this node's
+    /// own evidence, so the lease must not hold the vote back (openraft would refuse it
+    /// until the lease runs out). Everything else about the vote is Raft's to judge.
+    fn lease_waived(&self, req: &mut openraft::raft::VoteRequest<haseq_messages::TC>) {
+        if req.leadership_transfer {
+            return;
+        }
+        let (current, my_term) = self.leader_and_term();
+        let Some(leader) = current else { return };
+        if req.vote.leader_id.term > my_term.0 && self.links.vanished(&leader) {
+            tracing::debug!(
+                leader = %leader, term = req.vote.leader_id.term,
+                "vote for a higher term: the leader's links vanished, its lease is waived"
+            );
+            req.leadership_transfer = true;
+        }
+    }
+}
+
 impl haseq_net::RpcHandler for NodeHandler {
+    fn link_opened(&self, from: &NodeId) {
+        self.links.opened(from);
+    }
+
+    fn link_closed(&self, from: &NodeId, how: haseq_net::LinkClosed) {
+        self.links.closed(from, how);
+    }
+
     async fn handle(&self, from: NodeId, req: RpcRequest) -> RpcResponse {
         if self.cuts.is_cut(&from) {
             return RpcResponse::Error(RemoteError::Unavailable(
@@ -309,6 +359,16 @@ impl haseq_net::RpcHandler for NodeHandler {
                         RpcResponse::Error(RemoteError::Unavailable(why))
                     }
                 }
+            }
+            RpcRequest::LeaderGone { leader, term } => self.leader_gone(&from, &leader, term),
+            RpcRequest::Vote {
+                mut req,
+                exec_height,
+            } => {
+                self.lease_waived(&mut req);
+                self.raft
+                    .handle(from, RpcRequest::Vote { req, exec_height })
+                    .await
             }
             RpcRequest::TransferLeader(r) => {
                 self.handed.record(from.clone());

@@ -111,6 +111,7 @@ impl Cluster {
                 snapshot_threshold: 500,
                 trailing_logs: 200,
                 join: false,
+                crash_fast_failover: true,
                 snap_count: 3,
                 secret: Arc::new(SECRET.to_vec()),
                 api_addr: addrs[i].1.clone(),

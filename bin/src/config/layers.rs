@@ -34,6 +34,7 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("raft.peers", Some("")),
     ("raft.bootstrap", Some("false")),
     ("raft.join", Some("false")),
+    ("raft.crash_fast_failover", Some("true")),
     ("raft.heartbeat_timeout", Some("350ms")),
     ("raft.election_timeout", Some("1000ms")),
     ("raft.leader_lease_timeout", Some("175ms")),

@@ -117,6 +117,12 @@ pub struct RaftConfig {
     /// refuses to start (exit status 2): it would come back under its old id having
     /// forgotten its votes.
     pub join: bool,
+    /// `raft.crash_fast_failover` (default true): when every connection from the leader
+    /// closes without the goodbye a node says when it closes them on purpose (its process
+    /// died), a follower asks the other voters whether they lost it too and, if a quorum
+    /// did, campaigns at once instead of waiting out `election_timeout`. A frozen process,
+    /// a dead host or a cut network still falls to the timeouts.
+    pub crash_fast_failover: bool,
     /// `raft.heartbeat_timeout` (default 350ms): the longest a follower waits without a
     /// heartbeat from the leader before it starts a new election; a follower-side timeout,
     /// the leader sends heartbeats more often. Tuning: 4-5 × RTT_MAX (92ms for RTT_MAX
@@ -405,6 +411,7 @@ fn parse_raft(l: &Layers, node: &NodeConfig) -> Result<RaftConfig, ConfigError> 
         peers,
         bootstrap: l.bool("raft.bootstrap")?,
         join: l.bool("raft.join")?,
+        crash_fast_failover: l.bool("raft.crash_fast_failover")?,
         heartbeat_timeout,
         election_timeout,
         leader_lease_timeout,

@@ -145,6 +145,18 @@ impl Procs {
         );
     }
 
+    /// Rewrite node `i`'s configuration with `raft.peers` as given (id, loopback port): for
+    /// a proxy in front of a peer.
+    pub fn set_peers(&self, i: usize, peers: &[(String, u16)], block_time: &str, extra_raft: &str) {
+        write_config(
+            self.dir.path(),
+            &self.nodes[i],
+            peers,
+            block_time,
+            extra_raft,
+        );
+    }
+
     pub fn start(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         assert!(n.child.is_none(), "{} is already running", n.id);

@@ -108,6 +108,11 @@ impl RpcHandler for FakeHandler {
                 is_leader: false,
             },
             RpcRequest::FetchBlocks { .. } => RpcResponse::Blocks(Vec::new()),
+            RpcRequest::LeaderGone { .. } => RpcResponse::LeaderGone {
+                gone: false,
+                asking: false,
+            },
+            RpcRequest::Goodbye => RpcResponse::Error(RemoteError::Refused("goodbye".into())),
             RpcRequest::ChangeMembers { .. } | RpcRequest::TransferLeadership { .. } => {
                 RpcResponse::Error(RemoteError::Refused("no admin calls here".into()))
             }
